@@ -1,0 +1,1 @@
+//! Keel's test harness: boots the assembled image under QEMU (see `vm`).

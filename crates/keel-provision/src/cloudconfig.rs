@@ -1,0 +1,458 @@
+//! `#cloud-config` YAML (the CoreOS subset) and NoCloud `meta-data` → [`Config`].
+//!
+//! Read with `yaml-rust2` (maintained; serde_yaml is deprecated) into its
+//! `Yaml` tree and walked by hand, so that every message names the YAML key
+//! (`write_files[0].permissions`). Keys Keel does not implement are rejected
+//! by name rather than ignored: a config is applied whole or not at all.
+
+use std::io::Read;
+
+use base64::Engine;
+use yaml_rust2::{Yaml, YamlLoader};
+
+use crate::model::{
+    check_account_name, check_hostname, check_passwd_field, check_unit_name, clean_path, Config,
+    Dropin, File, Node, Owner, Unit, User,
+};
+use crate::ConfigError;
+
+/// The first line that marks a cloud-config document.
+pub const HEADER: &str = "#cloud-config";
+
+/// The user cloud-config's top-level `ssh_authorized_keys` belong to.
+pub const DEFAULT_USER: &str = "core";
+
+/// Keys cloud-init or coreos-cloudinit know that Keel does not implement;
+/// these get "not supported by keel" instead of "unknown key".
+const KNOWN_UNSUPPORTED: &[&str] = &[
+    "runcmd", "bootcmd", "packages", "package_update", "package_upgrade", "apt", "manage_etc_hosts",
+    "fqdn", "chpasswd", "ssh_pwauth", "ssh_keys", "disable_root", "mounts", "timezone", "ntp",
+    "power_state", "final_message", "growpart", "resize_rootfs", "manage_resolv_conf", "network",
+    "locale", "groups", "ssh_deletekeys", "ssh_genkeytypes", "preserve_hostname", "write_metadata",
+    "system_info", "user", "password", "phone_home", "rsyslog", "snap", "yum_repos", "ca_certs",
+];
+
+/// Parse a `#cloud-config` document.
+pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
+    let text = std::str::from_utf8(text)
+        .map_err(|e| err(format!("byte {}", e.valid_up_to()), "cloud-config is not UTF-8"))?;
+    let first = text.lines().next().unwrap_or("").trim_end();
+    if first != HEADER {
+        return Err(err("line 1", format!("cloud-config must start with {HEADER:?}")));
+    }
+    let doc = load_one(text)?;
+    let mut cfg = Config::default();
+    let Some(map) = doc else { return Ok(cfg) };
+    let root = as_map(&map, "")?;
+    let mut root_keys = Vec::new();
+    for (k, v) in root {
+        let key = key_str(k, "")?;
+        match key {
+            "ssh_authorized_keys" => root_keys = ssh_keys(v, key)?,
+            "hostname" => {
+                let h = as_str(v, key)?;
+                check_hostname(h).map_err(|m| err(key, m))?;
+                cfg.files.push(hostname_file(h, key));
+            }
+            "users" => {
+                for (i, u) in as_seq(v, key)?.iter().enumerate() {
+                    let at = format!("users[{i}]");
+                    // cloud-init's "- default": the image's default user,
+                    // which on Keel is core and exists anyway.
+                    if let Yaml::String(s) = u {
+                        if s == "default" {
+                            continue;
+                        }
+                    }
+                    cfg.users.push(user(u, &at)?);
+                }
+            }
+            "write_files" => {
+                for (i, f) in as_seq(v, key)?.iter().enumerate() {
+                    cfg.files.push(write_file(f, &format!("write_files[{i}]"))?);
+                }
+            }
+            "coreos" => {
+                for (k2, v2) in as_map(v, key)? {
+                    let key2 = key_str(k2, key)?;
+                    let at = format!("coreos.{key2}");
+                    match key2 {
+                        "units" => {
+                            for (i, u) in as_seq(v2, &at)?.iter().enumerate() {
+                                cfg.units.push(unit(u, &format!("coreos.units[{i}]"))?);
+                            }
+                        }
+                        "etcd" | "etcd2" | "fleet" | "flannel" | "locksmith" | "update" | "oem" => {
+                            if !is_null(v2) {
+                                return Err(err(at, "not supported by keel"));
+                            }
+                        }
+                        _ => return Err(err(at, "unknown key")),
+                    }
+                }
+            }
+            k if KNOWN_UNSUPPORTED.contains(&k) => return Err(err(k, "not supported by keel")),
+            k => return Err(err(k, "unknown key")),
+        }
+    }
+    if !root_keys.is_empty() {
+        match cfg.users.iter_mut().find(|u| u.name == DEFAULT_USER) {
+            Some(u) => {
+                for k in root_keys {
+                    if !u.ssh_authorized_keys.contains(&k) {
+                        u.ssh_authorized_keys.push(k);
+                    }
+                }
+            }
+            None => cfg.users.push(User {
+                at: "ssh_authorized_keys".into(),
+                name: DEFAULT_USER.into(),
+                ssh_authorized_keys: root_keys,
+                ..Default::default()
+            }),
+        }
+    }
+    crate::ignition::check_duplicates(&cfg)?;
+    Ok(cfg)
+}
+
+/// Read NoCloud `meta-data` (YAML) and return its `local-hostname`, if any.
+/// Other keys (`instance-id`, network settings) are metadata, not
+/// configuration, and are left alone.
+pub fn meta_data_hostname(text: &[u8]) -> Result<Option<String>, ConfigError> {
+    let text =
+        std::str::from_utf8(text).map_err(|e| err(format!("byte {}", e.valid_up_to()), "meta-data is not UTF-8"))?;
+    let Some(doc) = load_one(text)? else { return Ok(None) };
+    for (k, v) in as_map(&doc, "")? {
+        if key_str(k, "")? == "local-hostname" {
+            if is_null(v) {
+                return Ok(None);
+            }
+            let h = as_str(v, "local-hostname")?;
+            check_hostname(h).map_err(|m| err("local-hostname", m))?;
+            return Ok(Some(h.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// The `/etc/hostname` file for a host name (cloud-config `hostname`,
+/// meta-data `local-hostname`); systemd sets the host name from it.
+pub fn hostname_file(h: &str, at: &str) -> File {
+    File {
+        node: Node { at: at.into(), path: "/etc/hostname".into(), overwrite: Some(true), user: None, group: None },
+        mode: Some(0o644),
+        contents: Some(format!("{h}\n").into_bytes()),
+    }
+}
+
+fn load_one(text: &str) -> Result<Option<Yaml>, ConfigError> {
+    let docs = YamlLoader::load_from_str(text).map_err(|e| {
+        let m = e.marker();
+        err(format!("line {} column {}", m.line(), m.col() + 1), format!("invalid YAML: {}", e.info()))
+    })?;
+    match docs.len() {
+        0 => Ok(None),
+        1 => Ok(docs.into_iter().next().filter(|d| !is_null(d))),
+        n => Err(err("line 1", format!("expected one YAML document, found {n}"))),
+    }
+}
+
+fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
+    let mut out = User { at: at.into(), ..Default::default() };
+    for (k, v) in as_map(u, at)? {
+        let key = key_str(k, at)?;
+        let kat = format!("{at}.{key}");
+        match key {
+            "name" => out.name = as_str(v, &kat)?.to_string(),
+            "ssh_authorized_keys" | "ssh-authorized-keys" => out.ssh_authorized_keys = ssh_keys(v, &kat)?,
+            "groups" => {
+                // a list, or cloud-init's comma-separated string
+                let groups: Vec<String> = match v {
+                    Yaml::String(s) => s.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+                    _ => strs(v, &kat)?,
+                };
+                for g in &groups {
+                    check_account_name(g).map_err(|m| err(&kat, m))?;
+                }
+                out.groups = groups;
+            }
+            "passwd" | "hashed_passwd" => {
+                let h = as_str(v, &kat)?;
+                check_passwd_field(key, h).map_err(|m| err(&kat, m))?;
+                out.password_hash = Some(h.to_string());
+            }
+            "gecos" | "homedir" | "shell" | "primary-group" | "primary_group" => {
+                let s = as_str(v, &kat)?;
+                check_passwd_field(key, s).map_err(|m| err(&kat, m))?;
+                match key {
+                    "gecos" => out.gecos = Some(s.into()),
+                    "homedir" => {
+                        clean_path(s).map_err(|m| err(&kat, m))?;
+                        out.home_dir = Some(s.into());
+                    }
+                    "shell" => out.shell = Some(s.into()),
+                    _ => {
+                        check_account_name(s).map_err(|m| err(&kat, m))?;
+                        out.primary_group = Some(s.into());
+                    }
+                }
+            }
+            "no-create-home" | "no_create_home" => out.no_create_home = as_bool(v, &kat)?,
+            "system" => out.system = as_bool(v, &kat)?,
+            "uid" => {
+                out.uid = Some(match v {
+                    Yaml::Integer(n) => u32::try_from(*n)
+                        .ok()
+                        .filter(|n| *n != u32::MAX)
+                        .ok_or_else(|| err(&kat, format!("uid {n} is out of range")))?,
+                    _ => return Err(err(kat, format!("expected an integer, found {}", kind(v)))),
+                })
+            }
+            "sudo" | "lock_passwd" | "lock-passwd" | "ssh-import-id" | "ssh_import_id" | "inactive"
+            | "expiredate" | "plain_text_passwd" | "ssh-import-github" | "ssh-import-github-users"
+            | "ssh-import-url" | "no-user-group" | "no-log-init" | "ssh_redirect_user" | "selinux_user"
+            | "create_groups" => return Err(err(kat, "not supported by keel")),
+            _ => return Err(err(kat, "unknown key")),
+        }
+    }
+    if out.name.is_empty() {
+        return Err(err(format!("{at}.name"), "missing"));
+    }
+    check_account_name(&out.name).map_err(|m| err(format!("{at}.name"), m))?;
+    Ok(out)
+}
+
+fn write_file(f: &Yaml, at: &str) -> Result<File, ConfigError> {
+    let mut path = None;
+    let mut content: Option<&str> = None;
+    let mut encoding: Option<(&str, String)> = None;
+    let mut mode = None;
+    let mut owner = None;
+    for (k, v) in as_map(f, at)? {
+        let key = key_str(k, at)?;
+        let kat = format!("{at}.{key}");
+        match key {
+            "path" => path = Some(clean_path(as_str(v, &kat)?).map_err(|m| err(&kat, m))?),
+            "content" => content = Some(as_str(v, &kat)?),
+            "encoding" => encoding = Some((as_str(v, &kat)?, kat)),
+            "permissions" => {
+                let s = match v {
+                    Yaml::String(s) => s.as_str(),
+                    _ => return Err(err(kat, "must be a quoted octal string such as '0644'")),
+                };
+                let m = u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| err(&kat, format!("invalid octal mode {s:?}")))?;
+                mode = Some(m);
+            }
+            "owner" => {
+                let s = as_str(v, &kat)?;
+                let (u, g) = match s.split_once(':') {
+                    Some((u, g)) => (u, Some(g)),
+                    None => (s, None),
+                };
+                let to_owner = |n: &str| -> Result<Owner, ConfigError> {
+                    if let Ok(id) = n.parse::<u32>() {
+                        return Ok(Owner::Id(id));
+                    }
+                    check_account_name(n).map_err(|m| err(&kat, m))?;
+                    Ok(Owner::Name(n.to_string()))
+                };
+                owner = Some((to_owner(u)?, g.map(to_owner).transpose()?));
+            }
+            "append" | "defer" | "source" => return Err(err(kat, "not supported by keel")),
+            _ => return Err(err(kat, "unknown key")),
+        }
+    }
+    let path = path.ok_or_else(|| err(format!("{at}.path"), "missing"))?;
+    if path == "/" {
+        return Err(err(format!("{at}.path"), "path must not be /"));
+    }
+    let raw = content.unwrap_or("").as_bytes();
+    let data = match encoding {
+        None => raw.to_vec(),
+        Some((e, kat)) => match e {
+            "b64" | "base64" => b64(raw, &kat)?,
+            "gz" | "gzip" => gunzip(raw, &kat)?,
+            "gz+b64" | "gz+base64" | "gzip+b64" | "gzip+base64" => gunzip(&b64(raw, &kat)?, &kat)?,
+            "text/plain" => raw.to_vec(),
+            other => return Err(err(kat, format!("unsupported encoding {other:?}"))),
+        },
+    };
+    let (user, group) = match owner {
+        Some((u, g)) => (Some(u), g),
+        None => (None, None),
+    };
+    Ok(File {
+        node: Node { at: at.into(), path, overwrite: Some(true), user, group },
+        mode: Some(mode.unwrap_or(0o644)),
+        contents: Some(data),
+    })
+}
+
+fn b64(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {
+    let clean: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(clean)
+        .map_err(|e| err(at, format!("invalid base64 content: {e}")))
+}
+
+fn gunzip(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(raw)
+        .take(crate::ignition::MAX_FILE + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| err(at, format!("gzip: {e}")))?;
+    if out.len() as u64 > crate::ignition::MAX_FILE {
+        return Err(err(at, "decompressed contents exceed 256 MiB"));
+    }
+    Ok(out)
+}
+
+fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
+    let mut out = Unit { at: at.into(), ..Default::default() };
+    for (k, v) in as_map(u, at)? {
+        let key = key_str(k, at)?;
+        let kat = format!("{at}.{key}");
+        match key {
+            "name" => out.name = as_str(v, &kat)?.to_string(),
+            "content" => out.contents = Some(as_str(v, &kat)?.to_string()),
+            "enable" => out.enabled = Some(as_bool(v, &kat)?),
+            "mask" => out.mask = Some(as_bool(v, &kat)?),
+            "command" => match as_str(v, &kat)? {
+                // Provisioning runs before systemd: "start" and "restart" both
+                // mean "started on this boot"
+                "start" | "restart" | "reload-or-restart" | "try-restart" => out.start = true,
+                other => {
+                    return Err(err(
+                        kat,
+                        format!("command {other:?} is not supported at first boot (start or restart)"),
+                    ))
+                }
+            },
+            "runtime" => {
+                if as_bool(v, &kat)? {
+                    return Err(err(kat, "not supported by keel"));
+                }
+            }
+            "drop-ins" | "drop_ins" | "dropins" => {
+                for (i, d) in as_seq(v, &kat)?.iter().enumerate() {
+                    let dat = format!("{kat}[{i}]");
+                    let mut dropin = Dropin::default();
+                    for (dk, dv) in as_map(d, &dat)? {
+                        let dkey = key_str(dk, &dat)?;
+                        match dkey {
+                            "name" => dropin.name = as_str(dv, &format!("{dat}.name"))?.to_string(),
+                            "content" => {
+                                dropin.contents = Some(as_str(dv, &format!("{dat}.content"))?.to_string())
+                            }
+                            _ => return Err(err(format!("{dat}.{dkey}"), "unknown key")),
+                        }
+                    }
+                    if !dropin.name.ends_with(".conf") || dropin.name.contains('/') || dropin.name.len() <= 5 {
+                        return Err(err(
+                            format!("{dat}.name"),
+                            format!("invalid drop-in name {:?} (NAME.conf)", dropin.name),
+                        ));
+                    }
+                    out.dropins.push(dropin);
+                }
+            }
+            _ => return Err(err(kat, "unknown key")),
+        }
+    }
+    if out.name.is_empty() {
+        return Err(err(format!("{at}.name"), "missing"));
+    }
+    check_unit_name(&out.name).map_err(|m| err(format!("{at}.name"), m))?;
+    if out.mask == Some(true) && out.contents.is_some() {
+        return Err(err(format!("{at}.mask"), "a masked unit cannot also have content"));
+    }
+    Ok(out)
+}
+
+fn ssh_keys(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
+    let keys = strs(v, at)?;
+    for (i, k) in keys.iter().enumerate() {
+        if k.trim().is_empty() || k.contains(['\n', '\r']) {
+            return Err(err(format!("{at}[{i}]"), "an SSH key must be one non-empty line"));
+        }
+    }
+    Ok(keys.into_iter().map(|k| k.trim().to_string()).collect())
+}
+
+fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError { path: path.into(), message: message.into() }
+}
+
+fn is_null(v: &Yaml) -> bool {
+    matches!(v, Yaml::Null)
+}
+
+fn kind(v: &Yaml) -> &'static str {
+    match v {
+        Yaml::Real(_) => "a number",
+        Yaml::Integer(_) => "an integer",
+        Yaml::String(_) => "a string",
+        Yaml::Boolean(_) => "a boolean",
+        Yaml::Array(_) => "a list",
+        Yaml::Hash(_) => "a mapping",
+        Yaml::Alias(_) => "an alias",
+        Yaml::Null => "null",
+        Yaml::BadValue => "an invalid value",
+    }
+}
+
+fn name_or_root(at: &str) -> &str {
+    if at.is_empty() {
+        "(document)"
+    } else {
+        at
+    }
+}
+
+fn as_map<'a>(v: &'a Yaml, at: &str) -> Result<&'a yaml_rust2::yaml::Hash, ConfigError> {
+    match v {
+        Yaml::Hash(h) => Ok(h),
+        _ => Err(err(name_or_root(at), format!("expected a mapping, found {}", kind(v)))),
+    }
+}
+
+fn as_seq<'a>(v: &'a Yaml, at: &str) -> Result<&'a [Yaml], ConfigError> {
+    match v {
+        Yaml::Array(a) => Ok(a),
+        Yaml::Null => Ok(&[]),
+        _ => Err(err(at, format!("expected a list, found {}", kind(v)))),
+    }
+}
+
+fn as_str<'a>(v: &'a Yaml, at: &str) -> Result<&'a str, ConfigError> {
+    match v {
+        Yaml::String(s) => Ok(s),
+        _ => Err(err(at, format!("expected a string, found {}", kind(v)))),
+    }
+}
+
+fn as_bool(v: &Yaml, at: &str) -> Result<bool, ConfigError> {
+    match v {
+        Yaml::Boolean(b) => Ok(*b),
+        _ => Err(err(at, format!("expected true or false, found {}", kind(v)))),
+    }
+}
+
+fn strs(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
+    as_seq(v, at)?
+        .iter()
+        .enumerate()
+        .map(|(i, x)| as_str(x, &format!("{at}[{i}]")).map(str::to_string))
+        .collect()
+}
+
+fn key_str<'a>(k: &'a Yaml, at: &str) -> Result<&'a str, ConfigError> {
+    match k {
+        Yaml::String(s) => Ok(s),
+        _ => Err(err(name_or_root(at), format!("expected string keys, found {}", kind(k)))),
+    }
+}

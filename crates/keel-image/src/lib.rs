@@ -1,0 +1,912 @@
+//! keel-image: builds Keel's bootable disk image from `image/image.toml`.
+//!
+//! A list of named, timed steps over one [`Build`] context, using the field's
+//! own tools: mmdebstrap for the Debian tree, mkfs.erofs for `/usr`,
+//! veritysetup for the hash tree, mkfs.ext4 / mkfs.vfat + mtools for the other
+//! filesystems (all from directories: no loop devices, no mounts), qemu-img
+//! for qcow2. The partition table is written into the image file by
+//! [`keel_gpt`]. Downloads (.deb files) and the unpacked Debian tree are cached
+//! under the cache directory, keyed by the package set.
+//!
+//! Reads: `image/image.toml`, `units/`, `overlay/`, `image/oem/<platform>/`,
+//! the built binaries. Writes: the output directory (see [`Manifest`]).
+
+pub mod config;
+pub mod disk;
+pub mod initramfs;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+pub use config::ImageConfig;
+
+/// Inputs of a build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `image/image.toml`.
+    pub config: PathBuf,
+    /// The repository root (units/, overlay/, image/oem/ are found from here).
+    pub repo: PathBuf,
+    /// Where the static binaries are.
+    pub bin_dir: PathBuf,
+    /// Output directory.
+    pub out: PathBuf,
+    /// Download and tree cache.
+    pub cache: PathBuf,
+}
+
+/// What a build produced, written to `<out>/image.json` for the VM harness.
+#[derive(Debug, Clone, Serialize)]
+pub struct Manifest {
+    /// Image name.
+    pub name: String,
+    /// OS version.
+    pub version: String,
+    /// Kernel release.
+    pub kernel_release: String,
+    /// Kernel file (relative to out).
+    pub kernel: String,
+    /// Initramfs file (relative to out).
+    pub initramfs: String,
+    /// Raw disk image (relative to out).
+    pub raw: String,
+    /// qcow2 disk image (relative to out).
+    pub qcow2: String,
+    /// Full kernel command line for a direct-kernel boot.
+    pub cmdline: String,
+    /// dm-verity root hash of USR-A.
+    pub usr_root_hash: String,
+    /// Private key for `core`, when the image carries a development key.
+    pub dev_ssh_key: Option<String>,
+    /// Byte sizes of the artifacts.
+    pub sizes: BTreeMap<String, u64>,
+    /// Step timings in seconds.
+    pub steps: Vec<(String, f64)>,
+}
+
+/// Debian packages providing each tool the build runs.
+const TOOLS: &[(&str, &str)] = &[
+    ("mmdebstrap", "mmdebstrap"),
+    ("mkfs.erofs", "erofs-utils"),
+    ("veritysetup", "cryptsetup-bin"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("mkfs.vfat", "dosfstools"),
+    ("mcopy", "mtools"),
+    ("mmd", "mtools"),
+    ("qemu-img", "qemu-utils"),
+    ("zstd", "zstd"),
+    ("depmod", "kmod"),
+    ("ssh-keygen", "openssh-client"),
+    ("tar", "tar"),
+];
+
+/// The build context every step works on.
+#[derive(Debug)]
+pub struct Build {
+    opts: Options,
+    cfg: ImageConfig,
+    work: PathBuf,
+    tree: PathBuf,
+    kver: String,
+    root_hash: String,
+    timings: Vec<(String, f64)>,
+}
+
+type Step = fn(&mut Build) -> Result<()>;
+
+const STEPS: &[(&str, Step)] = &[
+    ("check tools", Build::check_tools),
+    ("debian tree", Build::debian_tree),
+    ("customize /usr", Build::customize),
+    ("initramfs", Build::initramfs),
+    ("usr erofs", Build::usr_erofs),
+    ("usr verity", Build::usr_verity),
+    ("oem", Build::oem),
+    ("root", Build::root),
+    ("esp", Build::esp),
+    ("disk", Build::disk),
+    ("qcow2", Build::qcow2),
+];
+
+/// Run `cmd`, failing with its stderr when it fails.
+fn run(cmd: &mut Command) -> Result<String> {
+    tracing::debug!(?cmd, "running");
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn which(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+        || Path::new("/usr/sbin").join(tool).is_file()
+        || Path::new("/sbin").join(tool).is_file()
+}
+
+fn mib(n: u64) -> u64 {
+    n << 20
+}
+
+/// Copy a directory tree (files, dirs, symlinks; modes kept) into `dst`.
+pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    fs::create_dir_all(dst).with_context(|| format!("creating {}", dst.display()))?;
+    let mut entries: Vec<_> = fs::read_dir(src)
+        .with_context(|| format!("reading {}", src.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let s = e.path();
+        let d = dst.join(e.file_name());
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&s, &d)?;
+        } else if ft.is_symlink() {
+            let t = fs::read_link(&s)?;
+            let _ = fs::remove_file(&d);
+            symlink(&t, &d).with_context(|| format!("linking {}", d.display()))?;
+        } else {
+            fs::copy(&s, &d)
+                .with_context(|| format!("copying {} to {}", s.display(), d.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32) -> Result<()> {
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p)?;
+    }
+    fs::write(path, contents).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    Ok(())
+}
+
+/// Whether an ELF file is statically linked: no PT_INTERP program header and
+/// no PT_DYNAMIC with DT_NEEDED would need a parser; PT_INTERP is what makes the
+/// kernel load a dynamic linker, so its absence is the property that matters.
+pub fn elf_is_static(data: &[u8]) -> Result<bool> {
+    ensure!(
+        data.len() >= 64 && &data[..4] == b"\x7fELF",
+        "not an ELF file"
+    );
+    ensure!(
+        data[4] == 2 && data[5] == 1,
+        "not a 64-bit little-endian ELF"
+    );
+    let u16_at = |o: usize| u16::from_le_bytes([data[o], data[o + 1]]);
+    let phoff = u64::from_le_bytes(data[32..40].try_into()?) as usize;
+    let phentsize = u16_at(54) as usize;
+    let phnum = u16_at(56) as usize;
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        ensure!(o + 4 <= data.len(), "program header {i} outside the file");
+        let ptype = u32::from_le_bytes(data[o..o + 4].try_into()?);
+        if ptype == 3 {
+            return Ok(false); // PT_INTERP
+        }
+    }
+    Ok(true)
+}
+
+impl Build {
+    /// Set up a build.
+    pub fn new(opts: Options) -> Result<Self> {
+        let cfg = ImageConfig::load(&opts.config)?;
+        let work = opts.out.join("work");
+        let tree = work.join("tree");
+        Ok(Build {
+            opts,
+            cfg,
+            work,
+            tree,
+            kver: String::new(),
+            root_hash: String::new(),
+            timings: Vec::new(),
+        })
+    }
+
+    /// Run every step, printing progress and timings, and write the manifest.
+    pub fn run(mut self) -> Result<Manifest> {
+        fs::create_dir_all(&self.work)
+            .with_context(|| format!("creating {}", self.work.display()))?;
+        let total = Instant::now();
+        for (i, (name, step)) in STEPS.iter().enumerate() {
+            eprintln!("[{}/{}] {name}", i + 1, STEPS.len());
+            let t = Instant::now();
+            step(&mut self).with_context(|| format!("step \"{name}\""))?;
+            let d = t.elapsed();
+            eprintln!("      {name}: {}", fmt_dur(d));
+            self.timings.push((name.to_string(), d.as_secs_f64()));
+        }
+        let m = self.manifest()?;
+        eprintln!(
+            "image built in {}: {}",
+            fmt_dur(total.elapsed()),
+            self.opts.out.join(&m.qcow2).display()
+        );
+        Ok(m)
+    }
+
+    fn check_tools(&mut self) -> Result<()> {
+        let missing: Vec<String> = TOOLS
+            .iter()
+            .filter(|(t, _)| !which(t))
+            .map(|(t, p)| format!("{t} (Debian package {p})"))
+            .collect();
+        ensure!(
+            missing.is_empty(),
+            "missing tools: {} — run ./run deps",
+            missing.join(", ")
+        );
+        for b in &self.cfg.binaries {
+            let p = self.opts.bin_dir.join(&b.name);
+            let data = fs::read(&p).with_context(|| {
+                format!("reading binary {} (build it with ./run image)", p.display())
+            })?;
+            ensure!(
+                elf_is_static(&data).with_context(|| p.display().to_string())?,
+                "{} is dynamically linked; Keel ships static binaries (x86_64-unknown-linux-musl)",
+                p.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// The cache key of the Debian tree: everything that changes its contents.
+    fn tree_key(&self) -> String {
+        let d = &self.cfg.debian;
+        let mut h = Sha256::new();
+        h.update(b"keel-tree-v1\0");
+        h.update(d.suite.as_bytes());
+        for m in &d.mirrors {
+            h.update(b"\0m");
+            h.update(m.as_bytes());
+        }
+        let mut pkgs = d.packages.clone();
+        pkgs.sort();
+        for p in pkgs {
+            h.update(b"\0p");
+            h.update(p.as_bytes());
+        }
+        hex::encode(&h.finalize()[..12])
+    }
+
+    fn debian_tree(&mut self) -> Result<()> {
+        let cache = &self.opts.cache;
+        let debs = cache.join("debs");
+        fs::create_dir_all(&debs)?;
+        let tarball = cache.join(format!("tree-{}.tar", self.tree_key()));
+        if tarball.exists() {
+            eprintln!("      cached: {}", tarball.display());
+        } else {
+            let tmp = tarball.with_extension("tar.part");
+            let d = &self.cfg.debian;
+            let mut cmd = Command::new("mmdebstrap");
+            cmd.args(["--variant=minbase", "--mode=root", "--format=tar", "--skip=download/empty"])
+                .arg(format!("--include={}", d.packages.join(",")))
+                .arg(format!(
+                    "--setup-hook=mkdir -p \"$1\"/var/cache/apt/archives && find '{}' -name '*.deb' -exec cp -t \"$1\"/var/cache/apt/archives/ {{}} +",
+                    debs.display()
+                ))
+                .arg(format!(
+                    "--customize-hook=sync-out /var/cache/apt/archives '{}'",
+                    debs.display()
+                ))
+                .arg(&d.suite)
+                .arg(&tmp)
+                .args(&d.mirrors)
+                .stdout(Stdio::inherit())
+                .stderr(Stdio::inherit());
+            let status = cmd.status().context("starting mmdebstrap")?;
+            ensure!(status.success(), "mmdebstrap failed ({status})");
+            fs::rename(&tmp, &tarball)?;
+        }
+        if self.tree.exists() {
+            fs::remove_dir_all(&self.tree)
+                .with_context(|| format!("removing old {}", self.tree.display()))?;
+        }
+        fs::create_dir_all(&self.tree)?;
+        run(Command::new("tar")
+            .args(["--numeric-owner", "--xattrs", "--xattrs-include=*", "-xpf"])
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&self.tree))?;
+        Ok(())
+    }
+
+    fn kernel_release(&self) -> Result<String> {
+        let dir = self.tree.join("usr/lib/modules");
+        let mut v: Vec<String> = fs::read_dir(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        match v.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => bail!(
+                "expected exactly one kernel in {}, found {v:?}",
+                dir.display()
+            ),
+        }
+    }
+
+    fn customize(&mut self) -> Result<()> {
+        let t = self.tree.clone();
+        let usr = t.join("usr");
+        self.kver = self.kernel_release()?;
+        let kdir = usr.join("lib/modules").join(&self.kver);
+
+        for p in &self.cfg.debian.prune_modules {
+            let _ = fs::remove_dir_all(kdir.join(p));
+        }
+        for p in &self.cfg.debian.remove {
+            let _ = fs::remove_dir_all(t.join(p));
+        }
+        run(Command::new("depmod").arg("-b").arg(&t).arg(&self.kver))?;
+
+        // The kernel lives beside its modules (systemd's convention) and in out/.
+        let vmlinuz = t.join("boot").join(format!("vmlinuz-{}", self.kver));
+        fs::copy(&vmlinuz, kdir.join("vmlinuz")).context("copying the kernel")?;
+        fs::copy(&vmlinuz, self.opts.out.join("vmlinuz"))?;
+
+        // Prebuilt hwdb in /usr so no boot writes one into /etc.
+        run(Command::new("chroot")
+            .arg(&t)
+            .args(["systemd-hwdb", "update", "--usr"]))?;
+
+        // Per-machine state must not be baked into the factory /etc.
+        let etc = t.join("etc");
+        for e in fs::read_dir(etc.join("ssh"))? {
+            let e = e?;
+            if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+                fs::remove_file(e.path())?;
+            }
+        }
+        for f in ["machine-id", "hostname", "resolv.conf", "os-release"] {
+            let _ = fs::remove_file(etc.join(f));
+        }
+        symlink("../run/keel/resolv.conf", etc.join("resolv.conf"))?;
+        symlink("../usr/lib/os-release", etc.join("os-release"))?;
+        let _ = fs::remove_file(usr.join("lib/os-release"));
+        write_file(
+            &usr.join("lib/os-release"),
+            &format!(
+                "NAME=\"Keel\"\nID=keel\nID_LIKE=debian\nPRETTY_NAME=\"Keel {v}\"\nVERSION=\"{v}\"\n\
+                 VERSION_ID={v}\nBUILD_ID={b}\nHOME_URL=\"https://example.invalid/keel\"\n\
+                 DEFAULT_HOSTNAME=keel\n",
+                v = self.cfg.os_version,
+                b = self.tree_key(),
+            ),
+            0o644,
+        )?;
+
+        // Debian's units we do not want: timers that poll apt, checks that
+        // write into /etc on first boot when /usr already carries the result.
+        for u in [
+            "timers.target.wants/apt-daily.timer",
+            "timers.target.wants/apt-daily-upgrade.timer",
+            "timers.target.wants/e2scrub_all.timer",
+            "timers.target.wants/fstrim.timer",
+        ] {
+            let _ = fs::remove_file(etc.join("systemd/system").join(u));
+        }
+        let sysunits = usr.join("lib/systemd/system");
+        for u in ["systemd-hwdb-update.service", "ldconfig.service"] {
+            let p = etc.join("systemd/system").join(u);
+            let _ = fs::remove_file(&p);
+            symlink("/dev/null", &p)?;
+        }
+
+        // Keel's binaries, units and overlay.
+        for b in &self.cfg.binaries {
+            let dest = usr.join(&b.dest);
+            fs::create_dir_all(dest.parent().context("binary destination has a parent")?)?;
+            fs::copy(self.opts.bin_dir.join(&b.name), &dest)
+                .with_context(|| format!("installing {}", b.name))?;
+            fs::set_permissions(&dest, fs::Permissions::from_mode(0o755))?;
+            for l in &b.links {
+                let lp = usr.join(l);
+                fs::create_dir_all(lp.parent().context("link has a parent")?)?;
+                let _ = fs::remove_file(&lp);
+                symlink(Path::new("/usr").join(&b.dest), &lp)?;
+            }
+        }
+        let units = self.opts.repo.join("units");
+        if units.is_dir() {
+            copy_tree(&units, &sysunits)?;
+            enable_units(&units, &sysunits)?;
+        }
+        let overlay = self.opts.repo.join("overlay");
+        if overlay.is_dir() {
+            // Files under overlay/share/keel/factory/etc land in the factory /etc
+            // after the move below; copy into the tree's /etc for now.
+            copy_tree(&overlay, &usr)?;
+            let fetc = usr.join("share/keel/factory/etc");
+            if fetc.exists() {
+                copy_tree(&fetc, &etc)?;
+                fs::remove_dir_all(&fetc)?;
+            }
+        }
+        if self.cfg.oem.dev_ssh_key {
+            write_file(
+                &etc.join("ssh/sshd_config.d/50-keel-dev-key.conf"),
+                "# Development images only (image.toml: oem.dev_ssh_key): the per-build\n\
+                 # key on the OEM partition also authorises `core`.\n\
+                 Match User core\n    AuthorizedKeysFile .ssh/authorized_keys /oem/dev/authorized_keys\n",
+                0o644,
+            )?;
+        }
+
+        // Keep a record of the package set, then drop everything but /usr:
+        // /etc becomes the factory defaults, /var and the rest are per machine.
+        let status = t.join("var/lib/dpkg/status");
+        let keel = usr.join("share/keel");
+        fs::create_dir_all(&keel)?;
+        fs::copy(&status, keel.join("dpkg-status")).context("saving dpkg status")?;
+        let factory = keel.join("factory");
+        fs::create_dir_all(&factory)?;
+        let _ = fs::remove_dir_all(factory.join("etc"));
+        fs::rename(&etc, factory.join("etc")).context("moving /etc to the factory defaults")?;
+        Ok(())
+    }
+
+    fn initramfs(&mut self) -> Result<()> {
+        use initramfs::{write_newc, Entry, ModulesDep};
+        let kdir = format!("usr/lib/modules/{}", self.kver);
+        let src = self.tree.join(&kdir);
+        let dep = fs::read_to_string(src.join("modules.dep")).context("reading modules.dep")?;
+        let dep = ModulesDep::parse(&dep)?;
+        let closure = dep.closure(&self.cfg.initramfs.modules)?;
+
+        let mut e: BTreeMap<String, Entry> = BTreeMap::new();
+        for d in [
+            "dev",
+            "proc",
+            "sys",
+            "run",
+            "sysroot",
+            "etc",
+            "usr",
+            "usr/lib",
+            "usr/lib/keel",
+            "tmp",
+        ] {
+            e.insert(d.into(), Entry::Dir(0o755));
+        }
+        e.insert("dev/console".into(), Entry::CharDev(0o600, 5, 1));
+        e.insert("lib".into(), Entry::Symlink("usr/lib".into()));
+        let mut dir = String::new();
+        for part in kdir.split('/') {
+            dir = if dir.is_empty() {
+                part.into()
+            } else {
+                format!("{dir}/{part}")
+            };
+            e.insert(dir.clone(), Entry::Dir(0o755));
+        }
+        for m in &closure {
+            let mut d = kdir.clone();
+            for part in m
+                .split('/')
+                .collect::<Vec<_>>()
+                .split_last()
+                .map(|(_, p)| p)
+                .unwrap_or(&[])
+            {
+                d = format!("{d}/{part}");
+                e.insert(d.clone(), Entry::Dir(0o755));
+            }
+            let data = fs::read(src.join(m)).with_context(|| format!("reading module {m}"))?;
+            e.insert(format!("{kdir}/{m}"), Entry::File(0o644, data));
+        }
+        e.insert(
+            format!("{kdir}/modules.dep"),
+            Entry::File(0o644, dep.render_subset(&closure).into_bytes()),
+        );
+        e.insert(
+            "usr/lib/keel/initrd-modules".into(),
+            Entry::File(
+                0o644,
+                (self.cfg.initramfs.modules.join("\n") + "\n").into_bytes(),
+            ),
+        );
+        let init = fs::read(self.opts.bin_dir.join("keel-init")).context("reading keel-init")?;
+        e.insert("init".into(), Entry::File(0o755, init));
+        let osr = fs::read(self.tree.join("usr/lib/os-release"))?;
+        e.insert("etc/initrd-release".into(), Entry::File(0o644, osr));
+
+        let mut cpio = Vec::new();
+        write_newc(&mut cpio, &e)?;
+        let out = self.opts.out.join("initramfs.img");
+        let mut child = Command::new("zstd")
+            .args(["-q", "-19", "-c"])
+            .stdin(Stdio::piped())
+            .stdout(fs::File::create(&out)?)
+            .spawn()
+            .context("starting zstd")?;
+        child.stdin.take().context("zstd stdin")?.write_all(&cpio)?;
+        let st = child.wait()?;
+        ensure!(st.success(), "zstd failed ({st})");
+        eprintln!(
+            "      {} modules, cpio {} KiB, compressed {} KiB",
+            closure.len(),
+            cpio.len() / 1024,
+            fs::metadata(&out)?.len() / 1024
+        );
+        Ok(())
+    }
+
+    fn usr_erofs(&mut self) -> Result<()> {
+        let img = self.work.join("usr.erofs");
+        let _ = fs::remove_file(&img);
+        run(Command::new("mkfs.erofs")
+            .args(["-zlz4hc,12", "-LUSR-A"])
+            .arg(&img)
+            .arg(self.tree.join("usr")))?;
+        let size = fs::metadata(&img)?.len();
+        ensure!(
+            size <= mib(self.cfg.disk.usr_mib),
+            "USR image is {} MiB, larger than disk.usr_mib = {}",
+            size >> 20,
+            self.cfg.disk.usr_mib
+        );
+        eprintln!("      /usr: {} MiB", size >> 20);
+        Ok(())
+    }
+
+    fn usr_verity(&mut self) -> Result<()> {
+        let data = self.work.join("usr.erofs");
+        let hash = self.work.join("usr.verity");
+        let rh = self.work.join("usr.roothash");
+        let _ = fs::remove_file(&hash);
+        run(Command::new("veritysetup")
+            .arg("format")
+            .arg(format!("--root-hash-file={}", rh.display()))
+            .arg(&data)
+            .arg(&hash))?;
+        let root = fs::read_to_string(&rh)?.trim().to_string();
+        ensure!(
+            root.len() == 64 && root.bytes().all(|b| b.is_ascii_hexdigit()),
+            "veritysetup wrote an unexpected root hash {root:?}"
+        );
+        ensure!(
+            fs::metadata(&hash)?.len() <= mib(self.cfg.disk.usr_verity_mib),
+            "verity hash tree larger than disk.usr_verity_mib"
+        );
+        eprintln!("      root hash {root}");
+        self.root_hash = root;
+        Ok(())
+    }
+
+    fn oem(&mut self) -> Result<()> {
+        let dir = self.work.join("oem");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let platform = self
+            .opts
+            .repo
+            .join("image/oem")
+            .join(&self.cfg.oem.platform);
+        if platform.is_dir() {
+            copy_tree(&platform, &dir)?;
+        } else {
+            bail!(
+                "OEM platform directory {} does not exist",
+                platform.display()
+            );
+        }
+        if self.cfg.oem.dev_ssh_key {
+            let keydir = self.opts.out.join("dev-ssh");
+            let key = keydir.join("id_ed25519");
+            if !key.exists() {
+                fs::create_dir_all(&keydir)?;
+                run(Command::new("ssh-keygen")
+                    .args(["-q", "-t", "ed25519", "-N", "", "-C", "keel-dev-key", "-f"])
+                    .arg(&key))?;
+            }
+            let pubkey = fs::read_to_string(key.with_extension("pub"))?;
+            write_file(&dir.join("dev/authorized_keys"), &pubkey, 0o644)?;
+        }
+        mkfs_ext4(
+            &self.work.join("oem.ext4"),
+            "OEM",
+            &dir,
+            mib(self.cfg.disk.oem_mib),
+        )
+    }
+
+    fn root(&mut self) -> Result<()> {
+        let dir = self.work.join("rootskel");
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        for (d, mode) in [
+            ("usr", 0o755),
+            ("oem", 0o755),
+            ("etc", 0o755),
+            ("var", 0o755),
+            ("home", 0o755),
+            ("root", 0o700),
+            ("srv", 0o755),
+            ("tmp", 0o1777),
+            ("proc", 0o555),
+            ("sys", 0o555),
+            ("dev", 0o755),
+            ("run", 0o755),
+            ("mnt", 0o755),
+            ("media", 0o755),
+            ("opt", 0o755),
+            ("boot", 0o755),
+        ] {
+            let p = dir.join(d);
+            fs::create_dir(&p)?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        }
+        for (l, t) in [
+            ("bin", "usr/bin"),
+            ("sbin", "usr/sbin"),
+            ("lib", "usr/lib"),
+            ("lib64", "usr/lib64"),
+        ] {
+            symlink(t, dir.join(l))?;
+        }
+        mkfs_ext4(
+            &self.work.join("root.ext4"),
+            "ROOT",
+            &dir,
+            mib(self.cfg.disk.root_mib),
+        )
+    }
+
+    fn esp(&mut self) -> Result<()> {
+        let img = self.work.join("esp.vfat");
+        let _ = fs::remove_file(&img);
+        run(Command::new("mkfs.vfat")
+            .args(["-F", "32", "-n", "EFI-SYSTEM", "-C"])
+            .arg(&img)
+            .arg((self.cfg.disk.esp_mib * 1024).to_string()))?;
+        let i = img.to_string_lossy().into_owned();
+        run(Command::new("mmd").args(["-i", &i, "::/keel", "::/keel/a"]))?;
+        run(Command::new("mcopy")
+            .args(["-i", &i])
+            .arg(self.opts.out.join("vmlinuz"))
+            .arg("::/keel/a/vmlinuz"))?;
+        run(Command::new("mcopy")
+            .args(["-i", &i])
+            .arg(self.opts.out.join("initramfs.img"))
+            .arg("::/keel/a/initramfs.img"))?;
+        Ok(())
+    }
+
+    fn disk(&mut self) -> Result<()> {
+        let d = &self.cfg.disk;
+        let parts = vec![
+            disk::PartSpec::new(
+                "EFI-SYSTEM",
+                keel_gpt::types::ESP,
+                d.esp_mib,
+                Some(self.work.join("esp.vfat")),
+            ),
+            disk::PartSpec::new(
+                "USR-A",
+                keel_gpt::types::USR_X86_64,
+                d.usr_mib,
+                Some(self.work.join("usr.erofs")),
+            )
+            .attrs(disk::usr_attrs(1, 0, true)),
+            disk::PartSpec::new(
+                "USR-A-VERITY",
+                keel_gpt::types::USR_VERITY_X86_64,
+                d.usr_verity_mib,
+                Some(self.work.join("usr.verity")),
+            )
+            .attrs(disk::READ_ONLY),
+            disk::PartSpec::new("USR-B", keel_gpt::types::USR_X86_64, d.usr_mib, None)
+                .attrs(disk::usr_attrs(0, 0, false)),
+            disk::PartSpec::new(
+                "USR-B-VERITY",
+                keel_gpt::types::USR_VERITY_X86_64,
+                d.usr_verity_mib,
+                None,
+            )
+            .attrs(disk::READ_ONLY),
+            disk::PartSpec::new(
+                "OEM",
+                keel_gpt::types::LINUX_DATA,
+                d.oem_mib,
+                Some(self.work.join("oem.ext4")),
+            )
+            .attrs(disk::READ_ONLY),
+            disk::PartSpec::new(
+                "ROOT",
+                keel_gpt::types::ROOT_X86_64,
+                d.root_mib,
+                Some(self.work.join("root.ext4")),
+            )
+            .attrs(disk::GROW_FS),
+        ];
+        let raw = self.opts.out.join(format!("{}.img", self.cfg.name));
+        disk::assemble(&raw, d.sector_size, &parts)?;
+        Ok(())
+    }
+
+    fn qcow2(&mut self) -> Result<()> {
+        let raw = self.opts.out.join(format!("{}.img", self.cfg.name));
+        let q = self.opts.out.join(format!("{}.qcow2", self.cfg.name));
+        let tmp = q.with_extension("qcow2.part");
+        run(Command::new("qemu-img")
+            .args(["convert", "-f", "raw", "-O", "qcow2"])
+            .arg(&raw)
+            .arg(&tmp))?;
+        fs::rename(&tmp, &q)?;
+        Ok(())
+    }
+
+    fn manifest(&self) -> Result<Manifest> {
+        let out = &self.opts.out;
+        let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut sizes = BTreeMap::new();
+        sizes.insert("initramfs".into(), size(&out.join("initramfs.img")));
+        sizes.insert("kernel".into(), size(&out.join("vmlinuz")));
+        sizes.insert("usr_erofs".into(), size(&self.work.join("usr.erofs")));
+        sizes.insert("usr_verity".into(), size(&self.work.join("usr.verity")));
+        sizes.insert(
+            "qcow2".into(),
+            size(&out.join(format!("{}.qcow2", self.cfg.name))),
+        );
+        for b in &self.cfg.binaries {
+            sizes.insert(
+                format!("bin/{}", b.name),
+                size(&self.opts.bin_dir.join(&b.name)),
+            );
+        }
+        let m = Manifest {
+            name: self.cfg.name.clone(),
+            version: self.cfg.os_version.clone(),
+            kernel_release: self.kver.clone(),
+            kernel: "vmlinuz".into(),
+            initramfs: "initramfs.img".into(),
+            raw: format!("{}.img", self.cfg.name),
+            qcow2: format!("{}.qcow2", self.cfg.name),
+            cmdline: format!(
+                "{} keel.usrhash.a={}",
+                self.cfg.kernel.cmdline, self.root_hash
+            ),
+            usr_root_hash: self.root_hash.clone(),
+            dev_ssh_key: self
+                .cfg
+                .oem
+                .dev_ssh_key
+                .then(|| "dev-ssh/id_ed25519".to_string()),
+            sizes,
+            steps: self.timings.clone(),
+        };
+        let p = out.join("image.json");
+        fs::write(&p, serde_json::to_string_pretty(&m)? + "\n")
+            .with_context(|| format!("writing {}", p.display()))?;
+        Ok(m)
+    }
+}
+
+fn fmt_dur(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+fn mkfs_ext4(img: &Path, label: &str, dir: &Path, size: u64) -> Result<()> {
+    let _ = fs::remove_file(img);
+    fs::File::create(img)?.set_len(size)?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
+        .arg(dir)
+        .arg(img))?;
+    Ok(())
+}
+
+/// Create `.wants`/`.requires` symlinks in `dst` for every unit in `src`
+/// whose `[Install]` section says `WantedBy=` / `RequiredBy=`: Keel's units
+/// are enabled in /usr, so no machine's /etc carries their enablement.
+pub fn enable_units(src: &Path, dst: &Path) -> Result<()> {
+    for e in fs::read_dir(src)? {
+        let e = e?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !e.file_type()?.is_file() || name.contains("@.") {
+            continue;
+        }
+        let text = fs::read_to_string(e.path())?;
+        let mut in_install = false;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('[') {
+                in_install = line == "[Install]";
+                continue;
+            }
+            if !in_install {
+                continue;
+            }
+            let (suffix, targets) = if let Some(v) = line.strip_prefix("WantedBy=") {
+                ("wants", v)
+            } else if let Some(v) = line.strip_prefix("RequiredBy=") {
+                ("requires", v)
+            } else {
+                continue;
+            };
+            for t in targets.split_whitespace() {
+                let d = dst.join(format!("{t}.{suffix}"));
+                fs::create_dir_all(&d)?;
+                let l = d.join(&name);
+                let _ = fs::remove_file(&l);
+                symlink(format!("../{name}"), &l)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enables_units_from_install_section() {
+        let src = tempfile::tempdir().unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        fs::write(
+            src.path().join("a.service"),
+            "[Unit]\nDescription=a\n[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target sysinit.target\n",
+        )
+        .unwrap();
+        fs::write(
+            src.path().join("b@.service"),
+            "[Install]\nWantedBy=multi-user.target\n",
+        )
+        .unwrap();
+        fs::write(
+            src.path().join("c.service"),
+            "[Service]\nExecStart=/bin/true\n",
+        )
+        .unwrap();
+        enable_units(src.path(), dst.path()).unwrap();
+        let l = dst.path().join("multi-user.target.wants/a.service");
+        assert_eq!(fs::read_link(&l).unwrap(), Path::new("../a.service"));
+        assert!(dst
+            .path()
+            .join("sysinit.target.wants/a.service")
+            .is_symlink());
+        assert!(!dst
+            .path()
+            .join("multi-user.target.wants/b@.service")
+            .exists());
+        assert!(!dst
+            .path()
+            .join("multi-user.target.wants/c.service")
+            .exists());
+    }
+
+    #[test]
+    fn static_elf_detection() {
+        // The test binary itself is dynamically linked (gnu target).
+        let me = fs::read(std::env::current_exe().unwrap()).unwrap();
+        assert!(!elf_is_static(&me).unwrap());
+        assert!(elf_is_static(b"not an elf").is_err());
+    }
+}

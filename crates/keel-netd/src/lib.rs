@@ -1,0 +1,17 @@
+//! keel-netd: Keel's networkd-like configurator.
+//!
+//! Owns: bringing links up, their MTU, the addresses and routes it adds
+//! (never routes it did not add), a DHCPv4 client per link, the resolver
+//! file `/run/keel/resolv.conf`, and the hostname when DHCP offers one and
+//! the admin set none (`/etc/hostname` absent or empty).
+//!
+//! Reads: `.network` files from `/usr/lib/keel/network`, `/run/keel/network`
+//! and `/etc/keel/network` (systemd.network(5) subset, see [`config`]);
+//! `/etc/machine-id` (DHCP client identifier); `/etc/hostname`;
+//! `/sys/class/net/*/uevent` and `device/driver` (Match Type= and Driver=).
+//! Writes: leases under `/var/lib/keel/netd/`, link state under
+//! `/run/keel/netd/` (read by `status` and `wait-online`),
+//! `/run/keel/resolv.conf`. Units: `keel-netd.service` (Type=notify) and
+//! `keel-netd-wait-online.service`. No kernel arguments.
+
+pub mod config;

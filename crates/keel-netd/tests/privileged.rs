@@ -1,0 +1,1 @@
+//! Privileged tests for keel-netd (root, network namespaces, dnsmasq).

@@ -7,7 +7,6 @@
 
 use std::io::Read;
 
-use base64::Engine;
 use yaml_rust2::{Yaml, YamlLoader};
 
 use crate::model::{
@@ -293,10 +292,7 @@ fn write_file(f: &Yaml, at: &str) -> Result<File, ConfigError> {
 }
 
 fn b64(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {
-    let clean: Vec<u8> = raw.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-    base64::engine::general_purpose::STANDARD
-        .decode(clean)
-        .map_err(|e| err(at, format!("invalid base64 content: {e}")))
+    crate::dataurl::base64(raw).map_err(|e| err(at, format!("content: {e}")))
 }
 
 fn gunzip(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {

@@ -56,3 +56,6 @@ pub fn parse_config(data: &[u8]) -> Result<Option<(model::Config, Format)>, Conf
     };
     Err(ConfigError { path: "line 1".into(), message: what.into() })
 }
+
+#[cfg(test)]
+mod parse_tests;

@@ -15,3 +15,5 @@
 //! `keel-netd-wait-online.service`. No kernel arguments.
 
 pub mod config;
+pub mod dhcp;
+pub mod fsutil;

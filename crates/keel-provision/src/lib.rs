@@ -2,6 +2,10 @@ pub mod cloudconfig;
 pub mod dataurl;
 pub mod ignition;
 pub mod model;
+pub mod accounts;
+pub mod plan;
+pub mod apply;
+pub mod sys;
 
 /// A config that cannot be used, with where in it: a JSON path
 /// (`$.storage.files.0.path`), a YAML key (`write_files[0].path`), or a

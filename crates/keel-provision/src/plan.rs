@@ -1,0 +1,976 @@
+//! Plan: the config checked against the sysroot's current state and turned
+//! into plain data (a list of steps) before anything is written. Every check
+//! that can fail — owners that do not resolve, paths that exist without
+//! `overwrite`, paths on the read-only `/usr`, units to enable without an
+//! `[Install]` section — fails here, so a config is applied whole or not at
+//! all.
+//!
+//! Paths in the plan are absolute paths inside the target root, with every
+//! symlink in their parent directories already resolved *inside* that root
+//! (an absolute link target is taken relative to the sysroot, as in a
+//! chroot), so applying the plan never writes outside the sysroot.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::accounts::{parse_sysusers, Declared, Table};
+use crate::model::{Config, Owner, User};
+
+/// Why a config cannot be applied to this sysroot.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// A config entry conflicts with the sysroot or is incomplete;
+    /// `at` is `<source>: <JSON path or YAML key>`.
+    #[error("{at}: {message}")]
+    Entry {
+        /// Where in which config.
+        at: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A file in the sysroot that the plan must read is malformed.
+    #[error(transparent)]
+    Accounts(#[from] crate::accounts::AccountsError),
+    /// A file in the sysroot could not be read.
+    #[error("reading {path}: {message}")]
+    Read {
+        /// Path below the sysroot.
+        path: String,
+        /// The I/O error.
+        message: String,
+    },
+}
+
+/// Which tree a step writes into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Place {
+    /// The sysroot (ROOT, with `/etc` as an overlay).
+    Root,
+    /// The runtime `/run` that keel-init carries over switch_root.
+    Run,
+}
+
+/// One change, in the order it is applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Action {
+    /// Create a directory (if missing) and set its mode and owner.
+    Mkdir {
+        /// Path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+    },
+    /// Replace a file atomically.
+    Write {
+        /// Path.
+        path: String,
+        /// Permission bits.
+        mode: u32,
+        /// Owner.
+        uid: u32,
+        /// Group.
+        gid: u32,
+        /// Contents (not serialised: can hold secrets).
+        #[serde(skip)]
+        contents: Vec<u8>,
+    },
+    /// Change mode and/or owner of an existing file or directory.
+    SetAttrs {
+        /// Path.
+        path: String,
+        /// New permission bits, if any.
+        mode: Option<u32>,
+        /// New owner, if any.
+        uid: Option<u32>,
+        /// New group, if any.
+        gid: Option<u32>,
+    },
+    /// Replace whatever is at `path` with a symlink, atomically.
+    Symlink {
+        /// Path.
+        path: String,
+        /// Link target, verbatim.
+        target: String,
+        /// Owner of the link itself.
+        uid: u32,
+        /// Group of the link itself.
+        gid: u32,
+    },
+    /// Replace whatever is at `path` with a hard link to `target` (a path in
+    /// the same place).
+    HardLink {
+        /// Path.
+        path: String,
+        /// Existing file.
+        target: String,
+    },
+    /// Remove a file or symlink.
+    Remove {
+        /// Path.
+        path: String,
+    },
+}
+
+impl Action {
+    /// The path the action changes.
+    pub fn path(&self) -> &str {
+        match self {
+            Action::Mkdir { path, .. }
+            | Action::Write { path, .. }
+            | Action::SetAttrs { path, .. }
+            | Action::Symlink { path, .. }
+            | Action::HardLink { path, .. }
+            | Action::Remove { path } => path,
+        }
+    }
+}
+
+/// One planned step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// Which tree.
+    pub place: Place,
+    /// What.
+    #[serde(flatten)]
+    pub action: Action,
+}
+
+/// What the config amounts to, for the result file and `show`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// Users created or changed.
+    pub users: Vec<String>,
+    /// Groups created.
+    pub groups: Vec<String>,
+    /// Files written.
+    pub files: Vec<String>,
+    /// Directories created.
+    pub directories: Vec<String>,
+    /// Links created.
+    pub links: Vec<String>,
+    /// Units written, enabled, disabled, masked or started.
+    pub units: Vec<String>,
+}
+
+/// The whole plan.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Plan {
+    /// Steps in order.
+    pub steps: Vec<Step>,
+    /// What was asked for.
+    pub summary: Summary,
+}
+
+impl Plan {
+    /// One line per step, for golden tests and `validate --plan`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        for s in &self.steps {
+            let place = match s.place {
+                Place::Root => "",
+                Place::Run => "run:",
+            };
+            // Writing to a String cannot fail.
+            let _ = match &s.action {
+                Action::Mkdir { path, mode, uid, gid } => writeln!(out, "mkdir {place}{path} {mode:04o} {uid}:{gid}"),
+                Action::Write { path, mode, uid, gid, contents } => {
+                    writeln!(out, "write {place}{path} {mode:04o} {uid}:{gid} {} bytes", contents.len())
+                }
+                Action::SetAttrs { path, mode, uid, gid } => {
+                    let m = mode.map_or("-".into(), |m| format!("{m:04o}"));
+                    let u = uid.map_or("-".into(), |u| u.to_string());
+                    let g = gid.map_or("-".into(), |g| g.to_string());
+                    writeln!(out, "setattrs {place}{path} {m} {u}:{g}")
+                }
+                Action::Symlink { path, target, uid, gid } => {
+                    writeln!(out, "symlink {place}{path} -> {target} {uid}:{gid}")
+                }
+                Action::HardLink { path, target } => writeln!(out, "hardlink {place}{path} -> {target}"),
+                Action::Remove { path } => writeln!(out, "remove {place}{path}"),
+            };
+        }
+        out
+    }
+}
+
+/// Where units go and are looked up, relative to the root.
+pub const ETC_UNITS: &str = "/etc/systemd/system";
+/// Vendor units.
+pub const USR_UNITS: &str = "/usr/lib/systemd/system";
+/// Runtime units (relative to the run place).
+pub const RUN_UNITS: &str = "/systemd/system";
+
+/// Trees that are not writable on ROOT: read-only partitions and API file
+/// systems mounted over ROOT at runtime (a file written there would vanish).
+const NOT_ROOT: &[(&str, &str)] = &[
+    ("/usr", "the read-only USR partition"),
+    ("/oem", "the read-only OEM partition"),
+    ("/proc", "a runtime file system"),
+    ("/sys", "a runtime file system"),
+    ("/dev", "a runtime file system"),
+    ("/run", "a runtime file system"),
+];
+
+fn e(at: &str, message: impl Into<String>) -> PlanError {
+    PlanError::Entry { at: at.to_string(), message: message.into() }
+}
+
+/// What is at a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Missing,
+    Dir,
+    File,
+    Symlink,
+    Other,
+}
+
+struct Planner<'a> {
+    root: &'a Path,
+    plan: Plan,
+    /// Paths that steps create, and which entry claimed them.
+    claimed: BTreeMap<(Place, String), (Kind, String)>,
+}
+
+/// Build the plan for `cfg` against the sysroot at `root`.
+pub fn plan(cfg: &Config, root: &Path) -> Result<Plan, PlanError> {
+    let mut p = Planner { root, plan: Plan::default(), claimed: BTreeMap::new() };
+    let accounts = p.accounts(cfg)?;
+    p.directories(cfg, &accounts)?;
+    p.files(cfg, &accounts)?;
+    p.links(cfg, &accounts)?;
+    p.homes(cfg, &accounts)?;
+    p.units(cfg)?;
+    Ok(p.plan)
+}
+
+/// Resolved account tables after the config's users and groups.
+struct Accounts {
+    passwd: Table,
+    group: Table,
+    /// Users created in this plan (their homes get created).
+    created: Vec<String>,
+}
+
+impl Accounts {
+    fn uid(&self, o: &Owner, at: &str) -> Result<u32, PlanError> {
+        match o {
+            Owner::Id(n) => Ok(*n),
+            Owner::Name(n) => self
+                .passwd
+                .get(n)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| e(at, format!("no user {n:?} in /etc/passwd, the config or sysusers.d"))),
+        }
+    }
+
+    fn gid(&self, o: &Owner, at: &str) -> Result<u32, PlanError> {
+        match o {
+            Owner::Id(n) => Ok(*n),
+            Owner::Name(n) => self
+                .group
+                .get(n)
+                .and_then(|f| f[2].parse().ok())
+                .ok_or_else(|| e(at, format!("no group {n:?} in /etc/group, the config or sysusers.d"))),
+        }
+    }
+
+    fn owner(&self, n: &crate::model::Node) -> Result<(u32, u32), PlanError> {
+        let uid = n.user.as_ref().map(|o| self.uid(o, &format!("{}.user", n.at))).transpose()?.unwrap_or(0);
+        let gid = n.group.as_ref().map(|o| self.gid(o, &format!("{}.group", n.at))).transpose()?.unwrap_or(0);
+        Ok((uid, gid))
+    }
+}
+
+impl Planner<'_> {
+    fn host(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn read_opt(&self, path: &str) -> Result<Option<String>, PlanError> {
+        match fs::read(self.host(path)) {
+            Ok(b) => String::from_utf8(b)
+                .map(Some)
+                .map_err(|_| PlanError::Read { path: path.into(), message: "not UTF-8".into() }),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(err) => Err(PlanError::Read { path: path.into(), message: err.to_string() }),
+        }
+    }
+
+    fn kind(&self, path: &str) -> Kind {
+        match fs::symlink_metadata(self.host(path)) {
+            Err(_) => Kind::Missing,
+            Ok(m) if m.file_type().is_symlink() => Kind::Symlink,
+            Ok(m) if m.is_dir() => Kind::Dir,
+            Ok(m) if m.is_file() => Kind::File,
+            Ok(_) => Kind::Other,
+        }
+    }
+
+    /// Resolve symlinks in the parent directories of `path` inside the root.
+    fn resolve(&self, path: &str, at: &str) -> Result<String, PlanError> {
+        let (parent, last) = path.rsplit_once('/').unwrap_or(("", path));
+        let mut todo: std::collections::VecDeque<String> =
+            parent.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut done: Vec<String> = Vec::new();
+        let mut hops = 0;
+        while let Some(c) = todo.pop_front() {
+            match c.as_str() {
+                "" | "." => continue,
+                ".." => {
+                    done.pop();
+                    continue;
+                }
+                _ => {}
+            }
+            let here = format!("/{}", done.iter().chain([&c]).cloned().collect::<Vec<_>>().join("/"));
+            match self.kind(&here) {
+                Kind::Symlink => {
+                    hops += 1;
+                    if hops > 40 {
+                        return Err(e(at, format!("too many levels of symlinks resolving {path}")));
+                    }
+                    let target = fs::read_link(self.host(&here))
+                        .map_err(|err| PlanError::Read { path: here.clone(), message: err.to_string() })?;
+                    let t = target.to_string_lossy();
+                    if t.starts_with('/') {
+                        done.clear();
+                    }
+                    for (i, part) in t.split('/').filter(|p| !p.is_empty()).enumerate() {
+                        todo.insert(i, part.to_string());
+                    }
+                }
+                Kind::Dir | Kind::Missing => {
+                    if let Some((k, by)) = self.claimed.get(&(Place::Root, here.clone())) {
+                        if *k != Kind::Dir {
+                            return Err(e(at, format!("{here} is not a directory (it is created by {by})")));
+                        }
+                    }
+                    done.push(c)
+                }
+                _ => return Err(e(at, format!("{here} is not a directory"))),
+            }
+        }
+        let out = format!("/{}", done.iter().map(String::as_str).chain([last]).collect::<Vec<_>>().join("/"));
+        for (top, what) in NOT_ROOT {
+            if out == *top || out.starts_with(&format!("{top}/")) {
+                let via = if out == path { String::new() } else { format!(" (as {out}, through a symlink)") };
+                return Err(e(at, format!("{path}{via} is on {what}, not on ROOT")));
+            }
+        }
+        Ok(out)
+    }
+
+    fn claim(&mut self, place: Place, path: &str, kind: Kind, at: &str) -> Result<(), PlanError> {
+        if let Some((_, by)) = self.claimed.get(&(place, path.to_string())) {
+            return Err(e(at, format!("{path} is also written by {by}")));
+        }
+        self.claimed.insert((place, path.to_string()), (kind, at.to_string()));
+        Ok(())
+    }
+
+    /// Plan missing parent directories of `path` (0755 root, as Ignition).
+    fn parents(&mut self, place: Place, path: &str) {
+        let mut cur = String::new();
+        let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+        for part in &parts[..parts.len().saturating_sub(1)] {
+            cur = format!("{cur}/{part}");
+            let exists = match place {
+                Place::Root => self.kind(&cur) != Kind::Missing,
+                Place::Run => false,
+            };
+            if exists || self.claimed.contains_key(&(place, cur.clone())) {
+                continue;
+            }
+            self.claimed.insert((place, cur.clone()), (Kind::Dir, "a parent directory".into()));
+            self.push(place, Action::Mkdir { path: cur.clone(), mode: 0o755, uid: 0, gid: 0 });
+        }
+    }
+
+    fn push(&mut self, place: Place, action: Action) {
+        self.plan.steps.push(Step { place, action });
+    }
+
+    fn accounts(&mut self, cfg: &Config) -> Result<Accounts, PlanError> {
+        let load = |p: &mut Self, file: &str, width: usize, num: &[usize]| -> Result<Option<Table>, PlanError> {
+            Ok(match p.read_opt(file)? {
+                Some(text) => Some(Table::parse(file, &text, width, num)?),
+                None => None,
+            })
+        };
+        let mut passwd = load(self, "/etc/passwd", 7, &[])?.unwrap_or_else(Table::empty);
+        let mut group = load(self, "/etc/group", 4, &[2])?.unwrap_or_else(Table::empty);
+        let mut shadow = load(self, "/etc/shadow", 9, &[])?.unwrap_or_else(Table::empty);
+        let mut gshadow = load(self, "/etc/gshadow", 4, &[])?;
+        let declared = self.sysusers()?;
+        let decl = |kind: char, name: &str| declared.iter().find(|d| d.kind == kind && d.name == name);
+        let declared_uids: Vec<u32> = declared.iter().filter(|d| d.kind == 'u').filter_map(|d| d.id).collect();
+        let declared_gids: Vec<u32> = declared
+            .iter()
+            .filter_map(|d| if d.kind == 'g' { d.id } else { d.group.as_ref().and_then(|g| g.parse().ok()).or(d.id) })
+            .collect();
+        let mut created = Vec::new();
+
+        let add_group = |group: &mut Table, gshadow: &mut Option<Table>, name: &str, gid: u32| {
+            group.push(vec![name.into(), "x".into(), gid.to_string(), String::new()]);
+            if let Some(gs) = gshadow.as_mut() {
+                gs.push(vec![name.into(), "!".into(), String::new(), String::new()]);
+            }
+        };
+
+        for g in &cfg.groups {
+            if let Some(f) = group.get(&g.name) {
+                if let Some(gid) = g.gid {
+                    if f[2] != gid.to_string() {
+                        return Err(e(&format!("{}.gid", g.at), format!("group {:?} already exists with gid {}", g.name, f[2])));
+                    }
+                }
+                continue;
+            }
+            let gid = match (g.gid, decl('g', &g.name).and_then(|d| d.id)) {
+                (Some(a), Some(b)) if a != b => {
+                    return Err(e(&format!("{}.gid", g.at), format!("sysusers.d declares group {:?} with gid {b}", g.name)))
+                }
+                (Some(a), _) | (None, Some(a)) => {
+                    if let Some(other) = group.name_of(2, a) {
+                        return Err(e(&format!("{}.gid", g.at), format!("gid {a} is already used by group {other:?}")));
+                    }
+                    a
+                }
+                (None, None) => allocate(group.ids(2).chain(declared_gids.iter().copied()), g.system)
+                    .ok_or_else(|| e(&g.at, "no free gid"))?,
+            };
+            add_group(&mut group, &mut gshadow, &g.name, gid);
+            self.plan.summary.groups.push(g.name.clone());
+        }
+
+        for u in &cfg.users {
+            self.plan.summary.users.push(u.name.clone());
+            if let Some(f) = passwd.get(&u.name) {
+                if let Some(uid) = u.uid {
+                    if f[2] != uid.to_string() {
+                        return Err(e(&format!("{}.uid", u.at), format!("user {:?} already exists with uid {}", u.name, f[2])));
+                    }
+                }
+                if let Some(pg) = &u.primary_group {
+                    let gid = group
+                        .get(pg)
+                        .map(|g| g[2].clone())
+                        .ok_or_else(|| e(&format!("{}.primaryGroup", u.at), format!("no group {pg:?}")))?;
+                    passwd.set(&u.name, 3, &gid);
+                }
+            } else {
+                let d = decl('u', &u.name);
+                let uid = match (u.uid, d.and_then(|d| d.id)) {
+                    (Some(a), Some(b)) if a != b => {
+                        return Err(e(&format!("{}.uid", u.at), format!("sysusers.d declares user {:?} with uid {b}", u.name)))
+                    }
+                    (Some(a), _) | (None, Some(a)) => {
+                        if let Some(other) = passwd.name_of(2, a) {
+                            return Err(e(&format!("{}.uid", u.at), format!("uid {a} is already used by user {other:?}")));
+                        }
+                        a
+                    }
+                    (None, None) => allocate(passwd.ids(2).chain(declared_uids.iter().copied()), u.system)
+                        .ok_or_else(|| e(&u.at, "no free uid"))?,
+                };
+                let gid = match &u.primary_group {
+                    Some(pg) => group
+                        .get(pg)
+                        .and_then(|g| g[2].parse::<u32>().ok())
+                        .or_else(|| decl('g', pg).and_then(|d| d.id))
+                        .ok_or_else(|| e(&format!("{}.primaryGroup", u.at), format!("no group {pg:?} in /etc/group, the config or sysusers.d")))?,
+                    None => {
+                        // A group named like the user: sysusers' UID:GID or
+                        // the uid; its own entry if it exists already.
+                        let want = d
+                            .and_then(|d| d.group.as_ref())
+                            .and_then(|g| g.parse::<u32>().ok().or_else(|| group.get(g).and_then(|f| f[2].parse().ok())));
+                        match group.get(&u.name) {
+                            Some(f) => f[2].parse().unwrap_or(uid),
+                            None => {
+                                let gid = want
+                                    .or_else(|| (group.name_of(2, uid).is_none()).then_some(uid))
+                                    .or_else(|| allocate(group.ids(2).chain(declared_gids.iter().copied()), u.system))
+                                    .ok_or_else(|| e(&u.at, "no free gid"))?;
+                                add_group(&mut group, &mut gshadow, &u.name, gid);
+                                gid
+                            }
+                        }
+                    }
+                };
+                let home = u
+                    .home_dir
+                    .clone()
+                    .or_else(|| d.and_then(|d| d.home.clone()))
+                    .unwrap_or_else(|| format!("/home/{}", u.name));
+                let shell = u.shell.clone().or_else(|| d.and_then(|d| d.shell.clone())).unwrap_or_else(|| "/bin/bash".into());
+                let gecos = u.gecos.clone().or_else(|| d.and_then(|d| d.gecos.clone())).unwrap_or_default();
+                passwd.push(vec![u.name.clone(), "x".into(), uid.to_string(), gid.to_string(), gecos, home, shell]);
+                created.push(u.name.clone());
+            }
+            if let Some(h) = &u.gecos {
+                passwd.set(&u.name, 4, h);
+            }
+            if let Some(h) = &u.home_dir {
+                passwd.set(&u.name, 5, h);
+            }
+            if let Some(s) = &u.shell {
+                passwd.set(&u.name, 6, s);
+            }
+            let hash = u.password_hash.clone();
+            if shadow.get(&u.name).is_none() {
+                // "*": no password can match, but the account is not locked,
+                // so key-based SSH logins still work.
+                let h = hash.clone().unwrap_or_else(|| "*".into());
+                shadow.push(vec![u.name.clone(), h, String::new(), "0".into(), "99999".into(), "7".into(), String::new(), String::new(), String::new()]);
+            } else if let Some(h) = &hash {
+                shadow.set(&u.name, 1, h);
+            }
+            for (j, g) in u.groups.iter().enumerate() {
+                if group.get(g).is_none() {
+                    let gid = decl('g', g).and_then(|d| d.id).ok_or_else(|| {
+                        e(&format!("{}.groups.{j}", u.at), format!("no group {g:?} in /etc/group, the config or sysusers.d"))
+                    })?;
+                    add_group(&mut group, &mut gshadow, g, gid);
+                }
+                group.add_member(g, 3, &u.name);
+                if let Some(gs) = gshadow.as_mut() {
+                    if gs.get(g).is_some() {
+                        gs.add_member(g, 3, &u.name);
+                    }
+                }
+            }
+        }
+
+        let tables = [
+            ("/etc/passwd", &passwd, 0o644),
+            ("/etc/group", &group, 0o644),
+            ("/etc/shadow", &shadow, 0o600),
+        ];
+        for (path, table, default_mode) in tables {
+            if table.changed {
+                self.write_account_file(path, table, default_mode)?;
+            }
+        }
+        if let Some(gs) = &gshadow {
+            if gs.changed {
+                self.write_account_file("/etc/gshadow", gs, 0o600)?;
+            }
+        }
+        Ok(Accounts { passwd, group, created })
+    }
+
+    /// Rewrite an account file keeping the existing file's mode and owner.
+    fn write_account_file(&mut self, path: &str, table: &Table, default_mode: u32) -> Result<(), PlanError> {
+        let (mode, uid, gid) = match fs::metadata(self.host(path)) {
+            Ok(m) => (m.permissions().mode() & 0o7777, m.uid(), m.gid()),
+            Err(_) => (default_mode, 0, 0),
+        };
+        self.parents(Place::Root, path);
+        self.claim(Place::Root, path, Kind::File, "passwd")?;
+        self.push(Place::Root, Action::Write { path: path.into(), mode, uid, gid, contents: table.render().into_bytes() });
+        Ok(())
+    }
+
+    /// `sysusers.d` declarations: `/etc/sysusers.d` replaces same-named files
+    /// of `/usr/lib/sysusers.d`; files are read in name order and the first
+    /// declaration of a name wins, as systemd-sysusers does.
+    fn sysusers(&self) -> Result<Vec<Declared>, PlanError> {
+        let mut files: BTreeMap<String, String> = BTreeMap::new();
+        for dir in ["/usr/lib/sysusers.d", "/etc/sysusers.d"] {
+            let Ok(rd) = fs::read_dir(self.host(dir)) else { continue };
+            for entry in rd.flatten() {
+                let name = entry.file_name().to_string_lossy().to_string();
+                if name.ends_with(".conf") {
+                    files.insert(name.clone(), format!("{dir}/{name}"));
+                }
+            }
+        }
+        let mut out: Vec<Declared> = Vec::new();
+        for path in files.values() {
+            let Some(text) = self.read_opt(path)? else { continue };
+            for d in parse_sysusers(path, &text)? {
+                if !out.iter().any(|o| o.kind == d.kind && o.name == d.name) {
+                    out.push(d);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn directories(&mut self, cfg: &Config, acc: &Accounts) -> Result<(), PlanError> {
+        let mut dirs: Vec<_> = cfg.directories.iter().collect();
+        dirs.sort_by(|a, b| a.node.path.cmp(&b.node.path));
+        for d in dirs {
+            let at = format!("{}.path", d.node.at);
+            let path = self.resolve(&d.node.path, &at)?;
+            let (uid, gid) = acc.owner(&d.node)?;
+            let mode = d.mode.unwrap_or(0o755);
+            match self.kind(&path) {
+                Kind::Missing => {
+                    self.parents(Place::Root, &path);
+                    self.push(Place::Root, Action::Mkdir { path: path.clone(), mode, uid, gid });
+                }
+                Kind::Dir => self.push(
+                    Place::Root,
+                    Action::SetAttrs {
+                        path: path.clone(),
+                        mode: d.mode,
+                        uid: d.node.user.as_ref().map(|_| uid),
+                        gid: d.node.group.as_ref().map(|_| gid),
+                    },
+                ),
+                _ if d.node.overwrite == Some(true) => {
+                    self.push(Place::Root, Action::Remove { path: path.clone() });
+                    self.push(Place::Root, Action::Mkdir { path: path.clone(), mode, uid, gid });
+                }
+                _ => return Err(e(&at, format!("{path} exists and is not a directory (set overwrite to replace it)"))),
+            }
+            self.claim(Place::Root, &path, Kind::Dir, &d.node.at)?;
+            self.plan.summary.directories.push(path);
+        }
+        Ok(())
+    }
+
+    fn files(&mut self, cfg: &Config, acc: &Accounts) -> Result<(), PlanError> {
+        for f in &cfg.files {
+            let at = format!("{}.path", f.node.at);
+            let path = self.resolve(&f.node.path, &at)?;
+            let (uid, gid) = acc.owner(&f.node)?;
+            let mode = f.mode.unwrap_or(0o644);
+            let kind = self.kind(&path);
+            let write = Action::Write { path: path.clone(), mode, uid, gid, contents: f.contents.clone().unwrap_or_default() };
+            match kind {
+                Kind::Missing => {
+                    self.parents(Place::Root, &path);
+                    self.push(Place::Root, write);
+                }
+                Kind::Dir => return Err(e(&at, format!("{path} is a directory"))),
+                Kind::File if f.contents.is_none() && f.node.overwrite != Some(true) => self.push(
+                    Place::Root,
+                    Action::SetAttrs {
+                        path: path.clone(),
+                        mode: f.mode,
+                        uid: f.node.user.as_ref().map(|_| uid),
+                        gid: f.node.group.as_ref().map(|_| gid),
+                    },
+                ),
+                _ if f.node.overwrite == Some(true) => self.push(Place::Root, write),
+                _ => return Err(e(&at, format!("{path} already exists (set overwrite to replace it)"))),
+            }
+            self.claim(Place::Root, &path, Kind::File, &f.node.at)?;
+            self.plan.summary.files.push(path);
+        }
+        Ok(())
+    }
+
+    fn links(&mut self, cfg: &Config, acc: &Accounts) -> Result<(), PlanError> {
+        for l in &cfg.links {
+            let at = format!("{}.path", l.node.at);
+            let path = self.resolve(&l.node.path, &at)?;
+            let (uid, gid) = acc.owner(&l.node)?;
+            let action = if l.hard {
+                let tat = format!("{}.target", l.node.at);
+                let target = self.resolve(&l.target, &tat)?;
+                let planned = matches!(self.claimed.get(&(Place::Root, target.clone())), Some((Kind::File, _)));
+                if !planned && self.kind(&target) != Kind::File {
+                    return Err(e(&tat, format!("hard link target {target} is not a regular file")));
+                }
+                Action::HardLink { path: path.clone(), target }
+            } else {
+                Action::Symlink { path: path.clone(), target: l.target.clone(), uid, gid }
+            };
+            match self.kind(&path) {
+                Kind::Missing => self.parents(Place::Root, &path),
+                Kind::Dir => return Err(e(&at, format!("{path} is a directory"))),
+                Kind::Symlink
+                    if !l.hard && fs::read_link(self.host(&path)).ok().as_deref() == Some(Path::new(&l.target)) => {}
+                _ if l.node.overwrite == Some(true) => {}
+                _ => return Err(e(&at, format!("{path} already exists (set overwrite to replace it)"))),
+            }
+            self.push(Place::Root, action);
+            self.claim(Place::Root, &path, Kind::Symlink, &l.node.at)?;
+            self.plan.summary.links.push(path);
+        }
+        Ok(())
+    }
+
+    /// Home directories of new users, `~/.ssh` and `authorized_keys`.
+    fn homes(&mut self, cfg: &Config, acc: &Accounts) -> Result<(), PlanError> {
+        for u in &cfg.users {
+            let User { at, name, .. } = u;
+            let Some(f) = acc.passwd.get(name) else { continue };
+            let (uid, gid): (u32, u32) = (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0));
+            let home = f[5].clone();
+            let wants_home = (acc.created.contains(name) && !u.no_create_home) || !u.ssh_authorized_keys.is_empty();
+            if !wants_home || home.is_empty() || home == "/" {
+                continue;
+            }
+            let home = self.resolve(&crate::model::clean_path(&home).map_err(|m| e(at, m))?, at)?;
+            match self.kind(&home) {
+                Kind::Missing if !self.claimed.contains_key(&(Place::Root, home.clone())) => {
+                    self.parents(Place::Root, &home);
+                    self.claim(Place::Root, &home, Kind::Dir, at)?;
+                    self.push(Place::Root, Action::Mkdir { path: home.clone(), mode: 0o755, uid, gid });
+                }
+                Kind::Missing | Kind::Dir => {}
+                _ => return Err(e(at, format!("home directory {home} is not a directory"))),
+            }
+            if u.ssh_authorized_keys.is_empty() {
+                continue;
+            }
+            let ssh = format!("{home}/.ssh");
+            match self.kind(&ssh) {
+                Kind::Missing => {
+                    self.claim(Place::Root, &ssh, Kind::Dir, at)?;
+                    self.push(Place::Root, Action::Mkdir { path: ssh.clone(), mode: 0o700, uid, gid });
+                }
+                Kind::Dir => {}
+                _ => return Err(e(at, format!("{ssh} is not a directory"))),
+            }
+            let keys_path = format!("{ssh}/authorized_keys");
+            let mut text = match self.kind(&keys_path) {
+                Kind::File => self.read_opt(&keys_path)?.unwrap_or_default(),
+                Kind::Missing => String::new(),
+                _ => return Err(e(at, format!("{keys_path} is not a regular file"))),
+            };
+            if !text.is_empty() && !text.ends_with('\n') {
+                text.push('\n');
+            }
+            for k in &u.ssh_authorized_keys {
+                if !text.lines().any(|l| l.trim() == k.trim()) {
+                    text.push_str(k.trim());
+                    text.push('\n');
+                }
+            }
+            self.claim(Place::Root, &keys_path, Kind::File, at)?;
+            self.push(Place::Root, Action::Write { path: keys_path, mode: 0o600, uid, gid, contents: text.into_bytes() });
+        }
+        Ok(())
+    }
+
+    fn units(&mut self, cfg: &Config) -> Result<(), PlanError> {
+        for u in &cfg.units {
+            let at = u.at.as_str();
+            let etc_path = format!("{ETC_UNITS}/{}", u.name);
+            let mut did = Vec::new();
+            if let Some(c) = &u.contents {
+                self.parents(Place::Root, &etc_path);
+                self.claim(Place::Root, &etc_path, Kind::File, at)?;
+                self.push(Place::Root, Action::Write { path: etc_path.clone(), mode: 0o644, uid: 0, gid: 0, contents: c.clone().into_bytes() });
+                did.push("written");
+            }
+            for d in &u.dropins {
+                let Some(c) = &d.contents else { continue };
+                let p = format!("{ETC_UNITS}/{}.d/{}", u.name, d.name);
+                self.parents(Place::Root, &p);
+                self.claim(Place::Root, &p, Kind::File, at)?;
+                self.push(Place::Root, Action::Write { path: p, mode: 0o644, uid: 0, gid: 0, contents: c.clone().into_bytes() });
+                if !did.contains(&"drop-ins") {
+                    did.push("drop-ins");
+                }
+            }
+            match u.mask {
+                Some(true) => {
+                    self.parents(Place::Root, &etc_path);
+                    self.claim(Place::Root, &etc_path, Kind::Symlink, at)?;
+                    if self.kind(&etc_path) == Kind::Dir {
+                        return Err(e(at, format!("{etc_path} is a directory")));
+                    }
+                    self.push(Place::Root, Action::Symlink { path: etc_path.clone(), target: "/dev/null".into(), uid: 0, gid: 0 });
+                    did.push("masked");
+                }
+                Some(false) if u.contents.is_none() => {
+                    if fs::read_link(self.host(&etc_path)).ok().as_deref() == Some(Path::new("/dev/null")) {
+                        self.push(Place::Root, Action::Remove { path: etc_path.clone() });
+                        did.push("unmasked");
+                    }
+                }
+                _ => {}
+            }
+            match u.enabled {
+                Some(true) => {
+                    self.enable(u, at)?;
+                    did.push("enabled");
+                }
+                Some(false) => {
+                    self.disable(&u.name);
+                    did.push("disabled");
+                }
+                None => {}
+            }
+            if u.start {
+                let (unit_path, _) = self.unit_file(u, at)?;
+                let link = format!("{RUN_UNITS}/multi-user.target.wants/{}", u.name);
+                self.parents(Place::Run, &link);
+                self.claim(Place::Run, &link, Kind::Symlink, at)?;
+                self.push(Place::Run, Action::Symlink { path: link, target: unit_path, uid: 0, gid: 0 });
+                did.push("started");
+            }
+            self.plan.summary.units.push(if did.is_empty() { u.name.clone() } else { format!("{} ({})", u.name, did.join(", ")) });
+        }
+        Ok(())
+    }
+
+    /// The unit file a unit name refers to (its template for an instance):
+    /// the path links should point at, and its text.
+    fn unit_file(&self, u: &crate::model::Unit, at: &str) -> Result<(String, String), PlanError> {
+        if let Some(c) = &u.contents {
+            return Ok((format!("{ETC_UNITS}/{}", u.name), c.clone()));
+        }
+        let mut names = vec![u.name.clone()];
+        if let Some((prefix, rest)) = u.name.split_once('@') {
+            if let Some((_, suffix)) = rest.rsplit_once('.') {
+                names.push(format!("{prefix}@.{suffix}"));
+            }
+        }
+        for name in &names {
+            for dir in [ETC_UNITS, USR_UNITS] {
+                let p = format!("{dir}/{name}");
+                if let Some(text) = self.read_opt(&p)? {
+                    return Ok((p, text));
+                }
+            }
+        }
+        Err(e(at, format!("unit {} has no contents in the config and no file in {ETC_UNITS} or {USR_UNITS}", u.name)))
+    }
+
+    fn enable(&mut self, u: &crate::model::Unit, at: &str) -> Result<(), PlanError> {
+        let (unit_path, text) = self.unit_file(u, at)?;
+        let install = parse_install(&text);
+        let mut link_name = u.name.clone();
+        if u.name.contains("@.") {
+            let Some(inst) = &install.default_instance else {
+                return Err(e(at, format!("template {} has no DefaultInstance= to enable", u.name)));
+            };
+            link_name = u.name.replacen("@.", &format!("@{inst}."), 1);
+        }
+        if install.wanted_by.is_empty() && install.required_by.is_empty() && install.aliases.is_empty() {
+            return Err(e(at, format!("{} cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", u.name)));
+        }
+        let mut links = Vec::new();
+        for t in &install.wanted_by {
+            links.push(format!("{ETC_UNITS}/{t}.wants/{link_name}"));
+        }
+        for t in &install.required_by {
+            links.push(format!("{ETC_UNITS}/{t}.requires/{link_name}"));
+        }
+        for a in &install.aliases {
+            links.push(format!("{ETC_UNITS}/{a}"));
+        }
+        for link in links {
+            if fs::read_link(self.host(&link)).ok().as_deref() == Some(Path::new(&unit_path)) {
+                continue;
+            }
+            self.parents(Place::Root, &link);
+            self.claim(Place::Root, &link, Kind::Symlink, at)?;
+            self.push(Place::Root, Action::Symlink { path: link, target: unit_path.clone(), uid: 0, gid: 0 });
+        }
+        Ok(())
+    }
+
+    /// Remove `*.wants/NAME`, `*.requires/NAME` links under /etc.
+    fn disable(&mut self, name: &str) {
+        let Ok(rd) = fs::read_dir(self.host(ETC_UNITS)) else { return };
+        let mut found: Vec<String> = rd
+            .flatten()
+            .map(|d| d.file_name().to_string_lossy().to_string())
+            .filter(|d| d.ends_with(".wants") || d.ends_with(".requires") || d.ends_with(".upholds"))
+            .map(|d| format!("{ETC_UNITS}/{d}/{name}"))
+            .filter(|p| self.kind(p) == Kind::Symlink)
+            .collect();
+        found.sort();
+        for p in found {
+            self.push(Place::Root, Action::Remove { path: p });
+        }
+    }
+}
+
+/// Pick a free id: system ids count down from 999, others up from 1000.
+fn allocate(used: impl Iterator<Item = u32>, system: bool) -> Option<u32> {
+    let used: std::collections::BTreeSet<u32> = used.collect();
+    if system {
+        (100..=999).rev().find(|i| !used.contains(i))
+    } else {
+        (1000..=59999).find(|i| !used.contains(i))
+    }
+}
+
+/// The `[Install]` section of a unit file.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Install {
+    /// `WantedBy=`.
+    pub wanted_by: Vec<String>,
+    /// `RequiredBy=`.
+    pub required_by: Vec<String>,
+    /// `Alias=`.
+    pub aliases: Vec<String>,
+    /// `DefaultInstance=`.
+    pub default_instance: Option<String>,
+}
+
+/// Read the `[Install]` section of unit file text (systemd syntax: comments
+/// with `#`/`;`, `\` continuation, an empty assignment resets the list).
+/// Lines that are not assignments are skipped: the unit file's syntax is
+/// systemd's to judge; only the install targets matter here.
+pub fn parse_install(text: &str) -> Install {
+    let mut out = Install::default();
+    let mut in_install = false;
+    let mut logical = String::new();
+    for raw in text.lines() {
+        let line = raw.trim();
+        if logical.is_empty() && (line.starts_with('#') || line.starts_with(';')) {
+            continue;
+        }
+        if let Some(cont) = line.strip_suffix('\\') {
+            logical.push_str(cont);
+            logical.push(' ');
+            continue;
+        }
+        logical.push_str(line);
+        let l = std::mem::take(&mut logical);
+        let l = l.trim();
+        if l.starts_with('[') {
+            in_install = l == "[Install]";
+            continue;
+        }
+        if !in_install {
+            continue;
+        }
+        let Some((k, v)) = l.split_once('=') else { continue };
+        let words: Vec<String> = v.split_whitespace().filter(|w| check_unit_name_ok(w)).map(str::to_string).collect();
+        let list = match k.trim() {
+            "WantedBy" => &mut out.wanted_by,
+            "RequiredBy" => &mut out.required_by,
+            "Alias" => &mut out.aliases,
+            "DefaultInstance" => {
+                let v = v.trim();
+                out.default_instance = (!v.is_empty()).then(|| v.to_string());
+                continue;
+            }
+            _ => continue,
+        };
+        if v.trim().is_empty() {
+            list.clear();
+        } else {
+            list.extend(words);
+        }
+    }
+    out
+}
+
+fn check_unit_name_ok(w: &str) -> bool {
+    crate::model::check_unit_name(w).is_ok()
+}

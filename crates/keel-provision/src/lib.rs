@@ -1,3 +1,45 @@
+//! First-boot provisioning for Keel: Ignition (spec 3.0–3.4) and
+//! `#cloud-config`, applied whole or not at all into the sysroot, from the
+//! initramfs, before switch_root.
+//!
+//! # What it owns
+//! - the run-once marker `/var/lib/keel/provisioned` on ROOT ([`MARKER`]);
+//! - the result `/etc/.keel-provision-result.json` ([`RESULT`]), shown by
+//!   `keel-provision show`;
+//! - the files, units, links, account entries (`/etc/passwd`, `group`,
+//!   `shadow`, `gshadow`) and `~/.ssh/authorized_keys` a config asks for;
+//! - runtime `multi-user.target.wants` links under `/run/systemd/system` for
+//!   cloud-config units with `command: start`.
+//!
+//! # What it reads
+//! In order, the first that has a config wins:
+//! 1. QEMU fw_cfg `opt/keel/config`, `opt/org.flatcar-linux/config`,
+//!    `opt/com.coreos/config` (`<fw_cfg_root>/<key>/raw`);
+//! 2. a config drive found by reading the label of each device in
+//!    `/sys/class/block` (ISO9660 or FAT): `config-2` →
+//!    `openstack/latest/user_data`, `cidata` → `user-data` + `meta-data`
+//!    (`local-hostname`); mounted read-only under `/run/keel/config-drive`;
+//! 3. the kernel command line `keel.config_url=data:…` (or Ignition's
+//!    `ignition.config.url=data:…`).
+//!
+//! The OEM base config `/oem/config.ign` is merged underneath. No config at
+//! all is a valid boot. `keel.first_boot=1` on the command line re-runs
+//! provisioning although the marker exists. The sysroot's `/etc/passwd`,
+//! `/etc/group`, `/usr/lib/sysusers.d` and `/etc/sysusers.d` resolve user
+//! and group names (the `core` user, uid/gid 500, is declared in
+//! `/usr/lib/sysusers.d/keel.conf` and created by systemd-sysusers later).
+//!
+//! # Contract with keel-init
+//! keel-init (static, in the initramfs) mounts ROOT at `/sysroot`, USR at
+//! `/sysroot/usr`, OEM read-only at `/sysroot/oem`, assembles the `/etc`
+//! overlay, loads `qemu_fw_cfg`, `isofs` and `vfat`, then calls
+//! [`first_boot`] with [`FirstBoot::standard`] and [`sys::Real`]. On `Err`
+//! it prints the error's `Display` (the whole console message: source and
+//! JSON path / YAML key / file) and stops the boot; nothing was written to
+//! ROOT. It must carry `/run` over switch_root (move mount), so runtime
+//! units reach systemd. The library is synchronous, has no network code and
+//! no C dependencies.
+
 pub mod cloudconfig;
 pub mod dataurl;
 pub mod ignition;
@@ -5,6 +47,7 @@ pub mod model;
 pub mod accounts;
 pub mod plan;
 pub mod apply;
+pub mod sources;
 pub mod sys;
 
 /// A config that cannot be used, with where in it: a JSON path
@@ -63,3 +106,236 @@ pub fn parse_config(data: &[u8]) -> Result<Option<(model::Config, Format)>, Conf
 
 #[cfg(test)]
 mod parse_tests;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+/// The run-once marker, relative to the sysroot.
+pub const MARKER: &str = "/var/lib/keel/provisioned";
+/// The result file, relative to the sysroot.
+pub const RESULT: &str = "/etc/.keel-provision-result.json";
+
+/// Inputs of a first-boot run, all as paths so tests run on temp dirs.
+#[derive(Debug, Clone)]
+pub struct FirstBoot {
+    /// The new root: ROOT, with USR, OEM and the `/etc` overlay mounted.
+    pub sysroot: PathBuf,
+    /// The kernel command line (contents of `/proc/cmdline`).
+    pub cmdline: String,
+    /// `/sys/firmware/qemu_fw_cfg/by_name`.
+    pub fw_cfg_root: PathBuf,
+    /// `/sys/class/block`.
+    pub block_dir: PathBuf,
+    /// `/dev`.
+    pub dev_dir: PathBuf,
+    /// The OEM partition, `/sysroot/oem`.
+    pub oem_dir: PathBuf,
+    /// The runtime `/run` (config drive mount point under `keel/`, runtime
+    /// units under `systemd/system/`).
+    pub run_root: PathBuf,
+}
+
+impl FirstBoot {
+    /// The paths keel-init uses.
+    pub fn standard(cmdline: String) -> FirstBoot {
+        FirstBoot {
+            sysroot: "/sysroot".into(),
+            cmdline,
+            fw_cfg_root: "/sys/firmware/qemu_fw_cfg/by_name".into(),
+            block_dir: "/sys/class/block".into(),
+            dev_dir: "/dev".into(),
+            oem_dir: "/sysroot/oem".into(),
+            run_root: "/run".into(),
+        }
+    }
+}
+
+/// What a provisioning run did; also the content of [`RESULT`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// Where the user config came from, or `none`.
+    pub source: String,
+    /// `ignition 3.4.0`, `cloud-config`, or `none`.
+    pub format: String,
+    /// The OEM base config, if one was merged.
+    pub oem_base: Option<String>,
+    /// What was applied.
+    pub applied: plan::Summary,
+    /// Number of plan steps.
+    pub steps: usize,
+    /// Provisioning's own time, in microseconds.
+    pub duration_us: u64,
+    /// When it finished (seconds since the epoch).
+    pub finished_unix: u64,
+}
+
+/// What [`first_boot`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The marker exists and `keel.first_boot=1` is not set: nothing done.
+    AlreadyProvisioned,
+    /// Provisioned (possibly with no config at all).
+    Applied(Report),
+}
+
+/// Why provisioning failed. `Display` is the console message.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A source exists but cannot be read.
+    #[error(transparent)]
+    Source(#[from] sources::SourceError),
+    /// A config is invalid.
+    #[error("{source_name}: {error}")]
+    Config {
+        /// Which config.
+        source_name: String,
+        /// Where in it, and what.
+        error: ConfigError,
+    },
+    /// The config cannot be applied to this sysroot.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Applying failed part way (I/O error, e.g. ROOT full); the marker is
+    /// not written.
+    #[error("applying the config: {0}")]
+    Apply(#[from] apply::ApplyError),
+    /// Writing the result or marker failed.
+    #[error("writing {path}: {error}")]
+    Record {
+        /// Host path.
+        path: PathBuf,
+        /// The I/O error.
+        error: std::io::Error,
+    },
+}
+
+/// A loaded, merged config ready to plan, and where it came from.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    /// The merged config.
+    pub config: model::Config,
+    /// User config source, or `none`.
+    pub source: String,
+    /// User config format, or `none`.
+    pub format: String,
+    /// OEM base config path, if merged.
+    pub oem_base: Option<String>,
+}
+
+/// Find, read and parse the configs of a first boot and merge them.
+pub fn load(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Loaded, Error> {
+    let found = match sources::fw_cfg(&fb.fw_cfg_root)? {
+        Some(f) => Some(f),
+        None => match sources::config_drive(&fb.block_dir, &fb.dev_dir, &fb.run_root.join("keel/config-drive"), sys)? {
+            Some(f) => Some(f),
+            None => sources::cmdline(&fb.cmdline)?,
+        },
+    };
+    let mut loaded = Loaded { source: "none".into(), format: "none".into(), ..Default::default() };
+    let mut user = model::Config::default();
+    if let Some(found) = found {
+        tracing::info!(source = %found.name, "found a config");
+        loaded.source = found.name.clone();
+        if let Some(meta) = &found.meta_data {
+            let meta_name = found.name.replace(" user-data", " meta-data");
+            let host = cloudconfig::meta_data_hostname(meta)
+                .map_err(|error| Error::Config { source_name: meta_name.clone(), error })?;
+            if let Some(h) = host {
+                let mut m = model::Config::default();
+                m.files.push(cloudconfig::hostname_file(&h, "local-hostname"));
+                m.set_source(&meta_name);
+                user = m;
+            }
+        }
+        match parse_config(&found.data).map_err(|error| Error::Config { source_name: found.name.clone(), error })? {
+            Some((mut cfg, format)) => {
+                cfg.set_source(&found.name);
+                loaded.format = format.to_string();
+                user = cfg.merged_over(user);
+            }
+            None => tracing::info!(source = %found.name, "user data is empty"),
+        }
+    }
+    let mut base = model::Config::default();
+    if let Some((path, data)) = sources::oem_base(&fb.oem_dir)? {
+        let name = format!("OEM base config {}", path.display());
+        let (mut cfg, _) = ignition::parse(&data).map_err(|error| Error::Config { source_name: name.clone(), error })?;
+        cfg.set_source(&name);
+        loaded.oem_base = Some(path.display().to_string());
+        base = cfg;
+    }
+    loaded.config = user.merged_over(base);
+    Ok(loaded)
+}
+
+/// Provision the sysroot on first boot: load, plan (every check before the
+/// first write), apply, then write [`RESULT`] and [`MARKER`].
+pub fn first_boot(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Outcome, Error> {
+    let start = Instant::now();
+    let marker = fb.sysroot.join(MARKER.trim_start_matches('/'));
+    if marker.exists() && !sources::forced(&fb.cmdline) {
+        tracing::info!(marker = %marker.display(), "already provisioned");
+        return Ok(Outcome::AlreadyProvisioned);
+    }
+    let loaded = load(fb, sys)?;
+    let plan = plan::plan(&loaded.config, &fb.sysroot)?;
+    apply::apply(&plan, &fb.sysroot, &fb.run_root, sys)?;
+    let report = Report {
+        source: loaded.source,
+        format: loaded.format,
+        oem_base: loaded.oem_base,
+        applied: plan.summary.clone(),
+        steps: plan.steps.len(),
+        duration_us: u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
+        finished_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+    };
+    // Serialising plain strings and numbers cannot fail.
+    let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
+    for (rel, mode) in [(RESULT, 0o644), (MARKER, 0o644)] {
+        let path = fb.sysroot.join(rel.trim_start_matches('/'));
+        let record = |error| Error::Record { path: path.clone(), error };
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(record)?;
+        }
+        apply::write_atomic(&path, &json, mode, 0, 0, sys).map_err(record)?;
+    }
+    tracing::info!(source = %report.source, steps = report.steps, duration_us = report.duration_us, "provisioned");
+    Ok(Outcome::Applied(report))
+}
+
+/// Check a config file offline, with the messages a boot would print.
+/// With `sysroot`, also plan it against that tree (owners, existing files,
+/// units to enable). Returns the plan.
+pub fn validate(data: &[u8], name: &str, sysroot: Option<&Path>) -> Result<(plan::Plan, Format), Error> {
+    let (mut cfg, format) = match parse_config(data).map_err(|error| Error::Config { source_name: name.into(), error })? {
+        Some(x) => x,
+        None => {
+            return Err(Error::Config {
+                source_name: name.into(),
+                error: ConfigError { path: "line 1".into(), message: "empty config".into() },
+            })
+        }
+    };
+    cfg.set_source(name);
+    let plan = match sysroot {
+        Some(root) => plan::plan(&cfg, root)?,
+        None => plan::Plan::default(),
+    };
+    Ok((plan, format))
+}
+
+/// Read the result of the last provisioning from a root (`/` on a running
+/// system). `Ok(None)` when the machine was never provisioned.
+pub fn read_result(root: &Path) -> Result<Option<Report>, String> {
+    let path = root.join(RESULT.trim_start_matches('/'));
+    match std::fs::read(&path) {
+        Ok(d) => serde_json::from_slice(&d).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
+}

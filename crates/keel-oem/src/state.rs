@@ -1,0 +1,394 @@
+//! Where keel-oem reads and writes, and the small persistent records:
+//! run-once markers, each hook's last result, the runtime status file.
+//!
+//! Writes are atomic (temp file in the same directory, fsync, rename, fsync
+//! the directory), so a power cut never leaves half a marker or result.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Every path keel-oem touches; the defaults are the installed system's,
+/// tests and `keel-oem --oem-dir …` point them elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Paths {
+    /// The OEM tree (`/oem`): `oem.toml`, `oem-release`, `units/`, `bin/`.
+    pub oem_dir: PathBuf,
+    /// Persistent state (`/var/lib/keel/oem`): `done/<hook>`, `results/<hook>.json`.
+    pub state_dir: PathBuf,
+    /// Runtime status (`/run/keel/oem`): `status.json`.
+    pub run_dir: PathBuf,
+    /// Platform facts (`/run/keel/metadata`).
+    pub metadata: PathBuf,
+    /// keel-init's boot record (`/run/keel/boot.json`).
+    pub boot_json: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            oem_dir: PathBuf::from("/oem"),
+            state_dir: PathBuf::from("/var/lib/keel/oem"),
+            run_dir: PathBuf::from("/run/keel/oem"),
+            metadata: PathBuf::from("/run/keel/metadata"),
+            boot_json: PathBuf::from("/run/keel/boot.json"),
+        }
+    }
+}
+
+impl Paths {
+    /// `oem.toml`.
+    pub fn manifest(&self) -> PathBuf {
+        self.oem_dir.join("oem.toml")
+    }
+    /// `oem-release`.
+    pub fn release(&self) -> PathBuf {
+        self.oem_dir.join("oem-release")
+    }
+    /// The vendor's units.
+    pub fn units(&self) -> PathBuf {
+        self.oem_dir.join("units")
+    }
+    /// Run-once marker of a hook.
+    pub fn marker(&self, hook: &str) -> PathBuf {
+        self.state_dir.join("done").join(hook)
+    }
+    /// Last result of a hook.
+    pub fn result(&self, hook: &str) -> PathBuf {
+        self.state_dir.join("results").join(format!("{hook}.json"))
+    }
+    /// This boot's status.
+    pub fn status(&self) -> PathBuf {
+        self.run_dir.join("status.json")
+    }
+}
+
+/// Errors reading or writing state; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// A file could not be read or written.
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        /// "writing", "reading", …
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// A JSON record could not be decoded.
+    #[error("decoding {}: {source}", path.display())]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: serde_json::Error,
+    },
+}
+
+/// Write `data` to `path` atomically, creating the parent directory.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    let io = |action, source| StateError::Io {
+        action,
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io("writing", e))
+}
+
+/// Seconds since the epoch, now.
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time (UTC). Hand-written (Howard
+/// Hinnant's days-to-civil) to keep a date crate out of a boot binary.
+pub fn format_utc(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// How a hook's process ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum Exit {
+    /// Exited with a status code.
+    Exited {
+        /// The code.
+        code: i32,
+    },
+    /// Killed by a signal it did not expect.
+    Signaled {
+        /// Signal number.
+        signal: i32,
+    },
+    /// Ran past its timeout; the whole process group was killed.
+    TimedOut {
+        /// The timeout, in seconds.
+        after_secs: u64,
+    },
+    /// Could not be started at all.
+    SpawnFailed {
+        /// Why.
+        error: String,
+    },
+}
+
+impl Exit {
+    /// Success is exit status 0.
+    pub fn success(&self) -> bool {
+        matches!(self, Exit::Exited { code: 0 })
+    }
+}
+
+impl std::fmt::Display for Exit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Exit::Exited { code } => write!(f, "exited {code}"),
+            Exit::Signaled { signal } => write!(f, "killed by signal {signal}"),
+            Exit::TimedOut { after_secs } => write!(f, "timed out after {after_secs}s"),
+            Exit::SpawnFailed { error } => write!(f, "failed to start: {error}"),
+        }
+    }
+}
+
+/// The last run of one hook, kept in `results/<hook>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookResult {
+    /// The stage it ran in.
+    pub stage: String,
+    /// Start, Unix seconds.
+    pub started: u64,
+    /// Wall time, milliseconds.
+    pub duration_ms: u64,
+    /// How it ended.
+    pub exit: Exit,
+    /// Bytes of output forwarded to the journal.
+    pub output_bytes: u64,
+    /// Bytes of output dropped beyond the limit.
+    pub output_dropped: u64,
+    /// The last line it wrote to stderr (for failure reasons).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_stderr: Option<String>,
+}
+
+/// Read a hook's last result; `None` when it never ran.
+pub fn read_result(paths: &Paths, hook: &str) -> Result<Option<HookResult>, StateError> {
+    read_json(&paths.result(hook))
+}
+
+/// Record a hook's last result.
+pub fn write_result(paths: &Paths, hook: &str, r: &HookResult) -> Result<(), StateError> {
+    write_json(&paths.result(hook), r)
+}
+
+/// A run-once marker: when the hook first succeeded.
+pub fn read_marker(paths: &Paths, hook: &str) -> Result<Option<u64>, StateError> {
+    let path = paths.marker(hook);
+    match fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(s.trim().parse().unwrap_or(0))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(StateError::Io {
+            action: "reading",
+            path,
+            source: e,
+        }),
+    }
+}
+
+/// Mark a run-once hook done (only ever after it succeeded).
+pub fn write_marker(paths: &Paths, hook: &str, when: u64) -> Result<(), StateError> {
+    write_atomic(&paths.marker(hook), format!("{when}\n").as_bytes())
+}
+
+/// State of one stage in this boot.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageStatus {
+    /// "ok" or "failed".
+    pub state: String,
+    /// Start, Unix seconds.
+    pub started: u64,
+    /// Wall time, milliseconds.
+    pub duration_ms: u64,
+    /// Why it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Hooks run, skipped, failed: name → one-word outcome.
+    pub hooks: BTreeMap<String, String>,
+}
+
+/// `/run/keel/oem/status.json`: this boot's stages.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuntimeStatus {
+    /// Whether keel-init said this is the first boot.
+    pub first_boot: bool,
+    /// `oem-release` ID.
+    pub oem_id: String,
+    /// Stage name → status.
+    pub stages: BTreeMap<String, StageStatus>,
+}
+
+/// Read this boot's status (empty when no stage ran yet).
+pub fn read_status(paths: &Paths) -> Result<RuntimeStatus, StateError> {
+    Ok(read_json(&paths.status())?.unwrap_or_default())
+}
+
+/// Write this boot's status.
+pub fn write_status(paths: &Paths, s: &RuntimeStatus) -> Result<(), StateError> {
+    write_json(&paths.status(), s)
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
+    match fs::read(path) {
+        Ok(b) => serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|source| StateError::Json {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(StateError::Io {
+            action: "reading",
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), StateError> {
+    let mut data = serde_json::to_vec_pretty(v).map_err(|source| StateError::Json {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    data.push(b'\n');
+    write_atomic(path, &data)
+}
+
+#[derive(Deserialize)]
+struct BootJson {
+    first_boot: bool,
+}
+
+/// Whether this is the first boot, from keel-init's `boot.json`. A missing or
+/// unreadable file means "not first boot" (with a warning): running first-boot
+/// hooks is guarded by markers anyway, this only feeds `KEEL_FIRST_BOOT`.
+pub fn first_boot(paths: &Paths) -> bool {
+    match fs::read(&paths.boot_json) {
+        Ok(b) => match serde_json::from_slice::<BootJson>(&b) {
+            Ok(j) => j.first_boot,
+            Err(e) => {
+                tracing::warn!(
+                    "{}: {e}; assuming this is not the first boot",
+                    paths.boot_json.display()
+                );
+                false
+            }
+        },
+        Err(e) => {
+            tracing::warn!(
+                "reading {}: {e}; assuming this is not the first boot",
+                paths.boot_json.display()
+            );
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formatting() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_795_000_000), "2026-11-18T11:06:40Z");
+    }
+
+    #[test]
+    fn atomic_write_and_records_round_trip() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            state_dir: d.path().join("state"),
+            run_dir: d.path().join("run"),
+            boot_json: d.path().join("boot.json"),
+            ..Paths::default()
+        };
+        assert_eq!(read_marker(&paths, "h").unwrap(), None);
+        write_marker(&paths, "h", 42).unwrap();
+        assert_eq!(read_marker(&paths, "h").unwrap(), Some(42));
+        let r = HookResult {
+            stage: "late".into(),
+            started: 1,
+            duration_ms: 2,
+            exit: Exit::TimedOut { after_secs: 3 },
+            output_bytes: 4,
+            output_dropped: 0,
+            last_stderr: None,
+        };
+        write_result(&paths, "h", &r).unwrap();
+        assert_eq!(read_result(&paths, "h").unwrap(), Some(r));
+        // No stray temp files left behind.
+        let names: Vec<_> = fs::read_dir(d.path().join("state/results"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["h.json"]);
+    }
+
+    #[test]
+    fn boot_json_first_boot() {
+        let d = tempfile::tempdir().unwrap();
+        let paths = Paths {
+            boot_json: d.path().join("boot.json"),
+            ..Paths::default()
+        };
+        assert!(!first_boot(&paths), "missing file means not first boot");
+        fs::write(&paths.boot_json, r#"{"first_boot": true, "slot": "A"}"#).unwrap();
+        assert!(first_boot(&paths));
+        fs::write(&paths.boot_json, "garbage").unwrap();
+        assert!(!first_boot(&paths));
+    }
+}

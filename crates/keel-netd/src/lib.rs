@@ -17,3 +17,8 @@
 pub mod config;
 pub mod dhcp;
 pub mod fsutil;
+pub mod netlink;
+pub mod sock;
+pub mod state;
+pub mod daemon;
+pub mod cli;

@@ -252,7 +252,7 @@ pub struct RouteCfg {
 }
 
 /// Route scope (rtnetlink `RT_SCOPE_*`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Scope {
     Global,
@@ -668,6 +668,11 @@ pub fn find<'a>(networks: &'a [Network], link: &LinkFacts) -> Option<&'a Network
 }
 
 impl Network {
+    /// `[Link] Unmanaged=yes`: the daemon leaves this link alone entirely.
+    pub fn unmanaged(&self) -> bool {
+        self.link.unmanaged
+    }
+
     /// Every route this file asks for: `[Route]` sections, then one default
     /// route per `[Network] Gateway=`.
     pub fn all_routes(&self) -> Vec<RouteCfg> {

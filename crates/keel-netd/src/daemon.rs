@@ -1,0 +1,905 @@
+//! The daemon: matches links to `.network` files, applies static settings,
+//! runs a DHCPv4 client per link, and publishes state. [`Manager`] holds
+//! the logic over the [`Netlink`] trait (unit tested with the fake);
+//! [`run`] is the poll loop with the real sockets.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::{self, Cidr, Gateway, LinkFacts, Network, OperState, RequiredForOnline, Scope};
+use crate::dhcp::client::{Action, Client, ClientConfig, Dest};
+use crate::dhcp::lease::{Lease, StoredLease};
+use crate::netlink::{Event, Link, Netlink, Route};
+use crate::sock::{PacketSocket, UdpSocket};
+use crate::state::{self, DhcpStatus, LinkStatus};
+
+/// Where the daemon reads and writes.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    pub network_dirs: Vec<PathBuf>,
+    /// Persistent leases (`/var/lib/keel/netd`).
+    pub state_dir: PathBuf,
+    /// Runtime state (`/run/keel`): `netd/links/*.json`, `resolv.conf`.
+    pub run_dir: PathBuf,
+    /// Admin hostname file (`/etc/hostname`) and machine id.
+    pub hostname_file: PathBuf,
+    pub machine_id_file: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            network_dirs: config::load::DEFAULT_DIRS.iter().map(PathBuf::from).collect(),
+            state_dir: "/var/lib/keel/netd".into(),
+            run_dir: "/run/keel".into(),
+            hostname_file: "/etc/hostname".into(),
+            machine_id_file: "/etc/machine-id".into(),
+        }
+    }
+}
+
+/// A message for the loop to send on a link's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    pub index: u32,
+    pub dest: Dest,
+    pub payload: Vec<u8>,
+}
+
+/// Per-link bookkeeping.
+#[derive(Debug)]
+pub struct LinkCtl {
+    pub link: Link,
+    pub network: Option<Network>,
+    pub static_done: bool,
+    /// Addresses and routes keel-netd added: the only ones it removes.
+    pub owned_addrs: Vec<Cidr>,
+    pub owned_routes: Vec<Route>,
+    pub dhcp_addr: Option<Cidr>,
+    pub dhcp_routes: Vec<Route>,
+    pub client: Option<Client>,
+    pub lease: Option<(Lease, SystemTime)>,
+    pub error: Option<String>,
+    pub packet: Option<PacketSocket>,
+    pub udp: Option<UdpSocket>,
+}
+
+/// Host effects outside netlink: sysfs facts and the hostname.
+pub trait Host {
+    /// (driver, udev DEVTYPE) for a link name.
+    fn facts(&self, name: &str) -> (Option<String>, Option<String>);
+    fn set_hostname(&mut self, name: &str) -> std::io::Result<()>;
+}
+
+/// The real host: /sys and sethostname(2).
+#[derive(Debug, Default)]
+pub struct RealHost;
+
+impl Host for RealHost {
+    fn facts(&self, name: &str) -> (Option<String>, Option<String>) {
+        let base = Path::new("/sys/class/net").join(name);
+        let driver = std::fs::read_link(base.join("device/driver"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+        let devtype = std::fs::read_to_string(base.join("uevent")).ok().and_then(|u| {
+            u.lines()
+                .find_map(|l| l.strip_prefix("DEVTYPE=").map(|s| s.trim().to_string()))
+        });
+        (driver, devtype)
+    }
+    fn set_hostname(&mut self, name: &str) -> std::io::Result<()> {
+        nix::unistd::sethostname(name).map_err(std::io::Error::from)
+    }
+}
+
+/// The daemon's state over a netlink implementation.
+#[derive(Debug)]
+pub struct Manager<N: Netlink, H: Host> {
+    pub nl: N,
+    pub host: H,
+    pub paths: Paths,
+    pub networks: Vec<Network>,
+    pub links: BTreeMap<u32, LinkCtl>,
+    machine_id: Option<String>,
+    /// Whether to open real sockets (false in unit tests).
+    pub sockets: bool,
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl<N: Netlink, H: Host> Manager<N, H> {
+    pub fn new(nl: N, host: H, paths: Paths) -> Self {
+        let machine_id = std::fs::read_to_string(&paths.machine_id_file).ok();
+        let mut m = Manager {
+            nl,
+            host,
+            paths,
+            networks: Vec::new(),
+            links: BTreeMap::new(),
+            machine_id,
+            sockets: true,
+        };
+        m.load_config();
+        m
+    }
+
+    /// (Re)load `.network` files, logging warnings and rejected files.
+    pub fn load_config(&mut self) {
+        let loaded = config::load::load(&self.paths.network_dirs);
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        for e in &loaded.errors {
+            tracing::error!("{e}; file ignored");
+        }
+        tracing::info!(files = loaded.networks.len(), "loaded network configuration");
+        self.networks = loaded.networks;
+    }
+
+    fn facts(&self, l: &Link) -> LinkFacts {
+        let (driver, devtype) = self.host.facts(&l.name);
+        LinkFacts {
+            name: l.name.clone(),
+            mac: l.mac,
+            driver,
+            type_: devtype.unwrap_or_else(|| l.arphrd.to_string()),
+            kind: l.kind.clone(),
+        }
+    }
+
+    /// Enumerate links at start (or after an event overrun).
+    pub fn sync(&mut self, now: Instant) -> Vec<Outgoing> {
+        let links = match self.nl.links() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("listing links: {e}");
+                return Vec::new();
+            }
+        };
+        let present: Vec<u32> = links.iter().map(|l| l.index).collect();
+        let gone: Vec<u32> = self.links.keys().filter(|i| !present.contains(i)).copied().collect();
+        for i in gone {
+            self.removed(i);
+        }
+        let mut out = Vec::new();
+        for l in links {
+            out.extend(self.changed(l, now));
+        }
+        out
+    }
+
+    pub fn event(&mut self, e: Event, now: Instant) -> Vec<Outgoing> {
+        match e {
+            Event::Changed(l) => self.changed(l, now),
+            Event::Removed(i) => {
+                self.removed(i);
+                Vec::new()
+            }
+        }
+    }
+
+    fn removed(&mut self, index: u32) {
+        if let Some(ctl) = self.links.remove(&index) {
+            tracing::info!(interface = %ctl.link.name, "link removed");
+            state::remove_link(&self.paths.run_dir, &ctl.link.name);
+            self.write_resolv();
+        }
+    }
+
+    /// A link appeared or changed (flags, carrier, MTU, name).
+    pub fn changed(&mut self, link: Link, now: Instant) -> Vec<Outgoing> {
+        let index = link.index;
+        let name = link.name.clone();
+        let _span = tracing::info_span!("link", interface = %name).entered();
+        let is_new = !self.links.contains_key(&index);
+        let renamed = self.links.get(&index).is_some_and(|c| c.link.name != link.name);
+        if renamed {
+            self.removed(index);
+        }
+        if is_new || renamed {
+            let network = if link.loopback {
+                None
+            } else {
+                config::find(&self.networks, &self.facts(&link)).cloned()
+            };
+            match &network {
+                Some(n) if n.unmanaged() => tracing::info!(interface = %name, file = %n.path.display(), "link unmanaged by configuration"),
+                Some(n) => tracing::info!(interface = %name, file = %n.path.display(), "link matched"),
+                None => tracing::debug!(interface = %name, "no network file matches"),
+            }
+            self.links.insert(
+                index,
+                LinkCtl {
+                    link: link.clone(),
+                    network: network.filter(|n| !n.unmanaged()),
+                    static_done: false,
+                    owned_addrs: Vec::new(),
+                    owned_routes: Vec::new(),
+                    dhcp_addr: None,
+                    dhcp_routes: Vec::new(),
+                    client: None,
+                    lease: None,
+                    error: None,
+                    packet: None,
+                    udp: None,
+                },
+            );
+            self.bring_up(index);
+        }
+        let Some(ctl) = self.links.get_mut(&index) else { return Vec::new() };
+        let carrier_gained = link.carrier && !ctl.link.carrier;
+        let carrier_lost = !link.carrier && ctl.link.carrier;
+        ctl.link = link;
+        let mut out = Vec::new();
+        if ctl.network.is_some() {
+            if !ctl.static_done && ctl.link.up {
+                self.apply_static(index);
+            }
+            if carrier_lost {
+                tracing::info!(interface = %name, "carrier lost");
+                if let Some(c) = self.links.get_mut(&index) {
+                    c.packet = None;
+                    c.udp = None;
+                }
+            }
+            out.extend(self.maybe_start_dhcp(index, now, carrier_gained && !is_new));
+        }
+        self.publish(index);
+        out
+    }
+
+    fn bring_up(&mut self, index: u32) {
+        let Some(ctl) = self.links.get(&index) else { return };
+        let Some(n) = ctl.network.clone() else { return };
+        let link = ctl.link.clone();
+        let mut err = None;
+        if let Some(mac) = n.link.mac {
+            if link.mac != Some(mac) {
+                if let Err(e) = self.nl.set_mac(index, mac) {
+                    err = Some(format!("setting MAC address {mac}: {e}"));
+                }
+            }
+        }
+        if let Some(mtu) = n.link.mtu {
+            if link.mtu != mtu {
+                if let Err(e) = self.nl.set_mtu(index, mtu) {
+                    err = Some(format!("setting MTU {mtu}: {e}"));
+                }
+            }
+        }
+        if !link.up {
+            if let Err(e) = self.nl.set_up(index) {
+                err = Some(format!("bringing link up: {e}"));
+            }
+        }
+        if let Some(e) = &err {
+            tracing::error!(interface = %link.name, "{e}");
+        }
+        if let Some(ctl) = self.links.get_mut(&index) {
+            ctl.error = err;
+        }
+    }
+
+    fn static_routes(n: &Network, lease: Option<&Lease>) -> Vec<Route> {
+        let mut out = Vec::new();
+        for r in n.all_routes() {
+            let gateway = match r.gateway {
+                Some(Gateway::Addr(a)) => Some(a),
+                Some(Gateway::Dhcp4) => match lease.and_then(|l| l.gateway()) {
+                    Some(g) => Some(IpAddr::V4(g)),
+                    None => continue,
+                },
+                None => None,
+            };
+            let (destination, prefix) = match r.destination {
+                Some(c) => (c.addr, c.prefix),
+                None => match gateway {
+                    Some(IpAddr::V6(_)) => (IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED), 0),
+                    _ => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                },
+            };
+            let scope = r.scope.unwrap_or(if gateway.is_none() && prefix > 0 { Scope::Link } else { Scope::Global });
+            out.push(Route {
+                destination,
+                prefix,
+                gateway,
+                metric: r.metric.unwrap_or(0),
+                scope,
+                source: r.preferred_source,
+                dhcp: false,
+            });
+        }
+        out
+    }
+
+    fn apply_static(&mut self, index: u32) {
+        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let Some(n) = ctl.network.clone() else { return };
+        let name = ctl.link.name.clone();
+        let mut errors = Vec::new();
+        for a in &n.addresses {
+            match self.nl.add_address(index, *a, None) {
+                Ok(()) => {
+                    tracing::info!(interface = %name, address = %a, "address added");
+                    if !ctl.owned_addrs.contains(a) {
+                        ctl.owned_addrs.push(*a);
+                    }
+                }
+                Err(e) => errors.push(format!("adding address {a}: {e}")),
+            }
+        }
+        let lease = ctl.lease.as_ref().map(|(l, _)| l);
+        for r in Self::static_routes(&n, lease) {
+            match self.nl.add_route(index, &r) {
+                Ok(()) => {
+                    if !ctl.owned_routes.contains(&r) {
+                        ctl.owned_routes.push(r);
+                    }
+                }
+                Err(e) => errors.push(format!("adding route to {}/{}: {e}", r.destination, r.prefix)),
+            }
+        }
+        for e in &errors {
+            tracing::error!(interface = %name, "{e}");
+        }
+        // Route failures without carrier are retried when the carrier comes.
+        ctl.static_done = errors.is_empty() || ctl.link.carrier;
+        ctl.error = errors.into_iter().next().or(ctl.error.take());
+    }
+
+    fn lease_path(&self, name: &str) -> PathBuf {
+        self.paths.state_dir.join(format!("{name}.lease"))
+    }
+
+    fn maybe_start_dhcp(&mut self, index: u32, now: Instant, reconnect: bool) -> Vec<Outgoing> {
+        let lease_path = self.lease_path(&self.links.get(&index).map(|c| c.link.name.clone()).unwrap_or_default());
+        let Some(ctl) = self.links.get_mut(&index) else { return Vec::new() };
+        let Some(n) = &ctl.network else { return Vec::new() };
+        if !n.dhcp.v4() || !ctl.link.carrier || !ctl.link.up {
+            return Vec::new();
+        }
+        if ctl.client.is_some() && !reconnect {
+            return Vec::new();
+        }
+        let Some(mac) = ctl.link.mac else {
+            ctl.error = Some("DHCP needs an Ethernet hardware address".into());
+            return Vec::new();
+        };
+        // Reconnect (RFC 2131 3.2): verify the lease we hold with INIT-REBOOT.
+        // Fresh start: an unexpired stored lease for this link.
+        let stored = if reconnect {
+            ctl.lease.as_ref().map(|(l, _)| l.clone())
+        } else {
+            match StoredLease::load(&lease_path) {
+                Ok(Some(s)) if s.interface == ctl.link.name && s.remaining(SystemTime::now()).is_some() => {
+                    tracing::info!(interface = %ctl.link.name, address = %s.lease.address, "trying stored lease (INIT-REBOOT)");
+                    Some(s.lease)
+                }
+                Ok(_) => None,
+                Err(e) => {
+                    tracing::warn!("{e}");
+                    None
+                }
+            }
+        };
+        let hostname = if n.dhcp4.send_hostname {
+            nix::unistd::gethostname()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .filter(|h| !h.is_empty() && h != "localhost" && h != "(none)")
+        } else {
+            None
+        };
+        let cfg = ClientConfig {
+            mac: mac.0,
+            client_id: crate::dhcp::client_id(n.dhcp4.client_identifier, mac.0, self.machine_id.as_deref()),
+            hostname,
+            broadcast_flag: false,
+        };
+        let seed = fastrand::u64(..) ^ u64::from(index);
+        let mut client = Client::new(cfg, stored, seed, now);
+        let actions = client.start(now);
+        ctl.client = Some(client);
+        self.apply(index, actions)
+    }
+
+    /// Carry out client actions; returns what to send.
+    pub fn apply(&mut self, index: u32, actions: Vec<Action>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for a in actions {
+            match a {
+                Action::Send { dest, kind, payload } => {
+                    tracing::debug!("sending {kind:?}");
+                    out.push(Outgoing { index, dest, payload });
+                }
+                Action::Configure { lease, .. } => self.configure_lease(index, lease),
+                Action::Deconfigure(_) => self.deconfigure_lease(index),
+                Action::Persist(lease) => {
+                    if let Some(ctl) = self.links.get(&index) {
+                        let p = self.lease_path(&ctl.link.name);
+                        if let Err(e) = StoredLease::new(&ctl.link.name, lease, SystemTime::now()).store(&p) {
+                            tracing::error!("{e}");
+                        }
+                    }
+                }
+                Action::Forget => {
+                    self.deconfigure_lease(index);
+                    if let Some(ctl) = self.links.get(&index) {
+                        let _ = std::fs::remove_file(self.lease_path(&ctl.link.name));
+                    }
+                }
+            }
+        }
+        self.update_sockets(index);
+        self.publish(index);
+        out
+    }
+
+    fn lease_routes(n: &Network, lease: &Lease) -> Vec<Route> {
+        if !n.dhcp4.use_routes {
+            return Vec::new();
+        }
+        lease
+            .routes
+            .iter()
+            .map(|r| Route {
+                destination: IpAddr::V4(r.destination),
+                prefix: r.prefix,
+                gateway: (!r.gateway.is_unspecified()).then_some(IpAddr::V4(r.gateway)),
+                metric: n.dhcp4.route_metric,
+                scope: if r.gateway.is_unspecified() { Scope::Link } else { Scope::Global },
+                source: Some(IpAddr::V4(lease.address)),
+                dhcp: true,
+            })
+            .collect()
+    }
+
+    fn configure_lease(&mut self, index: u32, lease: Lease) {
+        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let Some(n) = ctl.network.clone() else { return };
+        let name = ctl.link.name.clone();
+        let addr = Cidr { addr: IpAddr::V4(lease.address), prefix: lease.prefix };
+        let routes = Self::lease_routes(&n, &lease);
+        // Remove what the previous lease installed and this one does not.
+        if let Some(old) = ctl.dhcp_addr.filter(|a| *a != addr) {
+            let _ = self.nl.del_address(index, old);
+        }
+        for r in ctl.dhcp_routes.iter().filter(|r| !routes.contains(r)) {
+            let _ = self.nl.del_route(index, r);
+        }
+        let mut err = None;
+        // The kernel drops the address itself if the lease runs out while
+        // keel-netd is not running.
+        if let Err(e) = self.nl.add_address(index, addr, Some(lease.lease_secs)) {
+            err = Some(format!("adding DHCP address {addr}: {e}"));
+        }
+        ctl.dhcp_addr = Some(addr);
+        ctl.dhcp_routes.clear();
+        for r in routes {
+            match self.nl.add_route(index, &r) {
+                Ok(()) => ctl.dhcp_routes.push(r),
+                Err(e) => err = Some(format!("adding DHCP route to {}/{}: {e}", r.destination, r.prefix)),
+            }
+        }
+        if n.dhcp4.use_mtu {
+            if let Some(mtu) = lease.mtu {
+                if u32::from(mtu) != ctl.link.mtu {
+                    if let Err(e) = self.nl.set_mtu(index, u32::from(mtu)) {
+                        err = Some(format!("setting MTU {mtu} from DHCP: {e}"));
+                    }
+                }
+            }
+        }
+        tracing::info!(interface = %name, address = %addr, gateway = ?lease.gateway(), "DHCPv4 lease configured");
+        if let Some(e) = &err {
+            tracing::error!(interface = %name, "{e}");
+        }
+        ctl.error = err;
+        ctl.lease = Some((lease.clone(), SystemTime::now()));
+        // Static routes through the DHCP gateway (Gateway=_dhcp4).
+        if n.all_routes().iter().any(|r| r.gateway == Some(Gateway::Dhcp4)) {
+            for r in Self::static_routes(&n, Some(&lease)) {
+                if self.nl.add_route(index, &r).is_ok() && !ctl.owned_routes.contains(&r) {
+                    ctl.owned_routes.push(r);
+                }
+            }
+        }
+        if n.dhcp4.use_hostname {
+            if let Some(h) = &lease.hostname {
+                self.maybe_set_hostname(h);
+            }
+        }
+        self.write_resolv();
+    }
+
+    fn deconfigure_lease(&mut self, index: u32) {
+        let Some(ctl) = self.links.get_mut(&index) else { return };
+        for r in std::mem::take(&mut ctl.dhcp_routes) {
+            if let Err(e) = self.nl.del_route(index, &r) {
+                tracing::debug!("removing route {}/{}: {e}", r.destination, r.prefix);
+            }
+        }
+        // Static routes through the lease's gateway go with it.
+        let dhcp_gw = ctl.lease.as_ref().and_then(|(l, _)| l.gateway()).map(IpAddr::V4);
+        if let Some(n) = &ctl.network {
+            if n.all_routes().iter().any(|r| r.gateway == Some(Gateway::Dhcp4)) {
+                let nl = &mut self.nl;
+                ctl.owned_routes.retain(|r| {
+                    if r.gateway.is_some() && r.gateway == dhcp_gw && !n.all_routes().iter().any(|c| matches!(c.gateway, Some(Gateway::Addr(a)) if Some(a) == dhcp_gw)) {
+                        let _ = nl.del_route(index, r);
+                        false
+                    } else {
+                        true
+                    }
+                });
+            }
+        }
+        if let Some(a) = ctl.dhcp_addr.take() {
+            tracing::info!(interface = %ctl.link.name, address = %a, "DHCPv4 address removed");
+            if let Err(e) = self.nl.del_address(index, a) {
+                tracing::debug!("removing address {a}: {e}");
+            }
+        }
+        ctl.lease = None;
+        self.write_resolv();
+    }
+
+    /// Set the hostname from DHCP unless the admin set one in /etc/hostname.
+    fn maybe_set_hostname(&mut self, h: &str) {
+        let admin = std::fs::read_to_string(&self.paths.hostname_file)
+            .map(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+            .unwrap_or(false);
+        if admin {
+            tracing::debug!("hostname set by the admin, ignoring DHCP hostname {h}");
+            return;
+        }
+        let current = nix::unistd::gethostname().ok().and_then(|s| s.into_string().ok());
+        if current.as_deref() == Some(h) {
+            return;
+        }
+        match self.host.set_hostname(h) {
+            Ok(()) => tracing::info!("hostname set to {h} from DHCP"),
+            Err(e) => tracing::warn!("setting hostname {h}: {e}"),
+        }
+    }
+
+    fn update_sockets(&mut self, index: u32) {
+        if !self.sockets {
+            return;
+        }
+        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let (want_pkt, want_udp) = match &ctl.client {
+            Some(c) if ctl.link.carrier => (!c.state().has_address(), c.state().has_address()),
+            _ => (false, false),
+        };
+        if want_pkt && ctl.packet.is_none() {
+            match PacketSocket::open(index) {
+                Ok(s) => ctl.packet = Some(s),
+                Err(e) => tracing::error!(interface = %ctl.link.name, "opening packet socket: {e}"),
+            }
+        } else if !want_pkt {
+            ctl.packet = None;
+        }
+        if want_udp && ctl.udp.is_none() {
+            match UdpSocket::open(&ctl.link.name) {
+                Ok(s) => ctl.udp = Some(s),
+                Err(e) => tracing::error!(interface = %ctl.link.name, "opening UDP socket: {e}"),
+            }
+        } else if !want_udp {
+            ctl.udp = None;
+        }
+    }
+
+    /// Earliest client deadline.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.links
+            .values()
+            .filter_map(|c| c.client.as_ref().and_then(|c| c.deadline()))
+            .min()
+    }
+
+    pub fn timeouts(&mut self, now: Instant) -> Vec<Outgoing> {
+        let due: Vec<u32> = self
+            .links
+            .iter()
+            .filter(|(_, c)| c.client.as_ref().and_then(|c| c.deadline()).is_some_and(|d| d <= now))
+            .map(|(i, _)| *i)
+            .collect();
+        let mut out = Vec::new();
+        for i in due {
+            let actions = match self.links.get_mut(&i).and_then(|c| c.client.as_mut()) {
+                Some(c) => {
+                    let _span = tracing::info_span!("link", interface = %i).entered();
+                    c.handle_timeout(now)
+                }
+                None => continue,
+            };
+            out.extend(self.apply(i, actions));
+        }
+        out
+    }
+
+    pub fn packet(&mut self, index: u32, data: &[u8], now: Instant) -> Vec<Outgoing> {
+        let actions = match self.links.get_mut(&index).and_then(|c| c.client.as_mut()) {
+            Some(c) => c.handle_packet(data, now),
+            None => return Vec::new(),
+        };
+        self.apply(index, actions)
+    }
+
+    fn status(&mut self, index: u32) -> Option<LinkStatus> {
+        let addrs = self.nl.addresses(index).unwrap_or_default();
+        let ctl = self.links.get(&index)?;
+        let l = &ctl.link;
+        let n = ctl.network.as_ref();
+        let global = addrs.iter().any(|a| match a.addr {
+            IpAddr::V4(v) => !v.is_link_local() && !v.is_loopback(),
+            IpAddr::V6(v) => (v.segments()[0] & 0xffc0) != 0xfe80 && !v.is_loopback(),
+        });
+        let oper = if !l.up {
+            OperState::Off
+        } else if !l.carrier {
+            OperState::NoCarrier
+        } else if global {
+            OperState::Routable
+        } else if !addrs.is_empty() {
+            OperState::Degraded
+        } else {
+            OperState::Carrier
+        };
+        let setup = match n {
+            None => "unmanaged",
+            Some(_) if ctl.error.is_some() => "failed",
+            Some(n) => {
+                let dhcp_ok = !n.dhcp.v4() || ctl.lease.is_some();
+                if ctl.static_done && dhcp_ok {
+                    "configured"
+                } else {
+                    "configuring"
+                }
+            }
+        };
+        let (required, min) = match n.and_then(|n| n.link.required_for_online) {
+            Some(RequiredForOnline::No) => (false, OperState::Degraded),
+            Some(RequiredForOnline::Yes(m)) => (true, m),
+            None => (n.is_some(), OperState::Degraded),
+        };
+        let lease = ctl.lease.as_ref();
+        let mut dns: Vec<IpAddr> = n.map(|n| n.dns.clone()).unwrap_or_default();
+        let mut domains: Vec<String> = n.map(|n| n.domains.clone()).unwrap_or_default();
+        if let (Some((le, _)), Some(n)) = (lease, n) {
+            if n.dhcp4.use_dns {
+                dns.extend(le.dns.iter().map(|d| IpAddr::V4(*d)));
+                if let Some(d) = &le.domain {
+                    domains.push(d.clone());
+                }
+            }
+        }
+        let gateway = ctl
+            .owned_routes
+            .iter()
+            .chain(ctl.dhcp_routes.iter())
+            .find(|r| r.prefix == 0 && r.gateway.is_some())
+            .and_then(|r| r.gateway);
+        let dhcp = ctl.client.as_ref().map(|c| {
+            let (lease_secs, acquired, t1, t2, exp, addr, server) = match lease {
+                Some((le, at)) => {
+                    let a = unix(*at);
+                    (
+                        Some(le.lease_secs),
+                        Some(a),
+                        Some(a + u64::from(le.t1_secs)),
+                        Some(a + u64::from(le.t2_secs)),
+                        Some(a + u64::from(le.lease_secs)),
+                        Some(format!("{}/{}", le.address, le.prefix)),
+                        Some(IpAddr::V4(le.server_id)),
+                    )
+                }
+                None => (None, None, None, None, None, None, None),
+            };
+            DhcpStatus {
+                state: c.state().as_str().into(),
+                address: addr,
+                server,
+                lease_secs,
+                acquired,
+                t1,
+                t2,
+                expires: exp,
+            }
+        });
+        Some(LinkStatus {
+            index,
+            name: l.name.clone(),
+            oper: oper.as_str().into(),
+            setup: setup.into(),
+            network_file: n.map(|n| n.path.clone()),
+            mac: l.mac.map(|m| m.to_string()),
+            mtu: l.mtu,
+            carrier: l.carrier,
+            addresses: addrs.iter().map(|a| a.to_string()).collect(),
+            gateway,
+            dns,
+            domains,
+            required_for_online: required && !l.loopback,
+            required_oper: min.as_str().into(),
+            dhcp,
+            error: ctl.error.clone(),
+        })
+    }
+
+    /// Write the link's state file.
+    pub fn publish(&mut self, index: u32) {
+        if let Some(s) = self.status(index) {
+            if let Err(e) = state::write_link(&self.paths.run_dir, &s) {
+                tracing::warn!("writing state for {}: {e}", s.name);
+            }
+        }
+    }
+
+    pub fn write_resolv(&mut self) {
+        let idx: Vec<u32> = self.links.keys().copied().collect();
+        let links: Vec<LinkStatus> = idx.into_iter().filter_map(|i| self.status(i)).collect();
+        let text = state::render_resolv(&links);
+        let p = self.paths.run_dir.join("resolv.conf");
+        if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+            if let Err(e) = crate::fsutil::write_atomic(&p, text.as_bytes()) {
+                tracing::warn!("writing {}: {e}", p.display());
+            }
+        }
+    }
+
+    /// Send queued messages on the links' sockets.
+    pub fn send(&mut self, out: Vec<Outgoing>) {
+        for o in out {
+            let Some(ctl) = self.links.get(&o.index) else { continue };
+            let r = match (o.dest, &ctl.packet, &ctl.udp) {
+                (Dest::Unicast { server, .. }, _, Some(u)) => u.send(server, &o.payload),
+                (Dest::Broadcast { .. }, _, Some(u)) => u.send(Ipv4Addr::BROADCAST, &o.payload),
+                (Dest::Broadcast { source }, Some(p), None) => p.send_broadcast(source, &o.payload),
+                _ => {
+                    tracing::debug!(interface = %ctl.link.name, "no socket to send on");
+                    continue;
+                }
+            };
+            if let Err(e) = r {
+                tracing::warn!(interface = %ctl.link.name, "sending DHCP message: {e}");
+            }
+        }
+    }
+}
+
+/// The poll loop: netlink events, DHCP sockets, timers and signals.
+pub fn run(paths: Paths) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block().context("blocking signals")?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("creating signalfd")?;
+    let mut events = crate::netlink::Events::open().context("opening rtnetlink event socket")?;
+    let nl = crate::netlink::Rtnl::open().context("opening rtnetlink socket")?;
+    let mut m = Manager::new(nl, RealHost, paths);
+    let out = m.sync(Instant::now());
+    m.send(out);
+    m.write_resolv();
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("managing links")]);
+    tracing::info!("keel-netd started");
+
+    loop {
+        let now = Instant::now();
+        let timeout = match m.next_deadline() {
+            Some(d) => {
+                let ms = d.saturating_duration_since(now).as_millis().min(60_000) as u32;
+                PollTimeout::try_from(ms.saturating_add(1)).unwrap_or(PollTimeout::MAX)
+            }
+            None => PollTimeout::from(60_000u16),
+        };
+        // Poll set: [signals, netlink events, then each link's DHCP socket].
+        let mut owners: Vec<u32> = Vec::new();
+        let ready: Vec<bool> = {
+            let mut fds: Vec<PollFd> = vec![
+                PollFd::new(sfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(borrow(&events), PollFlags::POLLIN),
+            ];
+            for (i, c) in &m.links {
+                if let Some(p) = &c.packet {
+                    fds.push(PollFd::new(borrow(p), PollFlags::POLLIN));
+                    owners.push(*i);
+                }
+                if let Some(u) = &c.udp {
+                    fds.push(PollFd::new(borrow(u), PollFlags::POLLIN));
+                    owners.push(*i);
+                }
+            }
+            match poll(&mut fds, timeout) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e).context("poll"),
+            }
+            fds.iter()
+                .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                .collect()
+        };
+        if ready[0] {
+            while let Ok(Some(si)) = sfd.read_signal() {
+                match Signal::try_from(si.ssi_signo as i32) {
+                    Ok(Signal::SIGHUP) => {
+                        tracing::info!("reloading configuration");
+                        m.load_config();
+                        // Re-match every link from scratch; DHCP leases are
+                        // kept on disk and re-verified with INIT-REBOOT.
+                        m.links.clear();
+                        let out = m.sync(Instant::now());
+                        m.send(out);
+                    }
+                    _ => {
+                        tracing::info!("stopping; addresses and leases are kept for the next start");
+                        let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if ready[1] {
+            match events.read() {
+                Ok(evs) => {
+                    for e in evs {
+                        let out = m.event(e, Instant::now());
+                        m.send(out);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("netlink events: {e}; resynchronising");
+                    let out = m.sync(Instant::now());
+                    m.send(out);
+                }
+            }
+        }
+        let readable: Vec<u32> = owners
+            .iter()
+            .zip(ready.iter().skip(2))
+            .filter(|(_, r)| **r)
+            .map(|(i, _)| *i)
+            .collect();
+        for index in readable {
+            loop {
+                let Some(ctl) = m.links.get(&index) else { break };
+                let r = match (&ctl.packet, &ctl.udp) {
+                    (Some(p), _) => p.recv(),
+                    (None, Some(u)) => u.recv(),
+                    _ => Ok(None),
+                };
+                match r {
+                    Ok(Some(data)) => {
+                        let out = m.packet(index, &data, Instant::now());
+                        m.send(out);
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!("receiving on link {index}: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        let out = m.timeouts(Instant::now());
+        m.send(out);
+    }
+}
+
+fn borrow<T: AsRawFd>(t: &T) -> BorrowedFd<'_> {
+    // SAFETY: the descriptor belongs to `t`, which outlives the returned
+    // borrow (the lifetime ties them together).
+    unsafe { BorrowedFd::borrow_raw(t.as_raw_fd()) }
+}

@@ -46,34 +46,56 @@ fn numeric_columns(width: usize) -> &'static [usize] {
 impl Table {
     /// Parse `text` with `width` fields per entry (passwd 7, group 4 with a
     /// numeric gid in column 2, shadow 9, gshadow 4).
-    pub fn parse(file: &str, text: &str, width: usize, numeric: &[usize]) -> Result<Table, AccountsError> {
+    pub fn parse(
+        file: &str,
+        text: &str,
+        width: usize,
+        numeric: &[usize],
+    ) -> Result<Table, AccountsError> {
         let mut rows = Vec::new();
         for (i, line) in text.lines().enumerate() {
-            let e = |message: String| AccountsError { file: file.into(), line: i + 1, message };
+            let e = |message: String| AccountsError {
+                file: file.into(),
+                line: i + 1,
+                message,
+            };
             if line.trim().is_empty() || line.starts_with('#') {
                 rows.push(Row::Raw(line.to_string()));
                 continue;
             }
             let fields: Vec<String> = line.split(':').map(str::to_string).collect();
             if fields.len() != width {
-                return Err(e(format!("expected {width} fields, found {}", fields.len())));
+                return Err(e(format!(
+                    "expected {width} fields, found {}",
+                    fields.len()
+                )));
             }
             if fields[0].is_empty() {
                 return Err(e("empty name".into()));
             }
             for c in numeric.iter().chain(numeric_columns(width)) {
                 if fields[*c].parse::<u32>().is_err() {
-                    return Err(e(format!("field {} is not a number: {:?}", c + 1, fields[*c])));
+                    return Err(e(format!(
+                        "field {} is not a number: {:?}",
+                        c + 1,
+                        fields[*c]
+                    )));
                 }
             }
             rows.push(Row::Fields(fields));
         }
-        Ok(Table { rows, changed: false })
+        Ok(Table {
+            rows,
+            changed: false,
+        })
     }
 
     /// An empty table (the file does not exist).
     pub fn empty() -> Table {
-        Table { rows: Vec::new(), changed: false }
+        Table {
+            rows: Vec::new(),
+            changed: false,
+        }
     }
 
     /// The entry named `name`.
@@ -114,7 +136,9 @@ impl Table {
     /// The name of the entry whose column `col` is `id`.
     pub fn name_of(&self, col: usize, id: u32) -> Option<&str> {
         self.rows.iter().find_map(|r| match r {
-            Row::Fields(f) if f.get(col).and_then(|v| v.parse::<u32>().ok()) == Some(id) => Some(f[0].as_str()),
+            Row::Fields(f) if f.get(col).and_then(|v| v.parse::<u32>().ok()) == Some(id) => {
+                Some(f[0].as_str())
+            }
             _ => None,
         })
     }
@@ -124,7 +148,8 @@ impl Table {
         for r in &mut self.rows {
             if let Row::Fields(f) = r {
                 if f[0] == group {
-                    let mut members: Vec<&str> = f[col].split(',').filter(|m| !m.is_empty()).collect();
+                    let mut members: Vec<&str> =
+                        f[col].split(',').filter(|m| !m.is_empty()).collect();
                     if !members.contains(&user) {
                         members.push(user);
                         f[col] = members.join(",");
@@ -173,7 +198,11 @@ pub struct Declared {
 pub fn parse_sysusers(file: &str, text: &str) -> Result<Vec<Declared>, AccountsError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let e = |message: &str| AccountsError { file: file.into(), line: i + 1, message: message.into() };
+        let e = |message: &str| AccountsError {
+            file: file.into(),
+            line: i + 1,
+            message: message.into(),
+        };
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {
             continue;
@@ -254,7 +283,15 @@ mod tests {
         assert_eq!(t.render(), text);
         assert_eq!(t.get("daemon").unwrap()[2], "1");
         t.set("root", 6, "/bin/sh");
-        t.push(vec!["a".into(), "x".into(), "1000".into(), "1000".into(), "".into(), "/home/a".into(), "/bin/bash".into()]);
+        t.push(vec![
+            "a".into(),
+            "x".into(),
+            "1000".into(),
+            "1000".into(),
+            "".into(),
+            "/home/a".into(),
+            "/bin/bash".into(),
+        ]);
         assert!(t.changed);
         assert_eq!(t.ids(2).collect::<Vec<_>>(), vec![0, 1, 1000]);
         assert_eq!(t.name_of(2, 1000), Some("a"));
@@ -273,19 +310,44 @@ mod tests {
     #[test]
     fn negative_fixtures() {
         let table: &[(&str, usize, &[usize], &str)] = &[
-            ("root:x:0:0\n", 7, &[], "/etc/passwd line 1: expected 7 fields, found 4"),
-            ("ok:x:0:0:::\nbad:x:zero:0:::\n", 7, &[], "/etc/passwd line 2: field 3 is not a number: \"zero\""),
+            (
+                "root:x:0:0\n",
+                7,
+                &[],
+                "/etc/passwd line 1: expected 7 fields, found 4",
+            ),
+            (
+                "ok:x:0:0:::\nbad:x:zero:0:::\n",
+                7,
+                &[],
+                "/etc/passwd line 2: field 3 is not a number: \"zero\"",
+            ),
             (":x:0:0:::\n", 7, &[], "/etc/passwd line 1: empty name"),
-            ("g:x:-1:\n", 4, &[2], "/etc/passwd line 1: field 3 is not a number: \"-1\""),
+            (
+                "g:x:-1:\n",
+                4,
+                &[2],
+                "/etc/passwd line 1: field 3 is not a number: \"-1\"",
+            ),
         ];
         for (text, width, num, want) in table {
-            assert_eq!(&Table::parse("/etc/passwd", text, *width, num).unwrap_err().to_string(), want);
+            assert_eq!(
+                &Table::parse("/etc/passwd", text, *width, num)
+                    .unwrap_err()
+                    .to_string(),
+                want
+            );
         }
         assert_eq!(
-            parse_sysusers("keel.conf", "u core 500 \"Core user\n").unwrap_err().to_string(),
+            parse_sysusers("keel.conf", "u core 500 \"Core user\n")
+                .unwrap_err()
+                .to_string(),
             "keel.conf line 1: unterminated quote"
         );
-        assert_eq!(parse_sysusers("k.conf", "g\n").unwrap_err().to_string(), "k.conf line 1: missing name");
+        assert_eq!(
+            parse_sysusers("k.conf", "g\n").unwrap_err().to_string(),
+            "k.conf line 1: missing name"
+        );
     }
 
     #[test]

@@ -40,14 +40,23 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
             Action::Mkdir { mode, uid, gid, .. } => {
                 match fs::create_dir(&host) {
                     Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists && host.is_dir() => {}
+                    Err(err)
+                        if err.kind() == std::io::ErrorKind::AlreadyExists && host.is_dir() => {}
                     Err(err) => return Err(fail("creating directory")(err)),
                 }
-                sys.lchown(&host, *uid, *gid).map_err(fail("changing owner of"))?;
-                fs::set_permissions(&host, fs::Permissions::from_mode(*mode)).map_err(fail("changing mode of"))?;
+                sys.lchown(&host, *uid, *gid)
+                    .map_err(fail("changing owner of"))?;
+                fs::set_permissions(&host, fs::Permissions::from_mode(*mode))
+                    .map_err(fail("changing mode of"))?;
                 sync_parent(&host).map_err(fail("syncing directory of"))?;
             }
-            Action::Write { mode, uid, gid, contents, .. } => {
+            Action::Write {
+                mode,
+                uid,
+                gid,
+                contents,
+                ..
+            } => {
                 write_atomic(&host, contents, *mode, *uid, *gid, sys).map_err(fail("writing"))?;
             }
             Action::SetAttrs { mode, uid, gid, .. } => {
@@ -58,21 +67,26 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
                         .map_err(fail("changing owner of"))?;
                 }
                 if let Some(m) = mode {
-                    fs::set_permissions(&host, fs::Permissions::from_mode(*m)).map_err(fail("changing mode of"))?;
+                    fs::set_permissions(&host, fs::Permissions::from_mode(*m))
+                        .map_err(fail("changing mode of"))?;
                 }
             }
-            Action::Symlink { target, uid, gid, .. } => {
+            Action::Symlink {
+                target, uid, gid, ..
+            } => {
                 let tmp = temp_name(&host);
                 let _ = fs::remove_file(&tmp);
                 symlink(target, &tmp).map_err(fail("creating symlink"))?;
-                sys.lchown(&tmp, *uid, *gid).map_err(fail("changing owner of"))?;
+                sys.lchown(&tmp, *uid, *gid)
+                    .map_err(fail("changing owner of"))?;
                 fs::rename(&tmp, &host).map_err(fail("renaming symlink onto"))?;
                 sync_parent(&host).map_err(fail("syncing directory of"))?;
             }
             Action::HardLink { target, .. } => {
                 let tmp = temp_name(&host);
                 let _ = fs::remove_file(&tmp);
-                fs::hard_link(base.join(target.trim_start_matches('/')), &tmp).map_err(fail("creating hard link"))?;
+                fs::hard_link(base.join(target.trim_start_matches('/')), &tmp)
+                    .map_err(fail("creating hard link"))?;
                 fs::rename(&tmp, &host).map_err(fail("renaming hard link onto"))?;
                 sync_parent(&host).map_err(fail("syncing directory of"))?;
             }
@@ -90,17 +104,31 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
 }
 
 fn temp_name(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
     path.with_file_name(format!(".{name}.keel-tmp"))
 }
 
 /// Write `contents` to `path` atomically: a temp file in the same
 /// directory, owner and mode set (owner first: chown clears set-id bits),
 /// fsync, rename, fsync the directory.
-pub fn write_atomic(path: &Path, contents: &[u8], mode: u32, uid: u32, gid: u32, sys: &dyn System) -> std::io::Result<()> {
+pub fn write_atomic(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    uid: u32,
+    gid: u32,
+    sys: &dyn System,
+) -> std::io::Result<()> {
     let tmp = temp_name(path);
     let result = (|| {
-        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).open(&tmp)?;
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)?;
         f.write_all(contents)?;
         sys.lchown(&tmp, uid, gid)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;

@@ -24,20 +24,57 @@ pub const DEFAULT_USER: &str = "core";
 /// Keys cloud-init or coreos-cloudinit know that Keel does not implement;
 /// these get "not supported by keel" instead of "unknown key".
 const KNOWN_UNSUPPORTED: &[&str] = &[
-    "runcmd", "bootcmd", "packages", "package_update", "package_upgrade", "apt", "manage_etc_hosts",
-    "fqdn", "chpasswd", "ssh_pwauth", "ssh_keys", "disable_root", "mounts", "timezone", "ntp",
-    "power_state", "final_message", "growpart", "resize_rootfs", "manage_resolv_conf", "network",
-    "locale", "groups", "ssh_deletekeys", "ssh_genkeytypes", "preserve_hostname", "write_metadata",
-    "system_info", "user", "password", "phone_home", "rsyslog", "snap", "yum_repos", "ca_certs",
+    "runcmd",
+    "bootcmd",
+    "packages",
+    "package_update",
+    "package_upgrade",
+    "apt",
+    "manage_etc_hosts",
+    "fqdn",
+    "chpasswd",
+    "ssh_pwauth",
+    "ssh_keys",
+    "disable_root",
+    "mounts",
+    "timezone",
+    "ntp",
+    "power_state",
+    "final_message",
+    "growpart",
+    "resize_rootfs",
+    "manage_resolv_conf",
+    "network",
+    "locale",
+    "groups",
+    "ssh_deletekeys",
+    "ssh_genkeytypes",
+    "preserve_hostname",
+    "write_metadata",
+    "system_info",
+    "user",
+    "password",
+    "phone_home",
+    "rsyslog",
+    "snap",
+    "yum_repos",
+    "ca_certs",
 ];
 
 /// Parse a `#cloud-config` document.
 pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
-    let text = std::str::from_utf8(text)
-        .map_err(|e| err(format!("byte {}", e.valid_up_to()), "cloud-config is not UTF-8"))?;
+    let text = std::str::from_utf8(text).map_err(|e| {
+        err(
+            format!("byte {}", e.valid_up_to()),
+            "cloud-config is not UTF-8",
+        )
+    })?;
     let first = text.lines().next().unwrap_or("").trim_end();
     if first != HEADER {
-        return Err(err("line 1", format!("cloud-config must start with {HEADER:?}")));
+        return Err(err(
+            "line 1",
+            format!("cloud-config must start with {HEADER:?}"),
+        ));
     }
     let doc = load_one(text)?;
     let mut cfg = Config::default();
@@ -119,9 +156,15 @@ pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
 /// Other keys (`instance-id`, network settings) are metadata, not
 /// configuration, and are left alone.
 pub fn meta_data_hostname(text: &[u8]) -> Result<Option<String>, ConfigError> {
-    let text =
-        std::str::from_utf8(text).map_err(|e| err(format!("byte {}", e.valid_up_to()), "meta-data is not UTF-8"))?;
-    let Some(doc) = load_one(text)? else { return Ok(None) };
+    let text = std::str::from_utf8(text).map_err(|e| {
+        err(
+            format!("byte {}", e.valid_up_to()),
+            "meta-data is not UTF-8",
+        )
+    })?;
+    let Some(doc) = load_one(text)? else {
+        return Ok(None);
+    };
     for (k, v) in as_map(&doc, "")? {
         if key_str(k, "")? == "local-hostname" {
             if is_null(v) {
@@ -139,7 +182,13 @@ pub fn meta_data_hostname(text: &[u8]) -> Result<Option<String>, ConfigError> {
 /// meta-data `local-hostname`); systemd sets the host name from it.
 pub fn hostname_file(h: &str, at: &str) -> File {
     File {
-        node: Node { at: at.into(), path: "/etc/hostname".into(), overwrite: Some(true), user: None, group: None },
+        node: Node {
+            at: at.into(),
+            path: "/etc/hostname".into(),
+            overwrite: Some(true),
+            user: None,
+            group: None,
+        },
         mode: Some(0o644),
         contents: Some(format!("{h}\n").into_bytes()),
     }
@@ -148,27 +197,42 @@ pub fn hostname_file(h: &str, at: &str) -> File {
 fn load_one(text: &str) -> Result<Option<Yaml>, ConfigError> {
     let docs = YamlLoader::load_from_str(text).map_err(|e| {
         let m = e.marker();
-        err(format!("line {} column {}", m.line(), m.col() + 1), format!("invalid YAML: {}", e.info()))
+        err(
+            format!("line {} column {}", m.line(), m.col() + 1),
+            format!("invalid YAML: {}", e.info()),
+        )
     })?;
     match docs.len() {
         0 => Ok(None),
         1 => Ok(docs.into_iter().next().filter(|d| !is_null(d))),
-        n => Err(err("line 1", format!("expected one YAML document, found {n}"))),
+        n => Err(err(
+            "line 1",
+            format!("expected one YAML document, found {n}"),
+        )),
     }
 }
 
 fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
-    let mut out = User { at: at.into(), ..Default::default() };
+    let mut out = User {
+        at: at.into(),
+        ..Default::default()
+    };
     for (k, v) in as_map(u, at)? {
         let key = key_str(k, at)?;
         let kat = format!("{at}.{key}");
         match key {
             "name" => out.name = as_str(v, &kat)?.to_string(),
-            "ssh_authorized_keys" | "ssh-authorized-keys" => out.ssh_authorized_keys = ssh_keys(v, &kat)?,
+            "ssh_authorized_keys" | "ssh-authorized-keys" => {
+                out.ssh_authorized_keys = ssh_keys(v, &kat)?
+            }
             "groups" => {
                 // a list, or cloud-init's comma-separated string
                 let groups: Vec<String> = match v {
-                    Yaml::String(s) => s.split(',').map(|g| g.trim().to_string()).filter(|g| !g.is_empty()).collect(),
+                    Yaml::String(s) => s
+                        .split(',')
+                        .map(|g| g.trim().to_string())
+                        .filter(|g| !g.is_empty())
+                        .collect(),
                     _ => strs(v, &kat)?,
                 };
                 for g in &groups {
@@ -208,9 +272,21 @@ fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
                     _ => return Err(err(kat, format!("expected an integer, found {}", kind(v)))),
                 })
             }
-            "sudo" | "lock_passwd" | "lock-passwd" | "ssh-import-id" | "ssh_import_id" | "inactive"
-            | "expiredate" | "plain_text_passwd" | "ssh-import-github" | "ssh-import-github-users"
-            | "ssh-import-url" | "no-user-group" | "no-log-init" | "ssh_redirect_user" | "selinux_user"
+            "sudo"
+            | "lock_passwd"
+            | "lock-passwd"
+            | "ssh-import-id"
+            | "ssh_import_id"
+            | "inactive"
+            | "expiredate"
+            | "plain_text_passwd"
+            | "ssh-import-github"
+            | "ssh-import-github-users"
+            | "ssh-import-url"
+            | "no-user-group"
+            | "no-log-init"
+            | "ssh_redirect_user"
+            | "selinux_user"
             | "create_groups" => return Err(err(kat, "not supported by keel")),
             _ => return Err(err(kat, "unknown key")),
         }
@@ -285,7 +361,13 @@ fn write_file(f: &Yaml, at: &str) -> Result<File, ConfigError> {
         None => (None, None),
     };
     Ok(File {
-        node: Node { at: at.into(), path, overwrite: Some(true), user, group },
+        node: Node {
+            at: at.into(),
+            path,
+            overwrite: Some(true),
+            user,
+            group,
+        },
         mode: Some(mode.unwrap_or(0o644)),
         contents: Some(data),
     })
@@ -308,7 +390,10 @@ fn gunzip(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {
 }
 
 fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
-    let mut out = Unit { at: at.into(), ..Default::default() };
+    let mut out = Unit {
+        at: at.into(),
+        ..Default::default()
+    };
     for (k, v) in as_map(u, at)? {
         let key = key_str(k, at)?;
         let kat = format!("{at}.{key}");
@@ -317,17 +402,21 @@ fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
             "content" => out.contents = Some(as_str(v, &kat)?.to_string()),
             "enable" => out.enabled = Some(as_bool(v, &kat)?),
             "mask" => out.mask = Some(as_bool(v, &kat)?),
-            "command" => match as_str(v, &kat)? {
-                // Provisioning runs before systemd: "start" and "restart" both
-                // mean "started on this boot"
-                "start" | "restart" | "reload-or-restart" | "try-restart" => out.start = true,
-                other => {
-                    return Err(err(
-                        kat,
-                        format!("command {other:?} is not supported at first boot (start or restart)"),
-                    ))
+            "command" => {
+                match as_str(v, &kat)? {
+                    // Provisioning runs before systemd: "start" and "restart" both
+                    // mean "started on this boot"
+                    "start" | "restart" | "reload-or-restart" | "try-restart" => out.start = true,
+                    other => {
+                        return Err(err(
+                            kat,
+                            format!(
+                            "command {other:?} is not supported at first boot (start or restart)"
+                        ),
+                        ))
+                    }
                 }
-            },
+            }
             "runtime" => {
                 if as_bool(v, &kat)? {
                     return Err(err(kat, "not supported by keel"));
@@ -342,12 +431,16 @@ fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
                         match dkey {
                             "name" => dropin.name = as_str(dv, &format!("{dat}.name"))?.to_string(),
                             "content" => {
-                                dropin.contents = Some(as_str(dv, &format!("{dat}.content"))?.to_string())
+                                dropin.contents =
+                                    Some(as_str(dv, &format!("{dat}.content"))?.to_string())
                             }
                             _ => return Err(err(format!("{dat}.{dkey}"), "unknown key")),
                         }
                     }
-                    if !dropin.name.ends_with(".conf") || dropin.name.contains('/') || dropin.name.len() <= 5 {
+                    if !dropin.name.ends_with(".conf")
+                        || dropin.name.contains('/')
+                        || dropin.name.len() <= 5
+                    {
                         return Err(err(
                             format!("{dat}.name"),
                             format!("invalid drop-in name {:?} (NAME.conf)", dropin.name),
@@ -364,7 +457,10 @@ fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
     }
     check_unit_name(&out.name).map_err(|m| err(format!("{at}.name"), m))?;
     if out.mask == Some(true) && out.contents.is_some() {
-        return Err(err(format!("{at}.mask"), "a masked unit cannot also have content"));
+        return Err(err(
+            format!("{at}.mask"),
+            "a masked unit cannot also have content",
+        ));
     }
     Ok(out)
 }
@@ -373,14 +469,20 @@ fn ssh_keys(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
     let keys = strs(v, at)?;
     for (i, k) in keys.iter().enumerate() {
         if k.trim().is_empty() || k.contains(['\n', '\r']) {
-            return Err(err(format!("{at}[{i}]"), "an SSH key must be one non-empty line"));
+            return Err(err(
+                format!("{at}[{i}]"),
+                "an SSH key must be one non-empty line",
+            ));
         }
     }
     Ok(keys.into_iter().map(|k| k.trim().to_string()).collect())
 }
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { path: path.into(), message: message.into() }
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 fn is_null(v: &Yaml) -> bool {
@@ -412,7 +514,10 @@ fn name_or_root(at: &str) -> &str {
 fn as_map<'a>(v: &'a Yaml, at: &str) -> Result<&'a yaml_rust2::yaml::Hash, ConfigError> {
     match v {
         Yaml::Hash(h) => Ok(h),
-        _ => Err(err(name_or_root(at), format!("expected a mapping, found {}", kind(v)))),
+        _ => Err(err(
+            name_or_root(at),
+            format!("expected a mapping, found {}", kind(v)),
+        )),
     }
 }
 
@@ -434,7 +539,10 @@ fn as_str<'a>(v: &'a Yaml, at: &str) -> Result<&'a str, ConfigError> {
 fn as_bool(v: &Yaml, at: &str) -> Result<bool, ConfigError> {
     match v {
         Yaml::Boolean(b) => Ok(*b),
-        _ => Err(err(at, format!("expected true or false, found {}", kind(v)))),
+        _ => Err(err(
+            at,
+            format!("expected true or false, found {}", kind(v)),
+        )),
     }
 }
 
@@ -449,6 +557,9 @@ fn strs(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
 fn key_str<'a>(k: &'a Yaml, at: &str) -> Result<&'a str, ConfigError> {
     match k {
         Yaml::String(s) => Ok(s),
-        _ => Err(err(name_or_root(at), format!("expected string keys, found {}", kind(k)))),
+        _ => Err(err(
+            name_or_root(at),
+            format!("expected string keys, found {}", kind(k)),
+        )),
     }
 }

@@ -83,7 +83,9 @@ fn base64_mapped(bytes: &[u8], map: &[usize], end: usize) -> Result<Vec<u8>, Dat
     B64.decode(&clean).map_err(|e| {
         let at = |i: usize| clean_map.get(i).copied().unwrap_or(end);
         let (offset, reason) = match e {
-            base64::DecodeError::InvalidByte(i, b) => (at(i), format!("invalid byte {:?}", b as char)),
+            base64::DecodeError::InvalidByte(i, b) => {
+                (at(i), format!("invalid byte {:?}", b as char))
+            }
             base64::DecodeError::InvalidLastSymbol(i, b) => {
                 (at(i), format!("invalid last symbol {:?}", b as char))
             }
@@ -103,7 +105,9 @@ fn percent_decode(s: &str, base: usize) -> Result<(Vec<u8>, Vec<usize>), DataUrl
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'%' {
-            let hex = b.get(i + 1..i + 3).ok_or(DataUrlError::BadEscape(base + i))?;
+            let hex = b
+                .get(i + 1..i + 3)
+                .ok_or(DataUrlError::BadEscape(base + i))?;
             let hi = hex_val(hex[0]).ok_or(DataUrlError::BadEscape(base + i))?;
             let lo = hex_val(hex[1]).ok_or(DataUrlError::BadEscape(base + i))?;
             out.push(hi << 4 | lo);
@@ -135,7 +139,10 @@ mod tests {
     #[test]
     fn decodes_plain_and_base64() {
         assert_eq!(decode("data:,hello%20world").unwrap(), b"hello world");
-        assert_eq!(decode("data:text/plain;charset=utf-8,a%0Ab").unwrap(), b"a\nb");
+        assert_eq!(
+            decode("data:text/plain;charset=utf-8,a%0Ab").unwrap(),
+            b"a\nb"
+        );
         assert_eq!(decode("data:;base64,aGVsbG8=").unwrap(), b"hello");
         assert_eq!(decode("DATA:text/plain;BASE64,aGVsbG8").unwrap(), b"hello");
         assert_eq!(decode("data:;base64,aGVs%0AbG8=").unwrap(), b"hello");
@@ -152,13 +159,25 @@ mod tests {
             ("data:text/plain", "data: URL has no ',' before its data"),
             ("data:,abc%2", "invalid percent-escape at offset 9"),
             ("data:,abc%zz", "invalid percent-escape at offset 9"),
-            ("data:;base64,aGVs!G8=", "invalid base64 at offset 17: invalid byte '!'"),
-            ("data:;base64,aGVsb", "invalid base64 at offset 18: truncated data"),
-            ("data:;base64,aGk==", "invalid base64 at offset 16: invalid byte '='"),
-            ("data:;base64,aGl=", "invalid base64 at offset 15: invalid last symbol 'l'"),
+            (
+                "data:;base64,aGVs!G8=",
+                "invalid base64 at offset 17: invalid byte '!'",
+            ),
+            (
+                "data:;base64,aGVsb",
+                "invalid base64 at offset 18: truncated data",
+            ),
+            (
+                "data:;base64,aGk==",
+                "invalid base64 at offset 16: invalid byte '='",
+            ),
+            (
+                "data:;base64,aGl=",
+                "invalid base64 at offset 15: invalid last symbol 'l'",
+            ),
         ];
         let mut bad = Vec::new();
-    for (input, want) in table {
+        for (input, want) in table {
             let got = decode(input).expect_err(input).to_string();
             if &got != want {
                 bad.push(format!("input {input:?}\n  got:  {got}\n  want: {want}"));

@@ -30,9 +30,12 @@ pub fn parse(text: &[u8]) -> Result<(Config, String), ConfigError> {
     let v: Value = serde_json::from_slice(text).map_err(json_error)?;
     let mut root = Obj::new(&v, "$".into())?;
     let version = {
-        let mut ign = root
-            .obj("ignition")?
-            .ok_or_else(|| err("$.ignition.version", "missing: this is not an Ignition config"))?;
+        let mut ign = root.obj("ignition")?.ok_or_else(|| {
+            err(
+                "$.ignition.version",
+                "missing: this is not an Ignition config",
+            )
+        })?;
         let version = ign
             .str("version")?
             .ok_or_else(|| err("$.ignition.version", "missing"))?
@@ -40,7 +43,9 @@ pub fn parse(text: &[u8]) -> Result<(Config, String), ConfigError> {
         if !VERSIONS.contains(&version.as_str()) {
             return Err(err(
                 "$.ignition.version",
-                format!("unsupported Ignition spec version {version:?} (keel reads 3.0.0 to 3.4.0)"),
+                format!(
+                    "unsupported Ignition spec version {version:?} (keel reads 3.0.0 to 3.4.0)"
+                ),
             ));
         }
         ign.unsupported(&["config", "timeouts", "security", "proxy"])?;
@@ -75,7 +80,11 @@ pub fn parse(text: &[u8]) -> Result<(Config, String), ConfigError> {
                 None => None,
             };
             f.finish()?;
-            cfg.files.push(File { node, mode, contents });
+            cfg.files.push(File {
+                node,
+                mode,
+                contents,
+            });
         }
         for mut d in storage.objs("directories")? {
             let node = node(&mut d)?;
@@ -116,11 +125,15 @@ fn user(u: &mut Obj, i: usize) -> Result<User, ConfigError> {
     check_account_name(&name).map_err(|m| err(format!("{}.name", u.path), m))?;
     u.unsupported(&["noUserGroup", "noLogInit"])?;
     if u.bool("shouldExist")? == Some(false) {
-        return Err(err(format!("{}.shouldExist", u.path), "deleting users is not supported by keel"));
+        return Err(err(
+            format!("{}.shouldExist", u.path),
+            "deleting users is not supported by keel",
+        ));
     }
     let password_hash = u.str("passwordHash")?.map(str::to_string);
     if let Some(h) = &password_hash {
-        check_passwd_field("passwordHash", h).map_err(|m| err(format!("{}.passwordHash", u.path), m))?;
+        check_passwd_field("passwordHash", h)
+            .map_err(|m| err(format!("{}.passwordHash", u.path), m))?;
     }
     let mut keys = Vec::new();
     for (j, k) in u.strs("sshAuthorizedKeys")?.into_iter().enumerate() {
@@ -170,9 +183,17 @@ fn group(g: &mut Obj, _i: usize) -> Result<Group, ConfigError> {
     check_account_name(&name).map_err(|m| err(format!("{}.name", g.path), m))?;
     g.unsupported(&["passwordHash"])?;
     if g.bool("shouldExist")? == Some(false) {
-        return Err(err(format!("{}.shouldExist", g.path), "deleting groups is not supported by keel"));
+        return Err(err(
+            format!("{}.shouldExist", g.path),
+            "deleting groups is not supported by keel",
+        ));
     }
-    Ok(Group { at: g.path.clone(), name, gid: g.id("gid")?, system: g.bool("system")?.unwrap_or(false) })
+    Ok(Group {
+        at: g.path.clone(),
+        name,
+        gid: g.id("gid")?,
+        system: g.bool("system")?.unwrap_or(false),
+    })
 }
 
 fn node(o: &mut Obj) -> Result<Node, ConfigError> {
@@ -191,7 +212,9 @@ fn node(o: &mut Obj) -> Result<Node, ConfigError> {
 }
 
 fn owner(o: &mut Obj, key: &str) -> Result<Option<Owner>, ConfigError> {
-    let Some(mut w) = o.obj(key)? else { return Ok(None) };
+    let Some(mut w) = o.obj(key)? else {
+        return Ok(None);
+    };
     let id = w.id("id")?;
     let name = w.str("name")?.map(str::to_string);
     let path = w.path.clone();
@@ -208,9 +231,14 @@ fn owner(o: &mut Obj, key: &str) -> Result<Option<Owner>, ConfigError> {
 }
 
 fn mode(o: &mut Obj) -> Result<Option<u32>, ConfigError> {
-    let Some(m) = o.int("mode")? else { return Ok(None) };
+    let Some(m) = o.int("mode")? else {
+        return Ok(None);
+    };
     if !(0..=0o7777).contains(&m) {
-        return Err(err(format!("{}.mode", o.path), format!("mode {m} is out of range (0 to 4095, i.e. 0o7777)")));
+        return Err(err(
+            format!("{}.mode", o.path),
+            format!("mode {m} is out of range (0 to 4095, i.e. 0o7777)"),
+        ));
     }
     // Range-checked just above.
     Ok(Some(m as u32))
@@ -230,7 +258,10 @@ fn contents(c: &mut Obj) -> Result<Option<Vec<u8>>, ConfigError> {
     };
     let Some(source) = c.str("source")?.map(str::to_string) else {
         if compression.is_some() || hash.is_some() {
-            return Err(err(format!("{}.source", c.path), "missing, but compression or verification is set"));
+            return Err(err(
+                format!("{}.source", c.path),
+                "missing, but compression or verification is set",
+            ));
         }
         return Ok(None);
     };
@@ -241,7 +272,12 @@ fn contents(c: &mut Obj) -> Result<Option<Vec<u8>>, ConfigError> {
             Some(s) if !s.is_empty() && !s.contains('/') => format!("URL scheme {s:?}"),
             _ => "a relative URL".to_string(),
         };
-        return Err(err(src_path, format!("{what} is not supported by keel (only data: URLs; the initramfs has no network)")));
+        return Err(err(
+            src_path,
+            format!(
+                "{what} is not supported by keel (only data: URLs; the initramfs has no network)"
+            ),
+        ));
     }
     let mut data = dataurl::decode(&source).map_err(|e| err(&src_path, e.to_string()))?;
     match compression.as_deref() {
@@ -253,12 +289,18 @@ fn contents(c: &mut Obj) -> Result<Option<Vec<u8>>, ConfigError> {
                 .read_to_end(&mut out)
                 .map_err(|e| err(format!("{}.compression", c.path), format!("gzip: {e}")))?;
             if out.len() as u64 > MAX_FILE {
-                return Err(err(format!("{}.compression", c.path), "decompressed contents exceed 256 MiB"));
+                return Err(err(
+                    format!("{}.compression", c.path),
+                    "decompressed contents exceed 256 MiB",
+                ));
             }
             data = out;
         }
         Some(other) => {
-            return Err(err(format!("{}.compression", c.path), format!("unsupported compression {other:?} (only \"gzip\")")))
+            return Err(err(
+                format!("{}.compression", c.path),
+                format!("unsupported compression {other:?} (only \"gzip\")"),
+            ))
         }
     }
     if let Some((h, path)) = hash {
@@ -275,7 +317,11 @@ pub fn verify(spec: &str, data: &[u8]) -> Result<(), String> {
     let got = match algo {
         "sha512" => hex::encode(sha2::Sha512::digest(data)),
         "sha256" => hex::encode(sha2::Sha256::digest(data)),
-        _ => return Err(format!("unsupported hash function {algo:?} (sha512 or sha256)")),
+        _ => {
+            return Err(format!(
+                "unsupported hash function {algo:?} (sha512 or sha256)"
+            ))
+        }
     };
     if want.len() != got.len() || !want.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(format!("{algo} hash must be {} hex digits", got.len()));
@@ -293,20 +339,32 @@ fn unit(u: &mut Obj) -> Result<Unit, ConfigError> {
     for mut d in u.objs("dropins")? {
         let dname = required_str(&mut d, "name")?;
         if !dname.ends_with(".conf") || dname.contains('/') || dname.len() <= 5 {
-            return Err(err(format!("{}.name", d.path), format!("invalid drop-in name {dname:?} (NAME.conf)")));
+            return Err(err(
+                format!("{}.name", d.path),
+                format!("invalid drop-in name {dname:?} (NAME.conf)"),
+            ));
         }
         let contents = d.str("contents")?.map(str::to_string);
         let dpath = d.path.clone();
         d.finish()?;
         if dropins.iter().any(|x: &Dropin| x.name == dname) {
-            return Err(err(format!("{dpath}.name"), format!("duplicate drop-in {dname:?}")));
+            return Err(err(
+                format!("{dpath}.name"),
+                format!("duplicate drop-in {dname:?}"),
+            ));
         }
-        dropins.push(Dropin { name: dname, contents });
+        dropins.push(Dropin {
+            name: dname,
+            contents,
+        });
     }
     let mask = u.bool("mask")?;
     let contents = u.str("contents")?.map(str::to_string);
     if mask == Some(true) && contents.is_some() {
-        return Err(err(format!("{}.mask", u.path), "a masked unit cannot also have contents"));
+        return Err(err(
+            format!("{}.mask", u.path),
+            "a masked unit cannot also have contents",
+        ));
     }
     Ok(Unit {
         at: u.path.clone(),
@@ -330,7 +388,10 @@ pub fn check_duplicates(cfg: &Config) -> Result<(), ConfigError> {
         .chain(cfg.links.iter().map(|l| &l.node));
     for n in nodes {
         if let Some((_, first)) = seen.iter().find(|(p, _)| *p == n.path) {
-            return Err(err(format!("{}.path", n.at), format!("duplicate path {} (also at {first})", n.path)));
+            return Err(err(
+                format!("{}.path", n.at),
+                format!("duplicate path {} (also at {first})", n.path),
+            ));
         }
         seen.push((&n.path, &n.at));
     }
@@ -343,7 +404,10 @@ pub fn check_duplicates(cfg: &Config) -> Result<(), ConfigError> {
     let mut seen: Vec<(&str, &str, &str)> = Vec::new();
     for (name, at, kind) in named {
         if let Some((_, first, _)) = seen.iter().find(|(n, _, k)| *n == name && *k == kind) {
-            return Err(err(format!("{at}.name"), format!("duplicate {kind} {name:?} (also at {first})")));
+            return Err(err(
+                format!("{at}.name"),
+                format!("duplicate {kind} {name:?} (also at {first})"),
+            ));
         }
         seen.push((name, at, kind));
     }
@@ -351,7 +415,10 @@ pub fn check_duplicates(cfg: &Config) -> Result<(), ConfigError> {
 }
 
 fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError { path: path.into(), message: message.into() }
+    ConfigError {
+        path: path.into(),
+        message: message.into(),
+    }
 }
 
 fn json_error(e: serde_json::Error) -> ConfigError {
@@ -360,7 +427,10 @@ fn json_error(e: serde_json::Error) -> ConfigError {
         Some((m, _)) => m.to_string(),
         None => full,
     };
-    err(format!("line {} column {}", e.line(), e.column()), format!("invalid JSON: {message}"))
+    err(
+        format!("line {} column {}", e.line(), e.column()),
+        format!("invalid JSON: {message}"),
+    )
 }
 
 fn required_str(o: &mut Obj, key: &str) -> Result<String, ConfigError> {
@@ -404,8 +474,15 @@ struct Obj<'a> {
 impl<'a> Obj<'a> {
     fn new(v: &'a Value, path: String) -> Result<Self, ConfigError> {
         match v {
-            Value::Object(map) => Ok(Obj { map, path, seen: Vec::new() }),
-            other => Err(err(path, format!("expected an object, found {}", kind(other)))),
+            Value::Object(map) => Ok(Obj {
+                map,
+                path,
+                seen: Vec::new(),
+            }),
+            other => Err(err(
+                path,
+                format!("expected an object, found {}", kind(other)),
+            )),
         }
     }
 
@@ -437,9 +514,10 @@ impl<'a> Obj<'a> {
     fn int(&mut self, key: &str) -> Result<Option<i64>, ConfigError> {
         match self.get(key) {
             None => Ok(None),
-            Some((Value::Number(n), p)) => {
-                n.as_i64().map(Some).ok_or_else(|| err(p, format!("expected an integer, found {n}")))
-            }
+            Some((Value::Number(n), p)) => n
+                .as_i64()
+                .map(Some)
+                .ok_or_else(|| err(p, format!("expected an integer, found {n}"))),
             Some((v, p)) => Err(err(p, format!("expected an integer, found {}", kind(v)))),
         }
     }
@@ -466,15 +544,20 @@ impl<'a> Obj<'a> {
     fn arr(&mut self, key: &str) -> Result<Vec<(&'a Value, String)>, ConfigError> {
         match self.get(key) {
             None => Ok(Vec::new()),
-            Some((Value::Array(a), p)) => {
-                Ok(a.iter().enumerate().map(|(i, v)| (v, format!("{p}.{i}"))).collect())
-            }
+            Some((Value::Array(a), p)) => Ok(a
+                .iter()
+                .enumerate()
+                .map(|(i, v)| (v, format!("{p}.{i}")))
+                .collect()),
             Some((v, p)) => Err(err(p, format!("expected an array, found {}", kind(v)))),
         }
     }
 
     fn objs(&mut self, key: &str) -> Result<Vec<Obj<'a>>, ConfigError> {
-        self.arr(key)?.into_iter().map(|(v, p)| Obj::new(v, p)).collect()
+        self.arr(key)?
+            .into_iter()
+            .map(|(v, p)| Obj::new(v, p))
+            .collect()
     }
 
     fn strs(&mut self, key: &str) -> Result<Vec<String>, ConfigError> {

@@ -40,13 +40,13 @@
 //! units reach systemd. The library is synchronous, has no network code and
 //! no C dependencies.
 
+pub mod accounts;
+pub mod apply;
 pub mod cloudconfig;
 pub mod dataurl;
 pub mod ignition;
 pub mod model;
-pub mod accounts;
 pub mod plan;
-pub mod apply;
 pub mod sources;
 pub mod sys;
 
@@ -101,9 +101,14 @@ pub fn parse_config(data: &[u8]) -> Result<Option<(model::Config, Format)>, Conf
     } else {
         "neither an Ignition config (JSON object) nor #cloud-config"
     };
-    Err(ConfigError { path: "line 1".into(), message: what.into() })
+    Err(ConfigError {
+        path: "line 1".into(),
+        message: what.into(),
+    })
 }
 
+#[cfg(test)]
+mod boot_tests;
 #[cfg(test)]
 mod parse_tests;
 
@@ -177,7 +182,7 @@ pub enum Outcome {
     /// The marker exists and `keel.first_boot=1` is not set: nothing done.
     AlreadyProvisioned,
     /// Provisioned (possibly with no config at all).
-    Applied(Report),
+    Applied(Box<Report>),
 }
 
 /// Why provisioning failed. `Display` is the console message.
@@ -228,28 +233,43 @@ pub struct Loaded {
 pub fn load(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Loaded, Error> {
     let found = match sources::fw_cfg(&fb.fw_cfg_root)? {
         Some(f) => Some(f),
-        None => match sources::config_drive(&fb.block_dir, &fb.dev_dir, &fb.run_root.join("keel/config-drive"), sys)? {
+        None => match sources::config_drive(
+            &fb.block_dir,
+            &fb.dev_dir,
+            &fb.run_root.join("keel/config-drive"),
+            sys,
+        )? {
             Some(f) => Some(f),
             None => sources::cmdline(&fb.cmdline)?,
         },
     };
-    let mut loaded = Loaded { source: "none".into(), format: "none".into(), ..Default::default() };
+    let mut loaded = Loaded {
+        source: "none".into(),
+        format: "none".into(),
+        ..Default::default()
+    };
     let mut user = model::Config::default();
     if let Some(found) = found {
         tracing::info!(source = %found.name, "found a config");
         loaded.source = found.name.clone();
         if let Some(meta) = &found.meta_data {
             let meta_name = found.name.replace(" user-data", " meta-data");
-            let host = cloudconfig::meta_data_hostname(meta)
-                .map_err(|error| Error::Config { source_name: meta_name.clone(), error })?;
+            let host = cloudconfig::meta_data_hostname(meta).map_err(|error| Error::Config {
+                source_name: meta_name.clone(),
+                error,
+            })?;
             if let Some(h) = host {
                 let mut m = model::Config::default();
-                m.files.push(cloudconfig::hostname_file(&h, "local-hostname"));
+                m.files
+                    .push(cloudconfig::hostname_file(&h, "local-hostname"));
                 m.set_source(&meta_name);
                 user = m;
             }
         }
-        match parse_config(&found.data).map_err(|error| Error::Config { source_name: found.name.clone(), error })? {
+        match parse_config(&found.data).map_err(|error| Error::Config {
+            source_name: found.name.clone(),
+            error,
+        })? {
             Some((mut cfg, format)) => {
                 cfg.set_source(&found.name);
                 loaded.format = format.to_string();
@@ -261,7 +281,10 @@ pub fn load(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Loaded, Error> {
     let mut base = model::Config::default();
     if let Some((path, data)) = sources::oem_base(&fb.oem_dir)? {
         let name = format!("OEM base config {}", path.display());
-        let (mut cfg, _) = ignition::parse(&data).map_err(|error| Error::Config { source_name: name.clone(), error })?;
+        let (mut cfg, _) = ignition::parse(&data).map_err(|error| Error::Config {
+            source_name: name.clone(),
+            error,
+        })?;
         cfg.set_source(&name);
         loaded.oem_base = Some(path.display().to_string());
         base = cfg;
@@ -298,26 +321,39 @@ pub fn first_boot(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Outcome, Erro
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     for (rel, mode) in [(RESULT, 0o644), (MARKER, 0o644)] {
         let path = fb.sysroot.join(rel.trim_start_matches('/'));
-        let record = |error| Error::Record { path: path.clone(), error };
+        let record = |error| Error::Record {
+            path: path.clone(),
+            error,
+        };
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(record)?;
         }
         apply::write_atomic(&path, &json, mode, 0, 0, sys).map_err(record)?;
     }
     tracing::info!(source = %report.source, steps = report.steps, duration_us = report.duration_us, "provisioned");
-    Ok(Outcome::Applied(report))
+    Ok(Outcome::Applied(Box::new(report)))
 }
 
 /// Check a config file offline, with the messages a boot would print.
 /// With `sysroot`, also plan it against that tree (owners, existing files,
 /// units to enable). Returns the plan.
-pub fn validate(data: &[u8], name: &str, sysroot: Option<&Path>) -> Result<(plan::Plan, Format), Error> {
-    let (mut cfg, format) = match parse_config(data).map_err(|error| Error::Config { source_name: name.into(), error })? {
+pub fn validate(
+    data: &[u8],
+    name: &str,
+    sysroot: Option<&Path>,
+) -> Result<(plan::Plan, Format), Error> {
+    let (mut cfg, format) = match parse_config(data).map_err(|error| Error::Config {
+        source_name: name.into(),
+        error,
+    })? {
         Some(x) => x,
         None => {
             return Err(Error::Config {
                 source_name: name.into(),
-                error: ConfigError { path: "line 1".into(), message: "empty config".into() },
+                error: ConfigError {
+                    path: "line 1".into(),
+                    message: "empty config".into(),
+                },
             })
         }
     };
@@ -334,7 +370,9 @@ pub fn validate(data: &[u8], name: &str, sysroot: Option<&Path>) -> Result<(plan
 pub fn read_result(root: &Path) -> Result<Option<Report>, String> {
     let path = root.join(RESULT.trim_start_matches('/'));
     match std::fs::read(&path) {
-        Ok(d) => serde_json::from_slice(&d).map(Some).map_err(|e| format!("{}: {e}", path.display())),
+        Ok(d) => serde_json::from_slice(&d)
+            .map(Some)
+            .map_err(|e| format!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(format!("{}: {e}", path.display())),
     }

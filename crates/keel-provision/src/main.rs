@@ -8,7 +8,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "keel-provision", version, about = "Keel first-boot provisioning (Ignition 3.x, cloud-config)")]
+#[command(
+    name = "keel-provision",
+    version,
+    about = "Keel first-boot provisioning (Ignition 3.x, cloud-config)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -51,7 +55,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
         Cmd::Validate { file, sysroot } => {
-            let data = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = file.display().to_string();
             match keel_provision::validate(&data, &name, sysroot.as_deref()) {
                 Ok((plan, format)) => {
@@ -78,7 +83,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("source:      {}", r.source);
             println!("format:      {}", r.format);
             println!("oem base:    {}", r.oem_base.as_deref().unwrap_or("none"));
-            println!("duration:    {:.1} ms ({} steps)", r.duration_us as f64 / 1000.0, r.steps);
+            println!(
+                "duration:    {:.1} ms ({} steps)",
+                r.duration_us as f64 / 1000.0,
+                r.steps
+            );
             println!("finished:    {} (unix time)", r.finished_unix);
             let a = &r.applied;
             for (what, list) in [

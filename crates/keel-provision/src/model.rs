@@ -169,7 +169,9 @@ impl Config {
         self.users.iter_mut().for_each(|u| fix(&mut u.at));
         self.groups.iter_mut().for_each(|g| fix(&mut g.at));
         self.files.iter_mut().for_each(|f| fix(&mut f.node.at));
-        self.directories.iter_mut().for_each(|d| fix(&mut d.node.at));
+        self.directories
+            .iter_mut()
+            .for_each(|d| fix(&mut d.node.at));
         self.links.iter_mut().for_each(|l| fix(&mut l.node.at));
         self.units.iter_mut().for_each(|u| fix(&mut u.at));
     }
@@ -205,7 +207,8 @@ impl Config {
             .chain(self.links.iter().map(|l| l.node.path.clone()))
             .collect();
         out.files.retain(|f| !child_paths.contains(&f.node.path));
-        out.directories.retain(|d| !child_paths.contains(&d.node.path));
+        out.directories
+            .retain(|d| !child_paths.contains(&d.node.path));
         out.links.retain(|l| !child_paths.contains(&l.node.path));
         out.files.extend(self.files);
         out.directories.extend(self.directories);
@@ -291,8 +294,17 @@ pub fn clean_path(p: &str) -> Result<String, String> {
 
 /// Unit types systemd knows; a unit name must end in one of them.
 pub const UNIT_SUFFIXES: &[&str] = &[
-    "service", "socket", "device", "mount", "automount", "swap", "target", "path", "timer",
-    "slice", "scope",
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
 ];
 
 /// Check a unit name: a type suffix, no `/`, not empty, at most 255 bytes.
@@ -358,7 +370,10 @@ mod tests {
     fn clean_paths() {
         assert_eq!(clean_path("/etc//x/./y").unwrap(), "/etc/x/y");
         assert_eq!(clean_path("/").unwrap(), "/");
-        assert_eq!(clean_path("etc/x").unwrap_err(), "path \"etc/x\" is not absolute");
+        assert_eq!(
+            clean_path("etc/x").unwrap_err(),
+            "path \"etc/x\" is not absolute"
+        );
         assert_eq!(
             clean_path("/etc/../../x").unwrap_err(),
             "path \"/etc/../../x\" leaves / (contains \"..\")"
@@ -388,7 +403,10 @@ mod tests {
                 ..Default::default()
             }],
             files: vec![File {
-                node: Node { path: "/etc/x".into(), ..Default::default() },
+                node: Node {
+                    path: "/etc/x".into(),
+                    ..Default::default()
+                },
                 contents: Some(b"base".to_vec()),
                 ..Default::default()
             }],
@@ -401,7 +419,10 @@ mod tests {
                 ..Default::default()
             }],
             links: vec![Link {
-                node: Node { path: "/etc/x".into(), ..Default::default() },
+                node: Node {
+                    path: "/etc/x".into(),
+                    ..Default::default()
+                },
                 target: "/y".into(),
                 hard: false,
             }],

@@ -35,7 +35,10 @@ fn ignition_full() {
     let (cfg, v) = ignition::parse(FULL_IGN.as_bytes()).unwrap();
     assert_eq!(v, "3.4.0");
     assert_eq!(cfg.users.len(), 2);
-    assert_eq!(cfg.users[0].ssh_authorized_keys, vec!["ssh-ed25519 AAAA core@x"]);
+    assert_eq!(
+        cfg.users[0].ssh_authorized_keys,
+        vec!["ssh-ed25519 AAAA core@x"]
+    );
     assert_eq!(cfg.users[1].uid, Some(1500));
     assert_eq!(cfg.groups[0].gid, Some(233));
     assert_eq!(cfg.files[0].contents.as_deref(), Some(&b"hello\n"[..]));
@@ -175,7 +178,9 @@ fn ignition_negative_fixtures() {
     ];
     let mut bad = Vec::new();
     for (input, want) in &table {
-        let got = ignition::parse(input.as_bytes()).expect_err(input).to_string();
+        let got = ignition::parse(input.as_bytes())
+            .expect_err(input)
+            .to_string();
         if &got != want {
             bad.push(format!("input {input}\n  got:  {got}\n  want: {want}"));
         }
@@ -239,7 +244,10 @@ fn cloud_config_full() {
     assert_eq!(cfg.files[0].node.path, "/etc/hostname");
     assert_eq!(cfg.files[0].contents.as_deref(), Some(&b"node1\n"[..]));
     let core = cfg.users.iter().find(|u| u.name == "core").unwrap();
-    assert_eq!(core.ssh_authorized_keys, vec!["ssh-ed25519 AAAA core@x", "ssh-ed25519 AAAA top@x"]);
+    assert_eq!(
+        core.ssh_authorized_keys,
+        vec!["ssh-ed25519 AAAA core@x", "ssh-ed25519 AAAA top@x"]
+    );
     let bob = cfg.users.iter().find(|u| u.name == "bob").unwrap();
     assert_eq!(bob.groups, vec!["sudo", "docker"]);
     assert_eq!(bob.password_hash.as_deref(), Some("$6$abc$def"));
@@ -303,7 +311,9 @@ fn cloud_config_negative_fixtures() {
     ];
     let mut bad = Vec::new();
     for (input, want) in table {
-        let got = cloudconfig::parse(input.as_bytes()).expect_err(input).to_string();
+        let got = cloudconfig::parse(input.as_bytes())
+            .expect_err(input)
+            .to_string();
         if &got != want {
             bad.push(format!("input {input:?}\n  got:  {got}\n  want: {want}"));
         }
@@ -314,13 +324,20 @@ fn cloud_config_negative_fixtures() {
 #[test]
 fn meta_data() {
     assert_eq!(
-        cloudconfig::meta_data_hostname(b"instance-id: i-1\nlocal-hostname: vm1\n").unwrap().as_deref(),
+        cloudconfig::meta_data_hostname(b"instance-id: i-1\nlocal-hostname: vm1\n")
+            .unwrap()
+            .as_deref(),
         Some("vm1")
     );
-    assert_eq!(cloudconfig::meta_data_hostname(b"instance-id: i-1\n").unwrap(), None);
+    assert_eq!(
+        cloudconfig::meta_data_hostname(b"instance-id: i-1\n").unwrap(),
+        None
+    );
     assert_eq!(cloudconfig::meta_data_hostname(b"").unwrap(), None);
     assert_eq!(
-        cloudconfig::meta_data_hostname(b"local-hostname: a b\n").unwrap_err().to_string(),
+        cloudconfig::meta_data_hostname(b"local-hostname: a b\n")
+            .unwrap_err()
+            .to_string(),
         "local-hostname: invalid hostname \"a b\""
     );
 }
@@ -328,12 +345,16 @@ fn meta_data() {
 #[test]
 fn format_detection() {
     assert_eq!(parse_config(b"  \n").unwrap(), None);
-    let (_, f) = parse_config(b"\n{\"ignition\":{\"version\":\"3.1.0\"}}").unwrap().unwrap();
+    let (_, f) = parse_config(b"\n{\"ignition\":{\"version\":\"3.1.0\"}}")
+        .unwrap()
+        .unwrap();
     assert_eq!(f, Format::Ignition("3.1.0".into()));
     let (_, f) = parse_config(b"#cloud-config\n").unwrap().unwrap();
     assert_eq!(f, Format::CloudConfig);
     assert_eq!(
-        parse_config(b"#!/bin/sh\necho hi\n").unwrap_err().to_string(),
+        parse_config(b"#!/bin/sh\necho hi\n")
+            .unwrap_err()
+            .to_string(),
         "line 1: shell scripts as user data are not supported by keel"
     );
     assert_eq!(

@@ -183,20 +183,47 @@ impl Plan {
             };
             // Writing to a String cannot fail.
             let _ = match &s.action {
-                Action::Mkdir { path, mode, uid, gid } => writeln!(out, "mkdir {place}{path} {mode:04o} {uid}:{gid}"),
-                Action::Write { path, mode, uid, gid, contents } => {
-                    writeln!(out, "write {place}{path} {mode:04o} {uid}:{gid} {} bytes", contents.len())
+                Action::Mkdir {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                } => writeln!(out, "mkdir {place}{path} {mode:04o} {uid}:{gid}"),
+                Action::Write {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                    contents,
+                } => {
+                    writeln!(
+                        out,
+                        "write {place}{path} {mode:04o} {uid}:{gid} {} bytes",
+                        contents.len()
+                    )
                 }
-                Action::SetAttrs { path, mode, uid, gid } => {
+                Action::SetAttrs {
+                    path,
+                    mode,
+                    uid,
+                    gid,
+                } => {
                     let m = mode.map_or("-".into(), |m| format!("{m:04o}"));
                     let u = uid.map_or("-".into(), |u| u.to_string());
                     let g = gid.map_or("-".into(), |g| g.to_string());
                     writeln!(out, "setattrs {place}{path} {m} {u}:{g}")
                 }
-                Action::Symlink { path, target, uid, gid } => {
+                Action::Symlink {
+                    path,
+                    target,
+                    uid,
+                    gid,
+                } => {
                     writeln!(out, "symlink {place}{path} -> {target} {uid}:{gid}")
                 }
-                Action::HardLink { path, target } => writeln!(out, "hardlink {place}{path} -> {target}"),
+                Action::HardLink { path, target } => {
+                    writeln!(out, "hardlink {place}{path} -> {target}")
+                }
                 Action::Remove { path } => writeln!(out, "remove {place}{path}"),
             };
         }
@@ -223,7 +250,10 @@ const NOT_ROOT: &[(&str, &str)] = &[
 ];
 
 fn e(at: &str, message: impl Into<String>) -> PlanError {
-    PlanError::Entry { at: at.to_string(), message: message.into() }
+    PlanError::Entry {
+        at: at.to_string(),
+        message: message.into(),
+    }
 }
 
 /// What is at a path.
@@ -245,12 +275,18 @@ struct Planner<'a> {
 
 /// Build the plan for `cfg` against the sysroot at `root`.
 pub fn plan(cfg: &Config, root: &Path) -> Result<Plan, PlanError> {
-    let mut p = Planner { root, plan: Plan::default(), claimed: BTreeMap::new() };
+    let mut p = Planner {
+        root,
+        plan: Plan::default(),
+        claimed: BTreeMap::new(),
+    };
     let accounts = p.accounts(cfg)?;
+    // Homes first, so that files a config puts in a new home do not create
+    // it as a root-owned parent directory.
+    p.homes(cfg, &accounts)?;
     p.directories(cfg, &accounts)?;
     p.files(cfg, &accounts)?;
     p.links(cfg, &accounts)?;
-    p.homes(cfg, &accounts)?;
     p.units(cfg)?;
     Ok(p.plan)
 }
@@ -271,7 +307,12 @@ impl Accounts {
                 .passwd
                 .get(n)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| e(at, format!("no user {n:?} in /etc/passwd, the config or sysusers.d"))),
+                .ok_or_else(|| {
+                    e(
+                        at,
+                        format!("no user {n:?} in /etc/passwd, the config or sysusers.d"),
+                    )
+                }),
         }
     }
 
@@ -282,13 +323,28 @@ impl Accounts {
                 .group
                 .get(n)
                 .and_then(|f| f[2].parse().ok())
-                .ok_or_else(|| e(at, format!("no group {n:?} in /etc/group, the config or sysusers.d"))),
+                .ok_or_else(|| {
+                    e(
+                        at,
+                        format!("no group {n:?} in /etc/group, the config or sysusers.d"),
+                    )
+                }),
         }
     }
 
     fn owner(&self, n: &crate::model::Node) -> Result<(u32, u32), PlanError> {
-        let uid = n.user.as_ref().map(|o| self.uid(o, &format!("{}.user", n.at))).transpose()?.unwrap_or(0);
-        let gid = n.group.as_ref().map(|o| self.gid(o, &format!("{}.group", n.at))).transpose()?.unwrap_or(0);
+        let uid = n
+            .user
+            .as_ref()
+            .map(|o| self.uid(o, &format!("{}.user", n.at)))
+            .transpose()?
+            .unwrap_or(0);
+        let gid = n
+            .group
+            .as_ref()
+            .map(|o| self.gid(o, &format!("{}.group", n.at)))
+            .transpose()?
+            .unwrap_or(0);
         Ok((uid, gid))
     }
 }
@@ -300,11 +356,15 @@ impl Planner<'_> {
 
     fn read_opt(&self, path: &str) -> Result<Option<String>, PlanError> {
         match fs::read(self.host(path)) {
-            Ok(b) => String::from_utf8(b)
-                .map(Some)
-                .map_err(|_| PlanError::Read { path: path.into(), message: "not UTF-8".into() }),
+            Ok(b) => String::from_utf8(b).map(Some).map_err(|_| PlanError::Read {
+                path: path.into(),
+                message: "not UTF-8".into(),
+            }),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(err) => Err(PlanError::Read { path: path.into(), message: err.to_string() }),
+            Err(err) => Err(PlanError::Read {
+                path: path.into(),
+                message: err.to_string(),
+            }),
         }
     }
 
@@ -321,8 +381,11 @@ impl Planner<'_> {
     /// Resolve symlinks in the parent directories of `path` inside the root.
     fn resolve(&self, path: &str, at: &str) -> Result<String, PlanError> {
         let (parent, last) = path.rsplit_once('/').unwrap_or(("", path));
-        let mut todo: std::collections::VecDeque<String> =
-            parent.split('/').filter(|c| !c.is_empty()).map(str::to_string).collect();
+        let mut todo: std::collections::VecDeque<String> = parent
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(str::to_string)
+            .collect();
         let mut done: Vec<String> = Vec::new();
         let mut hops = 0;
         while let Some(c) = todo.pop_front() {
@@ -334,15 +397,28 @@ impl Planner<'_> {
                 }
                 _ => {}
             }
-            let here = format!("/{}", done.iter().chain([&c]).cloned().collect::<Vec<_>>().join("/"));
+            let here = format!(
+                "/{}",
+                done.iter()
+                    .chain([&c])
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("/")
+            );
             match self.kind(&here) {
                 Kind::Symlink => {
                     hops += 1;
                     if hops > 40 {
-                        return Err(e(at, format!("too many levels of symlinks resolving {path}")));
+                        return Err(e(
+                            at,
+                            format!("too many levels of symlinks resolving {path}"),
+                        ));
                     }
-                    let target = fs::read_link(self.host(&here))
-                        .map_err(|err| PlanError::Read { path: here.clone(), message: err.to_string() })?;
+                    let target =
+                        fs::read_link(self.host(&here)).map_err(|err| PlanError::Read {
+                            path: here.clone(),
+                            message: err.to_string(),
+                        })?;
                     let t = target.to_string_lossy();
                     if t.starts_with('/') {
                         done.clear();
@@ -354,7 +430,10 @@ impl Planner<'_> {
                 Kind::Dir | Kind::Missing => {
                     if let Some((k, by)) = self.claimed.get(&(Place::Root, here.clone())) {
                         if *k != Kind::Dir {
-                            return Err(e(at, format!("{here} is not a directory (it is created by {by})")));
+                            return Err(e(
+                                at,
+                                format!("{here} is not a directory (it is created by {by})"),
+                            ));
                         }
                     }
                     done.push(c)
@@ -362,10 +441,21 @@ impl Planner<'_> {
                 _ => return Err(e(at, format!("{here} is not a directory"))),
             }
         }
-        let out = format!("/{}", done.iter().map(String::as_str).chain([last]).collect::<Vec<_>>().join("/"));
+        let out = format!(
+            "/{}",
+            done.iter()
+                .map(String::as_str)
+                .chain([last])
+                .collect::<Vec<_>>()
+                .join("/")
+        );
         for (top, what) in NOT_ROOT {
             if out == *top || out.starts_with(&format!("{top}/")) {
-                let via = if out == path { String::new() } else { format!(" (as {out}, through a symlink)") };
+                let via = if out == path {
+                    String::new()
+                } else {
+                    format!(" (as {out}, through a symlink)")
+                };
                 return Err(e(at, format!("{path}{via} is on {what}, not on ROOT")));
             }
         }
@@ -376,7 +466,8 @@ impl Planner<'_> {
         if let Some((_, by)) = self.claimed.get(&(place, path.to_string())) {
             return Err(e(at, format!("{path} is also written by {by}")));
         }
-        self.claimed.insert((place, path.to_string()), (kind, at.to_string()));
+        self.claimed
+            .insert((place, path.to_string()), (kind, at.to_string()));
         Ok(())
     }
 
@@ -393,8 +484,19 @@ impl Planner<'_> {
             if exists || self.claimed.contains_key(&(place, cur.clone())) {
                 continue;
             }
-            self.claimed.insert((place, cur.clone()), (Kind::Dir, "a parent directory".into()));
-            self.push(place, Action::Mkdir { path: cur.clone(), mode: 0o755, uid: 0, gid: 0 });
+            self.claimed.insert(
+                (place, cur.clone()),
+                (Kind::Dir, "a parent directory".into()),
+            );
+            self.push(
+                place,
+                Action::Mkdir {
+                    path: cur.clone(),
+                    mode: 0o755,
+                    uid: 0,
+                    gid: 0,
+                },
+            );
         }
     }
 
@@ -403,7 +505,11 @@ impl Planner<'_> {
     }
 
     fn accounts(&mut self, cfg: &Config) -> Result<Accounts, PlanError> {
-        let load = |p: &mut Self, file: &str, width: usize, num: &[usize]| -> Result<Option<Table>, PlanError> {
+        let load = |p: &mut Self,
+                    file: &str,
+                    width: usize,
+                    num: &[usize]|
+         -> Result<Option<Table>, PlanError> {
             Ok(match p.read_opt(file)? {
                 Some(text) => Some(Table::parse(file, &text, width, num)?),
                 None => None,
@@ -414,16 +520,32 @@ impl Planner<'_> {
         let mut shadow = load(self, "/etc/shadow", 9, &[])?.unwrap_or_else(Table::empty);
         let mut gshadow = load(self, "/etc/gshadow", 4, &[])?;
         let declared = self.sysusers()?;
-        let decl = |kind: char, name: &str| declared.iter().find(|d| d.kind == kind && d.name == name);
-        let declared_uids: Vec<u32> = declared.iter().filter(|d| d.kind == 'u').filter_map(|d| d.id).collect();
+        let decl =
+            |kind: char, name: &str| declared.iter().find(|d| d.kind == kind && d.name == name);
+        let declared_uids: Vec<u32> = declared
+            .iter()
+            .filter(|d| d.kind == 'u')
+            .filter_map(|d| d.id)
+            .collect();
         let declared_gids: Vec<u32> = declared
             .iter()
-            .filter_map(|d| if d.kind == 'g' { d.id } else { d.group.as_ref().and_then(|g| g.parse().ok()).or(d.id) })
+            .filter_map(|d| {
+                if d.kind == 'g' {
+                    d.id
+                } else {
+                    d.group.as_ref().and_then(|g| g.parse().ok()).or(d.id)
+                }
+            })
             .collect();
         let mut created = Vec::new();
 
         let add_group = |group: &mut Table, gshadow: &mut Option<Table>, name: &str, gid: u32| {
-            group.push(vec![name.into(), "x".into(), gid.to_string(), String::new()]);
+            group.push(vec![
+                name.into(),
+                "x".into(),
+                gid.to_string(),
+                String::new(),
+            ]);
             if let Some(gs) = gshadow.as_mut() {
                 gs.push(vec![name.into(), "!".into(), String::new(), String::new()]);
             }
@@ -433,23 +555,34 @@ impl Planner<'_> {
             if let Some(f) = group.get(&g.name) {
                 if let Some(gid) = g.gid {
                     if f[2] != gid.to_string() {
-                        return Err(e(&format!("{}.gid", g.at), format!("group {:?} already exists with gid {}", g.name, f[2])));
+                        return Err(e(
+                            &format!("{}.gid", g.at),
+                            format!("group {:?} already exists with gid {}", g.name, f[2]),
+                        ));
                     }
                 }
                 continue;
             }
             let gid = match (g.gid, decl('g', &g.name).and_then(|d| d.id)) {
                 (Some(a), Some(b)) if a != b => {
-                    return Err(e(&format!("{}.gid", g.at), format!("sysusers.d declares group {:?} with gid {b}", g.name)))
+                    return Err(e(
+                        &format!("{}.gid", g.at),
+                        format!("sysusers.d declares group {:?} with gid {b}", g.name),
+                    ))
                 }
                 (Some(a), _) | (None, Some(a)) => {
                     if let Some(other) = group.name_of(2, a) {
-                        return Err(e(&format!("{}.gid", g.at), format!("gid {a} is already used by group {other:?}")));
+                        return Err(e(
+                            &format!("{}.gid", g.at),
+                            format!("gid {a} is already used by group {other:?}"),
+                        ));
                     }
                     a
                 }
-                (None, None) => allocate(group.ids(2).chain(declared_gids.iter().copied()), g.system)
-                    .ok_or_else(|| e(&g.at, "no free gid"))?,
+                (None, None) => {
+                    allocate(group.ids(2).chain(declared_gids.iter().copied()), g.system)
+                        .ok_or_else(|| e(&g.at, "no free gid"))?
+                }
             };
             add_group(&mut group, &mut gshadow, &g.name, gid);
             self.plan.summary.groups.push(g.name.clone());
@@ -460,49 +593,74 @@ impl Planner<'_> {
             if let Some(f) = passwd.get(&u.name) {
                 if let Some(uid) = u.uid {
                     if f[2] != uid.to_string() {
-                        return Err(e(&format!("{}.uid", u.at), format!("user {:?} already exists with uid {}", u.name, f[2])));
+                        return Err(e(
+                            &format!("{}.uid", u.at),
+                            format!("user {:?} already exists with uid {}", u.name, f[2]),
+                        ));
                     }
                 }
                 if let Some(pg) = &u.primary_group {
-                    let gid = group
-                        .get(pg)
-                        .map(|g| g[2].clone())
-                        .ok_or_else(|| e(&format!("{}.primaryGroup", u.at), format!("no group {pg:?}")))?;
+                    let gid = group.get(pg).map(|g| g[2].clone()).ok_or_else(|| {
+                        e(
+                            &format!("{}.primaryGroup", u.at),
+                            format!("no group {pg:?}"),
+                        )
+                    })?;
                     passwd.set(&u.name, 3, &gid);
                 }
             } else {
                 let d = decl('u', &u.name);
                 let uid = match (u.uid, d.and_then(|d| d.id)) {
                     (Some(a), Some(b)) if a != b => {
-                        return Err(e(&format!("{}.uid", u.at), format!("sysusers.d declares user {:?} with uid {b}", u.name)))
+                        return Err(e(
+                            &format!("{}.uid", u.at),
+                            format!("sysusers.d declares user {:?} with uid {b}", u.name),
+                        ))
                     }
                     (Some(a), _) | (None, Some(a)) => {
                         if let Some(other) = passwd.name_of(2, a) {
-                            return Err(e(&format!("{}.uid", u.at), format!("uid {a} is already used by user {other:?}")));
+                            return Err(e(
+                                &format!("{}.uid", u.at),
+                                format!("uid {a} is already used by user {other:?}"),
+                            ));
                         }
                         a
                     }
-                    (None, None) => allocate(passwd.ids(2).chain(declared_uids.iter().copied()), u.system)
-                        .ok_or_else(|| e(&u.at, "no free uid"))?,
+                    (None, None) => {
+                        allocate(passwd.ids(2).chain(declared_uids.iter().copied()), u.system)
+                            .ok_or_else(|| e(&u.at, "no free uid"))?
+                    }
                 };
                 let gid = match &u.primary_group {
                     Some(pg) => group
                         .get(pg)
                         .and_then(|g| g[2].parse::<u32>().ok())
                         .or_else(|| decl('g', pg).and_then(|d| d.id))
-                        .ok_or_else(|| e(&format!("{}.primaryGroup", u.at), format!("no group {pg:?} in /etc/group, the config or sysusers.d")))?,
+                        .ok_or_else(|| {
+                            e(
+                                &format!("{}.primaryGroup", u.at),
+                                format!("no group {pg:?} in /etc/group, the config or sysusers.d"),
+                            )
+                        })?,
                     None => {
                         // A group named like the user: sysusers' UID:GID or
                         // the uid; its own entry if it exists already.
-                        let want = d
-                            .and_then(|d| d.group.as_ref())
-                            .and_then(|g| g.parse::<u32>().ok().or_else(|| group.get(g).and_then(|f| f[2].parse().ok())));
+                        let want = d.and_then(|d| d.group.as_ref()).and_then(|g| {
+                            g.parse::<u32>()
+                                .ok()
+                                .or_else(|| group.get(g).and_then(|f| f[2].parse().ok()))
+                        });
                         match group.get(&u.name) {
                             Some(f) => f[2].parse().unwrap_or(uid),
                             None => {
                                 let gid = want
                                     .or_else(|| (group.name_of(2, uid).is_none()).then_some(uid))
-                                    .or_else(|| allocate(group.ids(2).chain(declared_gids.iter().copied()), u.system))
+                                    .or_else(|| {
+                                        allocate(
+                                            group.ids(2).chain(declared_gids.iter().copied()),
+                                            u.system,
+                                        )
+                                    })
                                     .ok_or_else(|| e(&u.at, "no free gid"))?;
                                 add_group(&mut group, &mut gshadow, &u.name, gid);
                                 gid
@@ -515,9 +673,25 @@ impl Planner<'_> {
                     .clone()
                     .or_else(|| d.and_then(|d| d.home.clone()))
                     .unwrap_or_else(|| format!("/home/{}", u.name));
-                let shell = u.shell.clone().or_else(|| d.and_then(|d| d.shell.clone())).unwrap_or_else(|| "/bin/bash".into());
-                let gecos = u.gecos.clone().or_else(|| d.and_then(|d| d.gecos.clone())).unwrap_or_default();
-                passwd.push(vec![u.name.clone(), "x".into(), uid.to_string(), gid.to_string(), gecos, home, shell]);
+                let shell = u
+                    .shell
+                    .clone()
+                    .or_else(|| d.and_then(|d| d.shell.clone()))
+                    .unwrap_or_else(|| "/bin/bash".into());
+                let gecos = u
+                    .gecos
+                    .clone()
+                    .or_else(|| d.and_then(|d| d.gecos.clone()))
+                    .unwrap_or_default();
+                passwd.push(vec![
+                    u.name.clone(),
+                    "x".into(),
+                    uid.to_string(),
+                    gid.to_string(),
+                    gecos,
+                    home,
+                    shell,
+                ]);
                 created.push(u.name.clone());
             }
             if let Some(h) = &u.gecos {
@@ -534,14 +708,27 @@ impl Planner<'_> {
                 // "*": no password can match, but the account is not locked,
                 // so key-based SSH logins still work.
                 let h = hash.clone().unwrap_or_else(|| "*".into());
-                shadow.push(vec![u.name.clone(), h, String::new(), "0".into(), "99999".into(), "7".into(), String::new(), String::new(), String::new()]);
+                shadow.push(vec![
+                    u.name.clone(),
+                    h,
+                    String::new(),
+                    "0".into(),
+                    "99999".into(),
+                    "7".into(),
+                    String::new(),
+                    String::new(),
+                    String::new(),
+                ]);
             } else if let Some(h) = &hash {
                 shadow.set(&u.name, 1, h);
             }
             for (j, g) in u.groups.iter().enumerate() {
                 if group.get(g).is_none() {
                     let gid = decl('g', g).and_then(|d| d.id).ok_or_else(|| {
-                        e(&format!("{}.groups.{j}", u.at), format!("no group {g:?} in /etc/group, the config or sysusers.d"))
+                        e(
+                            &format!("{}.groups.{j}", u.at),
+                            format!("no group {g:?} in /etc/group, the config or sysusers.d"),
+                        )
                     })?;
                     add_group(&mut group, &mut gshadow, g, gid);
                 }
@@ -569,18 +756,36 @@ impl Planner<'_> {
                 self.write_account_file("/etc/gshadow", gs, 0o600)?;
             }
         }
-        Ok(Accounts { passwd, group, created })
+        Ok(Accounts {
+            passwd,
+            group,
+            created,
+        })
     }
 
     /// Rewrite an account file keeping the existing file's mode and owner.
-    fn write_account_file(&mut self, path: &str, table: &Table, default_mode: u32) -> Result<(), PlanError> {
+    fn write_account_file(
+        &mut self,
+        path: &str,
+        table: &Table,
+        default_mode: u32,
+    ) -> Result<(), PlanError> {
         let (mode, uid, gid) = match fs::metadata(self.host(path)) {
             Ok(m) => (m.permissions().mode() & 0o7777, m.uid(), m.gid()),
             Err(_) => (default_mode, 0, 0),
         };
         self.parents(Place::Root, path);
         self.claim(Place::Root, path, Kind::File, "passwd")?;
-        self.push(Place::Root, Action::Write { path: path.into(), mode, uid, gid, contents: table.render().into_bytes() });
+        self.push(
+            Place::Root,
+            Action::Write {
+                path: path.into(),
+                mode,
+                uid,
+                gid,
+                contents: table.render().into_bytes(),
+            },
+        );
         Ok(())
     }
 
@@ -590,7 +795,9 @@ impl Planner<'_> {
     fn sysusers(&self) -> Result<Vec<Declared>, PlanError> {
         let mut files: BTreeMap<String, String> = BTreeMap::new();
         for dir in ["/usr/lib/sysusers.d", "/etc/sysusers.d"] {
-            let Ok(rd) = fs::read_dir(self.host(dir)) else { continue };
+            let Ok(rd) = fs::read_dir(self.host(dir)) else {
+                continue;
+            };
             for entry in rd.flatten() {
                 let name = entry.file_name().to_string_lossy().to_string();
                 if name.ends_with(".conf") {
@@ -600,7 +807,9 @@ impl Planner<'_> {
         }
         let mut out: Vec<Declared> = Vec::new();
         for path in files.values() {
-            let Some(text) = self.read_opt(path)? else { continue };
+            let Some(text) = self.read_opt(path)? else {
+                continue;
+            };
             for d in parse_sysusers(path, &text)? {
                 if !out.iter().any(|o| o.kind == d.kind && o.name == d.name) {
                     out.push(d);
@@ -621,7 +830,15 @@ impl Planner<'_> {
             match self.kind(&path) {
                 Kind::Missing => {
                     self.parents(Place::Root, &path);
-                    self.push(Place::Root, Action::Mkdir { path: path.clone(), mode, uid, gid });
+                    self.push(
+                        Place::Root,
+                        Action::Mkdir {
+                            path: path.clone(),
+                            mode,
+                            uid,
+                            gid,
+                        },
+                    );
                 }
                 Kind::Dir => self.push(
                     Place::Root,
@@ -634,9 +851,24 @@ impl Planner<'_> {
                 ),
                 _ if d.node.overwrite == Some(true) => {
                     self.push(Place::Root, Action::Remove { path: path.clone() });
-                    self.push(Place::Root, Action::Mkdir { path: path.clone(), mode, uid, gid });
+                    self.push(
+                        Place::Root,
+                        Action::Mkdir {
+                            path: path.clone(),
+                            mode,
+                            uid,
+                            gid,
+                        },
+                    );
                 }
-                _ => return Err(e(&at, format!("{path} exists and is not a directory (set overwrite to replace it)"))),
+                _ => {
+                    return Err(e(
+                        &at,
+                        format!(
+                            "{path} exists and is not a directory (set overwrite to replace it)"
+                        ),
+                    ))
+                }
             }
             self.claim(Place::Root, &path, Kind::Dir, &d.node.at)?;
             self.plan.summary.directories.push(path);
@@ -651,7 +883,13 @@ impl Planner<'_> {
             let (uid, gid) = acc.owner(&f.node)?;
             let mode = f.mode.unwrap_or(0o644);
             let kind = self.kind(&path);
-            let write = Action::Write { path: path.clone(), mode, uid, gid, contents: f.contents.clone().unwrap_or_default() };
+            let write = Action::Write {
+                path: path.clone(),
+                mode,
+                uid,
+                gid,
+                contents: f.contents.clone().unwrap_or_default(),
+            };
             match kind {
                 Kind::Missing => {
                     self.parents(Place::Root, &path);
@@ -668,7 +906,21 @@ impl Planner<'_> {
                     },
                 ),
                 _ if f.node.overwrite == Some(true) => self.push(Place::Root, write),
-                _ => return Err(e(&at, format!("{path} already exists (set overwrite to replace it)"))),
+                // The same contents again (a re-run with keel.first_boot=1):
+                // nothing conflicts, so rewriting it is harmless.
+                Kind::File
+                    if f.contents
+                        .as_ref()
+                        .is_some_and(|c| fs::read(self.host(&path)).ok().as_ref() == Some(c)) =>
+                {
+                    self.push(Place::Root, write)
+                }
+                _ => {
+                    return Err(e(
+                        &at,
+                        format!("{path} already exists (set overwrite to replace it)"),
+                    ))
+                }
             }
             self.claim(Place::Root, &path, Kind::File, &f.node.at)?;
             self.plan.summary.files.push(path);
@@ -684,21 +936,42 @@ impl Planner<'_> {
             let action = if l.hard {
                 let tat = format!("{}.target", l.node.at);
                 let target = self.resolve(&l.target, &tat)?;
-                let planned = matches!(self.claimed.get(&(Place::Root, target.clone())), Some((Kind::File, _)));
+                let planned = matches!(
+                    self.claimed.get(&(Place::Root, target.clone())),
+                    Some((Kind::File, _))
+                );
                 if !planned && self.kind(&target) != Kind::File {
-                    return Err(e(&tat, format!("hard link target {target} is not a regular file")));
+                    return Err(e(
+                        &tat,
+                        format!("hard link target {target} is not a regular file"),
+                    ));
                 }
-                Action::HardLink { path: path.clone(), target }
+                Action::HardLink {
+                    path: path.clone(),
+                    target,
+                }
             } else {
-                Action::Symlink { path: path.clone(), target: l.target.clone(), uid, gid }
+                Action::Symlink {
+                    path: path.clone(),
+                    target: l.target.clone(),
+                    uid,
+                    gid,
+                }
             };
             match self.kind(&path) {
                 Kind::Missing => self.parents(Place::Root, &path),
                 Kind::Dir => return Err(e(&at, format!("{path} is a directory"))),
                 Kind::Symlink
-                    if !l.hard && fs::read_link(self.host(&path)).ok().as_deref() == Some(Path::new(&l.target)) => {}
+                    if !l.hard
+                        && fs::read_link(self.host(&path)).ok().as_deref()
+                            == Some(Path::new(&l.target)) => {}
                 _ if l.node.overwrite == Some(true) => {}
-                _ => return Err(e(&at, format!("{path} already exists (set overwrite to replace it)"))),
+                _ => {
+                    return Err(e(
+                        &at,
+                        format!("{path} already exists (set overwrite to replace it)"),
+                    ))
+                }
             }
             self.push(Place::Root, action);
             self.claim(Place::Root, &path, Kind::Symlink, &l.node.at)?;
@@ -711,10 +984,13 @@ impl Planner<'_> {
     fn homes(&mut self, cfg: &Config, acc: &Accounts) -> Result<(), PlanError> {
         for u in &cfg.users {
             let User { at, name, .. } = u;
-            let Some(f) = acc.passwd.get(name) else { continue };
+            let Some(f) = acc.passwd.get(name) else {
+                continue;
+            };
             let (uid, gid): (u32, u32) = (f[2].parse().unwrap_or(0), f[3].parse().unwrap_or(0));
             let home = f[5].clone();
-            let wants_home = (acc.created.contains(name) && !u.no_create_home) || !u.ssh_authorized_keys.is_empty();
+            let wants_home = (acc.created.contains(name) && !u.no_create_home)
+                || !u.ssh_authorized_keys.is_empty();
             if !wants_home || home.is_empty() || home == "/" {
                 continue;
             }
@@ -723,7 +999,15 @@ impl Planner<'_> {
                 Kind::Missing if !self.claimed.contains_key(&(Place::Root, home.clone())) => {
                     self.parents(Place::Root, &home);
                     self.claim(Place::Root, &home, Kind::Dir, at)?;
-                    self.push(Place::Root, Action::Mkdir { path: home.clone(), mode: 0o755, uid, gid });
+                    self.push(
+                        Place::Root,
+                        Action::Mkdir {
+                            path: home.clone(),
+                            mode: 0o755,
+                            uid,
+                            gid,
+                        },
+                    );
                 }
                 Kind::Missing | Kind::Dir => {}
                 _ => return Err(e(at, format!("home directory {home} is not a directory"))),
@@ -735,7 +1019,15 @@ impl Planner<'_> {
             match self.kind(&ssh) {
                 Kind::Missing => {
                     self.claim(Place::Root, &ssh, Kind::Dir, at)?;
-                    self.push(Place::Root, Action::Mkdir { path: ssh.clone(), mode: 0o700, uid, gid });
+                    self.push(
+                        Place::Root,
+                        Action::Mkdir {
+                            path: ssh.clone(),
+                            mode: 0o700,
+                            uid,
+                            gid,
+                        },
+                    );
                 }
                 Kind::Dir => {}
                 _ => return Err(e(at, format!("{ssh} is not a directory"))),
@@ -756,7 +1048,16 @@ impl Planner<'_> {
                 }
             }
             self.claim(Place::Root, &keys_path, Kind::File, at)?;
-            self.push(Place::Root, Action::Write { path: keys_path, mode: 0o600, uid, gid, contents: text.into_bytes() });
+            self.push(
+                Place::Root,
+                Action::Write {
+                    path: keys_path,
+                    mode: 0o600,
+                    uid,
+                    gid,
+                    contents: text.into_bytes(),
+                },
+            );
         }
         Ok(())
     }
@@ -769,7 +1070,16 @@ impl Planner<'_> {
             if let Some(c) = &u.contents {
                 self.parents(Place::Root, &etc_path);
                 self.claim(Place::Root, &etc_path, Kind::File, at)?;
-                self.push(Place::Root, Action::Write { path: etc_path.clone(), mode: 0o644, uid: 0, gid: 0, contents: c.clone().into_bytes() });
+                self.push(
+                    Place::Root,
+                    Action::Write {
+                        path: etc_path.clone(),
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        contents: c.clone().into_bytes(),
+                    },
+                );
                 did.push("written");
             }
             for d in &u.dropins {
@@ -777,7 +1087,16 @@ impl Planner<'_> {
                 let p = format!("{ETC_UNITS}/{}.d/{}", u.name, d.name);
                 self.parents(Place::Root, &p);
                 self.claim(Place::Root, &p, Kind::File, at)?;
-                self.push(Place::Root, Action::Write { path: p, mode: 0o644, uid: 0, gid: 0, contents: c.clone().into_bytes() });
+                self.push(
+                    Place::Root,
+                    Action::Write {
+                        path: p,
+                        mode: 0o644,
+                        uid: 0,
+                        gid: 0,
+                        contents: c.clone().into_bytes(),
+                    },
+                );
                 if !did.contains(&"drop-ins") {
                     did.push("drop-ins");
                 }
@@ -789,14 +1108,29 @@ impl Planner<'_> {
                     if self.kind(&etc_path) == Kind::Dir {
                         return Err(e(at, format!("{etc_path} is a directory")));
                     }
-                    self.push(Place::Root, Action::Symlink { path: etc_path.clone(), target: "/dev/null".into(), uid: 0, gid: 0 });
+                    self.push(
+                        Place::Root,
+                        Action::Symlink {
+                            path: etc_path.clone(),
+                            target: "/dev/null".into(),
+                            uid: 0,
+                            gid: 0,
+                        },
+                    );
                     did.push("masked");
                 }
-                Some(false) if u.contents.is_none() => {
-                    if fs::read_link(self.host(&etc_path)).ok().as_deref() == Some(Path::new("/dev/null")) {
-                        self.push(Place::Root, Action::Remove { path: etc_path.clone() });
-                        did.push("unmasked");
-                    }
+                Some(false)
+                    if u.contents.is_none()
+                        && fs::read_link(self.host(&etc_path)).ok().as_deref()
+                            == Some(Path::new("/dev/null")) =>
+                {
+                    self.push(
+                        Place::Root,
+                        Action::Remove {
+                            path: etc_path.clone(),
+                        },
+                    );
+                    did.push("unmasked");
                 }
                 _ => {}
             }
@@ -816,10 +1150,22 @@ impl Planner<'_> {
                 let link = format!("{RUN_UNITS}/multi-user.target.wants/{}", u.name);
                 self.parents(Place::Run, &link);
                 self.claim(Place::Run, &link, Kind::Symlink, at)?;
-                self.push(Place::Run, Action::Symlink { path: link, target: unit_path, uid: 0, gid: 0 });
+                self.push(
+                    Place::Run,
+                    Action::Symlink {
+                        path: link,
+                        target: unit_path,
+                        uid: 0,
+                        gid: 0,
+                    },
+                );
                 did.push("started");
             }
-            self.plan.summary.units.push(if did.is_empty() { u.name.clone() } else { format!("{} ({})", u.name, did.join(", ")) });
+            self.plan.summary.units.push(if did.is_empty() {
+                u.name.clone()
+            } else {
+                format!("{} ({})", u.name, did.join(", "))
+            });
         }
         Ok(())
     }
@@ -844,7 +1190,13 @@ impl Planner<'_> {
                 }
             }
         }
-        Err(e(at, format!("unit {} has no contents in the config and no file in {ETC_UNITS} or {USR_UNITS}", u.name)))
+        Err(e(
+            at,
+            format!(
+                "unit {} has no contents in the config and no file in {ETC_UNITS} or {USR_UNITS}",
+                u.name
+            ),
+        ))
     }
 
     fn enable(&mut self, u: &crate::model::Unit, at: &str) -> Result<(), PlanError> {
@@ -853,11 +1205,17 @@ impl Planner<'_> {
         let mut link_name = u.name.clone();
         if u.name.contains("@.") {
             let Some(inst) = &install.default_instance else {
-                return Err(e(at, format!("template {} has no DefaultInstance= to enable", u.name)));
+                return Err(e(
+                    at,
+                    format!("template {} has no DefaultInstance= to enable", u.name),
+                ));
             };
             link_name = u.name.replacen("@.", &format!("@{inst}."), 1);
         }
-        if install.wanted_by.is_empty() && install.required_by.is_empty() && install.aliases.is_empty() {
+        if install.wanted_by.is_empty()
+            && install.required_by.is_empty()
+            && install.aliases.is_empty()
+        {
             return Err(e(at, format!("{} cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", u.name)));
         }
         let mut links = Vec::new();
@@ -876,18 +1234,30 @@ impl Planner<'_> {
             }
             self.parents(Place::Root, &link);
             self.claim(Place::Root, &link, Kind::Symlink, at)?;
-            self.push(Place::Root, Action::Symlink { path: link, target: unit_path.clone(), uid: 0, gid: 0 });
+            self.push(
+                Place::Root,
+                Action::Symlink {
+                    path: link,
+                    target: unit_path.clone(),
+                    uid: 0,
+                    gid: 0,
+                },
+            );
         }
         Ok(())
     }
 
     /// Remove `*.wants/NAME`, `*.requires/NAME` links under /etc.
     fn disable(&mut self, name: &str) {
-        let Ok(rd) = fs::read_dir(self.host(ETC_UNITS)) else { return };
+        let Ok(rd) = fs::read_dir(self.host(ETC_UNITS)) else {
+            return;
+        };
         let mut found: Vec<String> = rd
             .flatten()
             .map(|d| d.file_name().to_string_lossy().to_string())
-            .filter(|d| d.ends_with(".wants") || d.ends_with(".requires") || d.ends_with(".upholds"))
+            .filter(|d| {
+                d.ends_with(".wants") || d.ends_with(".requires") || d.ends_with(".upholds")
+            })
             .map(|d| format!("{ETC_UNITS}/{d}/{name}"))
             .filter(|p| self.kind(p) == Kind::Symlink)
             .collect();
@@ -949,8 +1319,14 @@ pub fn parse_install(text: &str) -> Install {
         if !in_install {
             continue;
         }
-        let Some((k, v)) = l.split_once('=') else { continue };
-        let words: Vec<String> = v.split_whitespace().filter(|w| check_unit_name_ok(w)).map(str::to_string).collect();
+        let Some((k, v)) = l.split_once('=') else {
+            continue;
+        };
+        let words: Vec<String> = v
+            .split_whitespace()
+            .filter(|w| check_unit_name_ok(w))
+            .map(str::to_string)
+            .collect();
         let list = match k.trim() {
             "WantedBy" => &mut out.wanted_by,
             "RequiredBy" => &mut out.required_by,

@@ -10,7 +10,11 @@ use crate::sys::System;
 
 /// fw_cfg keys, read as `<fw_cfg_root>/<key>/raw`: Keel's own first, then
 /// the names Flatcar and CoreOS users already pass to QEMU.
-pub const FW_CFG_KEYS: &[&str] = &["opt/keel/config", "opt/org.flatcar-linux/config", "opt/com.coreos/config"];
+pub const FW_CFG_KEYS: &[&str] = &[
+    "opt/keel/config",
+    "opt/org.flatcar-linux/config",
+    "opt/com.coreos/config",
+];
 
 /// Kernel command line parameters holding a `data:` URL: Keel's own, and
 /// Ignition's name for the same thing.
@@ -46,11 +50,18 @@ pub fn fw_cfg(root: &Path) -> Result<Option<Found>, SourceError> {
         let path = root.join(key).join("raw");
         match fs::read(&path) {
             Ok(data) => {
-                return Ok(Some(Found { name: format!("fw_cfg {key}"), data, meta_data: None }));
+                return Ok(Some(Found {
+                    name: format!("fw_cfg {key}"),
+                    data,
+                    meta_data: None,
+                }));
             }
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => continue,
             Err(err) => {
-                return Err(SourceError { source_name: format!("fw_cfg {key}"), message: format!("reading {}: {err}", path.display()) })
+                return Err(SourceError {
+                    source_name: format!("fw_cfg {key}"),
+                    message: format!("reading {}: {err}", path.display()),
+                })
             }
         }
     }
@@ -77,8 +88,13 @@ pub fn probe(buf: &[u8]) -> Option<Probe> {
     // ISO9660: descriptor type 1, "CD001", version 1; volume id at 40..72.
     if let Some(pvd) = buf.get(32768..32768 + 2048) {
         if pvd[0] == 1 && &pvd[1..6] == b"CD001" && pvd[6] == 1 {
-            let label = String::from_utf8_lossy(&pvd[40..72]).trim_end_matches([' ', '\0']).to_string();
-            return Some(Probe { fstype: "iso9660", label });
+            let label = String::from_utf8_lossy(&pvd[40..72])
+                .trim_end_matches([' ', '\0'])
+                .to_string();
+            return Some(Probe {
+                fstype: "iso9660",
+                label,
+            });
         }
     }
     // FAT: boot signature 55 AA; extended BPB signature 0x28/0x29 at 38
@@ -92,21 +108,40 @@ pub fn probe(buf: &[u8]) -> Option<Probe> {
         return None;
     }
     let fat16_sectors = u16::from_le_bytes([bs[22], bs[23]]);
-    let (sig, label_at, type_at) = if fat16_sectors == 0 { (66, 71, 82) } else { (38, 43, 54) };
+    let (sig, label_at, type_at) = if fat16_sectors == 0 {
+        (66, 71, 82)
+    } else {
+        (38, 43, 54)
+    };
     if !matches!(bs[sig], 0x28 | 0x29) || !bs[type_at..type_at + 3].eq(b"FAT") {
         return None;
     }
-    let label = String::from_utf8_lossy(&bs[label_at..label_at + 11]).trim_end_matches([' ', '\0']).to_string();
-    Some(Probe { fstype: "vfat", label })
+    let label = String::from_utf8_lossy(&bs[label_at..label_at + 11])
+        .trim_end_matches([' ', '\0'])
+        .to_string();
+    Some(Probe {
+        fstype: "vfat",
+        label,
+    })
 }
 
 /// Find a config drive among the block devices listed in `block_dir`
 /// (`/sys/class/block`), reading each `<dev_dir>/<name>`'s label; mount the
 /// first labelled `config-2` or `cidata` (any case) read-only under
 /// `mount_dir`, read its user data, unmount.
-pub fn config_drive(block_dir: &Path, dev_dir: &Path, mount_dir: &Path, sys: &dyn System) -> Result<Option<Found>, SourceError> {
-    let Ok(rd) = fs::read_dir(block_dir) else { return Ok(None) };
-    let mut names: Vec<String> = rd.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect();
+pub fn config_drive(
+    block_dir: &Path,
+    dev_dir: &Path,
+    mount_dir: &Path,
+    sys: &dyn System,
+) -> Result<Option<Found>, SourceError> {
+    let Ok(rd) = fs::read_dir(block_dir) else {
+        return Ok(None);
+    };
+    let mut names: Vec<String> = rd
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
     names.sort();
     for name in names {
         let dev = dev_dir.join(&name);
@@ -118,10 +153,20 @@ pub fn config_drive(block_dir: &Path, dev_dir: &Path, mount_dir: &Path, sys: &dy
             _ => continue,
         };
         let source_name = format!("config drive {} ({label})", dev.display());
-        let fail = |message: String| SourceError { source_name: source_name.clone(), message };
-        fs::create_dir_all(mount_dir).map_err(|err| fail(format!("creating {}: {err}", mount_dir.display())))?;
-        sys.mount_ro(&dev, p.fstype, mount_dir)
-            .map_err(|err| fail(format!("mounting {} ({}) on {}: {err}", dev.display(), p.fstype, mount_dir.display())))?;
+        let fail = |message: String| SourceError {
+            source_name: source_name.clone(),
+            message,
+        };
+        fs::create_dir_all(mount_dir)
+            .map_err(|err| fail(format!("creating {}: {err}", mount_dir.display())))?;
+        sys.mount_ro(&dev, p.fstype, mount_dir).map_err(|err| {
+            fail(format!(
+                "mounting {} ({}) on {}: {err}",
+                dev.display(),
+                p.fstype,
+                mount_dir.display()
+            ))
+        })?;
         let read = |rel: &str| -> Result<Option<Vec<u8>>, String> {
             let path = mount_dir.join(rel);
             match fs::read(&path) {
@@ -145,7 +190,11 @@ pub fn config_drive(block_dir: &Path, dev_dir: &Path, mount_dir: &Path, sys: &dy
             "cidata" => format!("{source_name} user-data"),
             _ => format!("{source_name} {}", files[0]),
         };
-        return Ok(Some(Found { name, data: user.unwrap_or_default(), meta_data: meta }));
+        return Ok(Some(Found {
+            name,
+            data: user.unwrap_or_default(),
+            meta_data: meta,
+        }));
     }
     Ok(None)
 }
@@ -185,28 +234,47 @@ pub fn cmdline_params(cmdline: &str) -> Vec<String> {
 pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
     cmdline_params(cmdline)
         .into_iter()
-        .filter_map(|p| p.strip_prefix(key).and_then(|r| r.strip_prefix('=')).map(str::to_string))
+        .filter_map(|p| {
+            p.strip_prefix(key)
+                .and_then(|r| r.strip_prefix('='))
+                .map(str::to_string)
+        })
         .next_back()
 }
 
 /// True when `keel.first_boot=1` (or `=true`/`=yes`) is on the command line.
 pub fn forced(cmdline: &str) -> bool {
-    matches!(cmdline_value(cmdline, FORCE_PARAM).as_deref(), Some("1" | "true" | "yes"))
+    matches!(
+        cmdline_value(cmdline, FORCE_PARAM).as_deref(),
+        Some("1" | "true" | "yes")
+    )
 }
 
 /// A config in a `data:` URL on the kernel command line.
 pub fn cmdline(cmdline: &str) -> Result<Option<Found>, SourceError> {
     for key in CMDLINE_PARAMS {
-        let Some(url) = cmdline_value(cmdline, key) else { continue };
+        let Some(url) = cmdline_value(cmdline, key) else {
+            continue;
+        };
         let source_name = format!("kernel command line {key}");
-        if !url.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("data:")) {
+        if !url
+            .get(..5)
+            .is_some_and(|p| p.eq_ignore_ascii_case("data:"))
+        {
             return Err(SourceError {
                 source_name,
                 message: "only data: URLs are supported (the initramfs has no network)".into(),
             });
         }
-        let data = crate::dataurl::decode(&url).map_err(|e| SourceError { source_name: source_name.clone(), message: e.to_string() })?;
-        return Ok(Some(Found { name: source_name, data, meta_data: None }));
+        let data = crate::dataurl::decode(&url).map_err(|e| SourceError {
+            source_name: source_name.clone(),
+            message: e.to_string(),
+        })?;
+        return Ok(Some(Found {
+            name: source_name,
+            data,
+            meta_data: None,
+        }));
     }
     Ok(None)
 }
@@ -217,12 +285,15 @@ pub fn oem_base(oem_dir: &Path) -> Result<Option<(PathBuf, Vec<u8>)>, SourceErro
     match fs::read(&path) {
         Ok(d) => Ok(Some((path, d))),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(err) => Err(SourceError { source_name: format!("OEM base config {}", path.display()), message: err.to_string() }),
+        Err(err) => Err(SourceError {
+            source_name: format!("OEM base config {}", path.display()),
+            message: err.to_string(),
+        }),
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
@@ -256,9 +327,27 @@ mod tests {
 
     #[test]
     fn probes_iso_and_fat() {
-        assert_eq!(probe(&iso_header("cidata")), Some(Probe { fstype: "iso9660", label: "cidata".into() }));
-        assert_eq!(probe(&fat_header("CIDATA", false)), Some(Probe { fstype: "vfat", label: "CIDATA".into() }));
-        assert_eq!(probe(&fat_header("CONFIG-2", true)), Some(Probe { fstype: "vfat", label: "CONFIG-2".into() }));
+        assert_eq!(
+            probe(&iso_header("cidata")),
+            Some(Probe {
+                fstype: "iso9660",
+                label: "cidata".into()
+            })
+        );
+        assert_eq!(
+            probe(&fat_header("CIDATA", false)),
+            Some(Probe {
+                fstype: "vfat",
+                label: "CIDATA".into()
+            })
+        );
+        assert_eq!(
+            probe(&fat_header("CONFIG-2", true)),
+            Some(Probe {
+                fstype: "vfat",
+                label: "CONFIG-2".into()
+            })
+        );
         assert_eq!(probe(&[0u8; 100]), None);
         assert_eq!(probe(&vec![0u8; PROBE_LEN]), None);
         let mut bad = fat_header("X", false);
@@ -268,7 +357,8 @@ mod tests {
 
     #[test]
     fn command_line() {
-        let c = "root=/dev/vda7 quiet \"keel.config_url=data:,%23cloud-config%0A\" keel.first_boot=1";
+        let c =
+            "root=/dev/vda7 quiet \"keel.config_url=data:,%23cloud-config%0A\" keel.first_boot=1";
         assert_eq!(cmdline_params(c).len(), 4);
         assert!(forced(c));
         assert!(!forced("keel.first_boot=0"));
@@ -282,7 +372,9 @@ mod tests {
             "kernel command line ignition.config.url: only data: URLs are supported (the initramfs has no network)"
         );
         assert_eq!(
-            cmdline("keel.config_url=data:;base64,a*").unwrap_err().to_string(),
+            cmdline("keel.config_url=data:;base64,a*")
+                .unwrap_err()
+                .to_string(),
             "kernel command line keel.config_url: invalid base64 at offset 14: invalid byte '*'"
         );
     }

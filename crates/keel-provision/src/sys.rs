@@ -42,8 +42,17 @@ impl System for Real {
         // `from_raw_unchecked` (not `from_raw`, which debug-asserts): an id
         // of 0xffffffff read from an odd passwd line means "leave unchanged"
         // to chown(2), which is harmless.
-        let (u, g) = (rustix::fs::Uid::from_raw_unchecked(uid), rustix::fs::Gid::from_raw_unchecked(gid));
-        rustix::fs::chownat(rustix::fs::CWD, path, Some(u), Some(g), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+        let (u, g) = (
+            rustix::fs::Uid::from_raw_unchecked(uid),
+            rustix::fs::Gid::from_raw_unchecked(gid),
+        );
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            path,
+            Some(u),
+            Some(g),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )?;
         Ok(())
     }
 }

@@ -303,8 +303,42 @@ pub fn first_boot(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Outcome, Erro
         return Ok(Outcome::AlreadyProvisioned);
     }
     let loaded = load(fb, sys)?;
-    let plan = plan::plan(&loaded.config, &fb.sysroot)?;
-    apply::apply(&plan, &fb.sysroot, &fb.run_root, sys)?;
+    let report = provision(loaded, &fb.sysroot, &fb.run_root, sys, start)?;
+    Ok(Outcome::Applied(Box::new(report)))
+}
+
+/// Apply a config file to a root tree outside of a boot (image builds,
+/// tests, benchmarks): the same parse → plan → apply → record as
+/// [`first_boot`], without sources, OEM base or the run-once check.
+pub fn apply_file(
+    data: &[u8],
+    name: &str,
+    sysroot: &Path,
+    run_root: &Path,
+    sys: &dyn sys::System,
+) -> Result<Report, Error> {
+    let start = Instant::now();
+    let (mut config, format) = parse_required(data, name)?;
+    config.set_source(name);
+    let loaded = Loaded {
+        config,
+        source: name.into(),
+        format: format.to_string(),
+        oem_base: None,
+    };
+    provision(loaded, sysroot, run_root, sys, start)
+}
+
+/// Plan, apply, then write [`RESULT`] and [`MARKER`].
+fn provision(
+    loaded: Loaded,
+    sysroot: &Path,
+    run_root: &Path,
+    sys: &dyn sys::System,
+    start: Instant,
+) -> Result<Report, Error> {
+    let plan = plan::plan(&loaded.config, sysroot)?;
+    apply::apply(&plan, sysroot, run_root, sys)?;
     let report = Report {
         source: loaded.source,
         format: loaded.format,
@@ -320,7 +354,7 @@ pub fn first_boot(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Outcome, Erro
     // Serialising plain strings and numbers cannot fail.
     let json = serde_json::to_vec_pretty(&report).unwrap_or_default();
     for (rel, mode) in [(RESULT, 0o644), (MARKER, 0o644)] {
-        let path = fb.sysroot.join(rel.trim_start_matches('/'));
+        let path = sysroot.join(rel.trim_start_matches('/'));
         let record = |error| Error::Record {
             path: path.clone(),
             error,
@@ -331,7 +365,20 @@ pub fn first_boot(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Outcome, Erro
         apply::write_atomic(&path, &json, mode, 0, 0, sys).map_err(record)?;
     }
     tracing::info!(source = %report.source, steps = report.steps, duration_us = report.duration_us, "provisioned");
-    Ok(Outcome::Applied(Box::new(report)))
+    Ok(report)
+}
+
+fn parse_required(data: &[u8], name: &str) -> Result<(model::Config, Format), Error> {
+    let config_err = |error| Error::Config {
+        source_name: name.into(),
+        error,
+    };
+    parse_config(data).map_err(config_err)?.ok_or_else(|| {
+        config_err(ConfigError {
+            path: "line 1".into(),
+            message: "empty config".into(),
+        })
+    })
 }
 
 /// Check a config file offline, with the messages a boot would print.
@@ -342,21 +389,7 @@ pub fn validate(
     name: &str,
     sysroot: Option<&Path>,
 ) -> Result<(plan::Plan, Format), Error> {
-    let (mut cfg, format) = match parse_config(data).map_err(|error| Error::Config {
-        source_name: name.into(),
-        error,
-    })? {
-        Some(x) => x,
-        None => {
-            return Err(Error::Config {
-                source_name: name.into(),
-                error: ConfigError {
-                    path: "line 1".into(),
-                    message: "empty config".into(),
-                },
-            })
-        }
-    };
+    let (mut cfg, format) = parse_required(data, name)?;
     cfg.set_source(name);
     let plan = match sysroot {
         Some(root) => plan::plan(&cfg, root)?,

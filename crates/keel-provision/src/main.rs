@@ -29,6 +29,18 @@ enum Cmd {
         #[arg(long)]
         sysroot: Option<PathBuf>,
     },
+    /// Apply a config file to a root tree now (image builds, tests,
+    /// benchmarks): what a first boot does, without sources or run-once
+    Apply {
+        /// The config file
+        file: PathBuf,
+        /// The root tree to provision
+        #[arg(long)]
+        sysroot: PathBuf,
+        /// Where runtime units go (`<run>/systemd/system`)
+        #[arg(long, default_value = "/run")]
+        run: PathBuf,
+    },
     /// Show the result of the last provisioning
     Show {
         /// Root of the system to inspect
@@ -62,6 +74,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok((plan, format)) => {
                     print!("{}", plan.render());
                     println!("{name}: ok ({format})");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Apply { file, sysroot, run } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file.display().to_string();
+            match keel_provision::apply_file(
+                &data,
+                &name,
+                &sysroot,
+                &run,
+                &keel_provision::sys::Real,
+            ) {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string_pretty(&r)?);
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {

@@ -1,0 +1,91 @@
+//! toolbox: Keel's debugging container.
+//!
+//! Owns `/usr/bin/toolbox`: a privileged systemd-nspawn container from a full
+//! distribution image, with the host's `/` at `/media/root`. Images come
+//! without a daemon from an OCI registry (distribution API v2), an
+//! `oci-archive:` or `docker-archive:` file, or an `oci:` layout directory;
+//! they are verified digest by digest and unpacked safely into
+//! `TOOLBOX_DIRECTORY` (default `/var/lib/toolbox`).
+//!
+//! Reads: `/usr/share/keel/toolbox` (vendor defaults), `/etc/default/toolbox`,
+//! `~/.toolboxrc` — CoreOS's `KEY=value` variables, parsed as data (see
+//! [`config`]). Uses `/run/systemd/system` to decide whether to register the
+//! container with machined. No units, no kernel arguments.
+//!
+//! Layout: [`config`] (parse → merge → validate), [`reference`] and [`oci`]
+//! (image names and documents), [`source`] and [`registry`] (fetching,
+//! verifying), [`unpack`] (safe layer extraction), [`store`] (the toolbox
+//! directory, locks, pull), [`run`] (the nspawn command line and spawner).
+
+pub mod config;
+pub mod oci;
+pub mod progress;
+pub mod reference;
+pub mod registry;
+pub mod run;
+pub mod source;
+pub mod store;
+pub mod unpack;
+
+use std::path::Path;
+
+use config::Settings;
+use progress::Progress;
+use run::{Registration, Request, Spawner};
+use store::{LockMode, Store, StoreError};
+
+/// Run a session: pull the image first if its tree is missing, then run
+/// `req` in it and return the exit status to pass on. `host_root` is `/`
+/// (a parameter so tests can fake the systemd detection).
+pub fn session(
+    s: &Settings,
+    req: &Request,
+    spawner: &mut dyn Spawner,
+    progress: &mut Progress,
+    host_root: &Path,
+) -> Result<i32, StoreError> {
+    let store = Store::new(&s.directory);
+    let lock = loop {
+        if store.present(&s.name) {
+            let l = store.lock(&s.name, LockMode::Shared, true)?;
+            // A `toolbox rm` may have won the race between the check and the lock.
+            if store.present(&s.name) {
+                break l;
+            }
+            continue;
+        }
+        let l = store.lock(&s.name, LockMode::Exclusive, true)?;
+        if !store.present(&s.name) {
+            tracing::info!("toolbox {} is not present; pulling {}", s.name, s.image);
+            store.pull(s, progress)?;
+        }
+        store.relock(&l, LockMode::Shared)?;
+        break l;
+    };
+    let mut _machine_lock = None;
+    let reg = if run::machined_available(host_root) {
+        match store.try_machine_lock(&s.name) {
+            Some(l) => {
+                _machine_lock = Some(l);
+                Registration::Machined(s.name.clone())
+            }
+            None => Registration::Machined(config::sanitize_name(&format!(
+                "{}-{}",
+                s.name,
+                std::process::id()
+            ))),
+        }
+    } else {
+        Registration::None(s.name.clone())
+    };
+    let interactive =
+        rustix::termios::isatty(std::io::stdin()) && rustix::termios::isatty(std::io::stdout());
+    let plan = run::plan(s, &store.tree(&s.name), &reg, req, interactive);
+    tracing::debug!("running {}", plan.display());
+    let code = spawner.run(&plan).map_err(|e| StoreError::Io {
+        path: "systemd-nspawn".into(),
+        source: e,
+    })?;
+    drop(lock);
+    Ok(code)
+}

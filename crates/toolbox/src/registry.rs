@@ -1,0 +1,455 @@
+//! A minimal OCI distribution API v2 client: anonymous Bearer-token auth
+//! (the `WWW-Authenticate` challenge), manifests and blobs, every byte
+//! verified against its digest while it streams. HTTP goes through `ureq`
+//! (rustls with the ring provider, Mozilla roots compiled in): no daemon, no
+//! OpenSSL, small static binary.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::Path;
+use std::time::Duration;
+
+use crate::oci::{self, Document, OciError};
+use crate::reference::{Digest, RegistryRef};
+use crate::source::{layers_from, HashReader, Layer, Resolved};
+
+/// Registry errors; each names the URL.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    /// The registry could not be reached (network, DNS, timeout).
+    #[error("{url}: registry unreachable: {source}")]
+    Unreachable {
+        /// Request URL.
+        url: String,
+        /// Transport error.
+        source: ureq::Error,
+    },
+    /// Any other HTTP-level failure.
+    #[error("{url}: {source}")]
+    Http {
+        /// Request URL.
+        url: String,
+        /// Error.
+        source: ureq::Error,
+    },
+    /// Unexpected status.
+    #[error("{url}: HTTP {status}{detail}")]
+    Status {
+        /// Request URL.
+        url: String,
+        /// Status code.
+        status: u16,
+        /// A hint.
+        detail: String,
+    },
+    /// The auth challenge or token answer was unusable.
+    #[error("{url}: authentication: {msg}")]
+    Auth {
+        /// URL.
+        url: String,
+        /// What went wrong.
+        msg: String,
+    },
+    /// Bad document.
+    #[error(transparent)]
+    Oci(#[from] OciError),
+    /// Writing the download.
+    #[error("{path}: {source}")]
+    Io {
+        /// File.
+        path: String,
+        /// Error.
+        source: io::Error,
+    },
+}
+
+impl RegistryError {
+    /// True when the registry could not be reached at all (the case where a
+    /// local image source may be used instead).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, RegistryError::Unreachable { .. })
+    }
+}
+
+fn classify(url: &str, e: ureq::Error) -> RegistryError {
+    match e {
+        ureq::Error::Io(_)
+        | ureq::Error::ConnectionFailed
+        | ureq::Error::HostNotFound
+        | ureq::Error::Timeout(_) => RegistryError::Unreachable {
+            url: url.to_string(),
+            source: e,
+        },
+        other => RegistryError::Http {
+            url: url.to_string(),
+            source: other,
+        },
+    }
+}
+
+/// Parse `Bearer realm="…",service="…",scope="…"` into its parameters.
+pub fn parse_challenge(h: &str) -> Option<Vec<(String, String)>> {
+    let rest = h
+        .trim()
+        .strip_prefix("Bearer ")
+        .or_else(|| h.trim().strip_prefix("bearer "))?;
+    let mut out = Vec::new();
+    let mut s = rest.trim();
+    while !s.is_empty() {
+        let (k, v) = s.split_once('=')?;
+        let k = k.trim().to_ascii_lowercase();
+        let v = v.trim_start();
+        let (val, after) = if let Some(q) = v.strip_prefix('"') {
+            let end = q.find('"')?;
+            (q[..end].to_string(), &q[end + 1..])
+        } else {
+            let end = v.find(',').unwrap_or(v.len());
+            (v[..end].trim().to_string(), &v[end..])
+        };
+        out.push((k, val));
+        s = after.trim_start().trim_start_matches(',').trim_start();
+    }
+    Some(out)
+}
+
+fn pct(s: &str) -> String {
+    let mut o = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            o.push(b as char);
+        } else {
+            o.push_str(&format!("%{b:02X}"));
+        }
+    }
+    o
+}
+
+/// One registry repository.
+#[derive(Debug)]
+pub struct Registry {
+    agent: ureq::Agent,
+    base: String,
+    repo: String,
+    token: Option<String>,
+}
+
+impl Registry {
+    /// A client for `r`.
+    pub fn new(r: &RegistryRef) -> Registry {
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_connect(Some(Duration::from_secs(20)))
+            .timeout_recv_response(Some(Duration::from_secs(60)))
+            .user_agent("keel-toolbox/0.1")
+            .build()
+            .new_agent();
+        Registry {
+            agent,
+            base: format!("{}://{}", r.scheme(), r.api_host()),
+            repo: r.repository.clone(),
+            token: None,
+        }
+    }
+
+    fn send(
+        &self,
+        url: &str,
+        accept: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let mut req = self.agent.get(url);
+        if let Some(a) = accept {
+            req = req.header("Accept", a);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("Authorization", &format!("Bearer {t}"));
+        }
+        req.call().map_err(|e| classify(url, e))
+    }
+
+    /// GET with one round of token auth on 401.
+    fn get(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let url = format!("{}/v2/{}/{path}", self.base, self.repo);
+        let resp = self.send(&url, accept)?;
+        if resp.status().as_u16() != 401 || self.token.is_some() {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        self.token = Some(self.fetch_token(&url, &challenge)?);
+        self.send(&url, accept)
+    }
+
+    fn fetch_token(&self, url: &str, challenge: &str) -> Result<String, RegistryError> {
+        let auth = |msg: String| RegistryError::Auth {
+            url: url.to_string(),
+            msg,
+        };
+        let params = parse_challenge(challenge).ok_or_else(|| {
+            auth(format!(
+                "unsupported challenge {challenge:?} (only anonymous Bearer tokens)"
+            ))
+        })?;
+        let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        let realm = get("realm").ok_or_else(|| auth("challenge has no realm".into()))?;
+        if !realm.starts_with("https://") && !realm.starts_with("http://") {
+            return Err(auth(format!("realm {realm:?} is not an http(s) URL")));
+        }
+        let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repo));
+        let mut token_url = format!(
+            "{realm}{}scope={}",
+            if realm.contains('?') { '&' } else { '?' },
+            pct(&scope)
+        );
+        if let Some(s) = get("service") {
+            token_url.push_str(&format!("&service={}", pct(&s)));
+        }
+        let mut resp = self
+            .agent
+            .get(&token_url)
+            .call()
+            .map_err(|e| classify(&token_url, e))?;
+        if resp.status().as_u16() != 200 {
+            return Err(RegistryError::Status {
+                url: token_url,
+                status: resp.status().as_u16(),
+                detail: " from the token service".into(),
+            });
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(1 << 20)
+            .read_to_vec()
+            .map_err(|e| classify(&token_url, e))?;
+        #[derive(serde::Deserialize)]
+        struct Tok {
+            token: Option<String>,
+            access_token: Option<String>,
+        }
+        let t: Tok = serde_json::from_slice(&body)
+            .map_err(|e| auth(format!("token answer is not JSON: {e}")))?;
+        t.token
+            .or(t.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| auth("token answer has no token".into()))
+    }
+
+    /// Fetch a manifest by tag or digest; verified against the digest when
+    /// requested by digest, else against `Docker-Content-Digest` when sent.
+    pub fn manifest(
+        &mut self,
+        reference: &str,
+        expected: Option<&Digest>,
+    ) -> Result<(Vec<u8>, Option<String>, Digest), RegistryError> {
+        let mut resp = self.get(&format!("manifests/{reference}"), Some(oci::ACCEPT))?;
+        let url = format!("{}/v2/{}/manifests/{reference}", self.base, self.repo);
+        let status = resp.status().as_u16();
+        if status != 200 {
+            return Err(RegistryError::Status {
+                url,
+                status,
+                detail: if status == 404 {
+                    ": manifest unknown".into()
+                } else {
+                    String::new()
+                },
+            });
+        }
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let header_digest = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Digest::parse(v).ok());
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(oci::MAX_DOCUMENT)
+            .read_to_vec()
+            .map_err(|e| classify(&url, e))?;
+        let what = url.clone();
+        let digest = match expected.or(header_digest.as_ref()) {
+            Some(d) => {
+                oci::verify(&what, &bytes, d, None)?;
+                d.clone()
+            }
+            None => Digest::of(&bytes),
+        };
+        Ok((bytes, ct, digest))
+    }
+
+    /// Fetch a small blob (config) fully, verified.
+    pub fn small_blob(&mut self, d: &Digest, size: u64) -> Result<Vec<u8>, RegistryError> {
+        let url = format!("{}/v2/{}/blobs/{d}", self.base, self.repo);
+        let mut resp = self.get(&format!("blobs/{d}"), None)?;
+        if resp.status().as_u16() != 200 {
+            return Err(RegistryError::Status {
+                url,
+                status: resp.status().as_u16(),
+                detail: String::new(),
+            });
+        }
+        let bytes = resp
+            .body_mut()
+            .with_config()
+            .limit(oci::MAX_DOCUMENT)
+            .read_to_vec()
+            .map_err(|e| classify(&url, e))?;
+        oci::verify(&url, &bytes, d, Some(size))?;
+        Ok(bytes)
+    }
+
+    /// Resolve a tag (or the pinned digest) to verified layers.
+    pub fn resolve(&mut self, r: &RegistryRef, tag: &str) -> Result<Resolved, RegistryError> {
+        let (mut reference, mut expected) = match &r.digest {
+            Some(d) => (d.to_string(), Some(d.clone())),
+            None => (tag.to_string(), None),
+        };
+        for _ in 0..3 {
+            let (bytes, ct, digest) = self.manifest(&reference, expected.as_ref())?;
+            let what = format!("{}/{}@{}", r.host, r.repository, digest.short());
+            match oci::parse_document(&what, &bytes, ct.as_deref())? {
+                Document::Index(i) => {
+                    let d = oci::select_platform(&what, &i)?;
+                    reference = d.digest.to_string();
+                    expected = Some(d.digest.clone());
+                }
+                Document::Manifest(m) => {
+                    let cfg = self.small_blob(&m.config.digest, m.config.size)?;
+                    let layers = layers_from(&what, &m, &cfg).map_err(|e| match e {
+                        crate::source::SourceError::Oci(o) => RegistryError::Oci(o),
+                        other => RegistryError::Auth {
+                            url: what.clone(),
+                            msg: other.to_string(),
+                        },
+                    })?;
+                    return Ok(Resolved {
+                        manifest_digest: digest,
+                        layers,
+                    });
+                }
+            }
+        }
+        Err(OciError::Unsupported {
+            what: format!("{}/{}", r.host, r.repository),
+            field: "index nesting",
+            value: "more than 2 levels".into(),
+        }
+        .into())
+    }
+
+    /// Download a layer blob to `dest`, verifying size and digest while it
+    /// streams into `dest.partial`; only a verified blob is renamed into
+    /// place. `progress` gets the byte count as it grows.
+    pub fn download(
+        &mut self,
+        layer: &Layer,
+        dest: &Path,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), RegistryError> {
+        let Some(digest) = layer.digest.clone() else {
+            return Err(RegistryError::Auth {
+                url: self.base.clone(),
+                msg: "layer without digest".into(),
+            });
+        };
+        let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repo);
+        let resp = self.get(&format!("blobs/{digest}"), None)?;
+        if resp.status().as_u16() != 200 {
+            return Err(RegistryError::Status {
+                url,
+                status: resp.status().as_u16(),
+                detail: String::new(),
+            });
+        }
+        let partial = dest.with_extension("partial");
+        let io_err = |e: io::Error| RegistryError::Io {
+            path: partial.display().to_string(),
+            source: e,
+        };
+        let mut out = File::create(&partial).map_err(io_err)?;
+        let size = layer.size.unwrap_or(u64::MAX);
+        let body = resp.into_body().into_reader();
+        let mut reader = HashReader::new(body.take(size.saturating_add(1)));
+        let mut buf = vec![0u8; 256 * 1024];
+        loop {
+            let n = reader
+                .read(&mut buf)
+                .map_err(|e| RegistryError::Unreachable {
+                    url: url.clone(),
+                    source: ureq::Error::Io(e),
+                })?;
+            if n == 0 {
+                break;
+            }
+            out.write_all(&buf[..n]).map_err(io_err)?;
+            progress(reader.count());
+        }
+        let (actual, count) = reader.finish().map_err(io_err)?;
+        if let Some(s) = layer.size {
+            if count != s {
+                return Err(OciError::Size {
+                    what: url,
+                    expected: s,
+                    actual: count,
+                }
+                .into());
+            }
+        }
+        if actual != digest {
+            return Err(OciError::Digest {
+                what: url,
+                expected: digest,
+                actual,
+            }
+            .into());
+        }
+        out.sync_all().map_err(io_err)?;
+        std::fs::rename(&partial, dest).map_err(io_err)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenge_parsing() {
+        let p = parse_challenge(
+            r#"Bearer realm="https://auth.docker.io/token",service="registry.docker.io",scope="repository:library/debian:pull""#,
+        )
+        .unwrap();
+        assert_eq!(
+            p,
+            vec![
+                ("realm".into(), "https://auth.docker.io/token".into()),
+                ("service".into(), "registry.docker.io".into()),
+                ("scope".into(), "repository:library/debian:pull".into()),
+            ]
+        );
+        assert!(parse_challenge("Basic realm=\"x\"").is_none());
+        assert!(parse_challenge("Bearer realm=\"x").is_none());
+        assert_eq!(pct("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn challenge_never_panics(s in "\\PC*") {
+            let _ = parse_challenge(&s);
+            let _ = parse_challenge(&format!("Bearer {s}"));
+        }
+    }
+}

@@ -128,12 +128,14 @@ pub fn parse(
             None | Some('\n') => {}
             Some(';') => p.pos += 1,
             Some('#') => p.skip_comment(),
-            Some(c) => return Err(p.err(
-                p.line,
-                format!(
+            Some(c) => {
+                return Err(p.err(
+                    p.line,
+                    format!(
                     "unexpected {c:?} after the value of {name} (quote values that contain spaces)"
                 ),
-            )),
+                ))
+            }
         }
         vars.insert(name.clone(), value.clone());
         out.push(Assignment {
@@ -334,12 +336,14 @@ impl Parser<'_> {
                     "command substitution ` ` is not supported: the config is data, not a script"
                         .into(),
                 )),
-                Some(c @ ('|' | '&' | '<' | '>' | '(' | ')')) => return Err(self.err(
-                    self.line,
-                    format!(
+                Some(c @ ('|' | '&' | '<' | '>' | '(' | ')')) => {
+                    return Err(self.err(
+                        self.line,
+                        format!(
                         "unquoted {c:?} in the value: the config is data, not a script; quote it"
                     ),
-                )),
+                    ))
+                }
                 Some(c) => {
                     self.pos += 1;
                     out.push(c);

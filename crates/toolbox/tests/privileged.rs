@@ -1,1 +1,960 @@
+//! Privileged tests for toolbox (root; `./run test privileged`).
+//!
+//! Each test builds its own small multi-layer image from busybox-static (an
+//! OCI layout written here), pushes it with skopeo to Debian's
+//! `docker-registry` started by the test on 127.0.0.1 (random free port, own
+//! config and storage in a temp dir), and drives the real `toolbox` binary
+//! with `HOME` pointing at a temp dir whose `.toolboxrc` selects the image
+//! and a temp `TOOLBOX_DIRECTORY`. Every child process is killed and every
+//! temp dir removed on drop, also when an assertion fails; every wait is
+//! bounded.
 
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use sha2::Digest as _;
+
+const TOOLBOX: &str = env!("CARGO_BIN_EXE_toolbox");
+const BUSYBOX: &str = "/bin/busybox";
+
+fn sha(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A child killed on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Run with a deadline; kill on timeout and fail.
+fn run_bounded(cmd: &mut Command, secs: u64) -> Output {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(secs)) {
+        Ok(out) => out.expect("waiting for child"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("{cmd:?} did not finish within {secs}s");
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Debian's docker-registry on 127.0.0.1.
+struct Registry {
+    port: u16,
+    child: Option<Guard>,
+}
+
+impl Registry {
+    fn start(dir: &Path) -> Registry {
+        let port = free_port();
+        let storage = dir.join("registry-storage");
+        std::fs::create_dir_all(&storage).unwrap();
+        let cfg = dir.join("registry.yml");
+        std::fs::write(
+            &cfg,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                storage.display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("registry.log")).unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&cfg)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("starting docker-registry (apt-get install docker-registry)");
+        let r = Registry {
+            port,
+            child: Some(Guard(child)),
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if http_get(port, "/v2/").is_some_and(|s| s.starts_with("HTTP/1.1 200")) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not answer on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stop(&mut self) {
+        self.child.take();
+    }
+}
+
+fn http_get(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out)
+}
+
+/// One tar entry of a test layer.
+enum E<'a> {
+    Dir(&'a str, u32),
+    File(&'a str, &'a [u8], u32),
+    Sym(&'a str, &'a str),
+    Hard(&'a str, &'a str),
+    Char(&'a str),
+}
+
+fn set_raw(h: &mut tar::Header, off: usize, s: &str) {
+    let b = h.as_mut_bytes();
+    b[off..off + 100].fill(0);
+    b[off..off + s.len()].copy_from_slice(s.as_bytes());
+}
+
+/// A tar with raw names (so hostile `..` and absolute names can be written).
+fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for e in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(1_700_000_000);
+        let (path, data): (&str, &[u8]) = match e {
+            E::Dir(p, m) => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(*m);
+                (p, b"")
+            }
+            E::File(p, d, m) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*m);
+                (p, d)
+            }
+            E::Sym(p, t) => {
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                set_raw(&mut h, 157, t);
+                (p, b"")
+            }
+            E::Hard(p, t) => {
+                h.set_entry_type(tar::EntryType::Link);
+                h.set_mode(0o755);
+                set_raw(&mut h, 157, t);
+                (p, b"")
+            }
+            E::Char(p) => {
+                h.set_entry_type(tar::EntryType::Char);
+                h.set_mode(0o666);
+                h.set_device_major(1).unwrap();
+                h.set_device_minor(3).unwrap();
+                (p, b"")
+            }
+        };
+        set_raw(&mut h, 0, path);
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(b).unwrap();
+    gz.finish().unwrap()
+}
+
+/// Write an OCI layout with the given layers (tar bytes, gzipped here).
+/// Returns the manifest digest hex.
+fn write_layout(dir: &Path, tars: &[Vec<u8>]) -> String {
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    let mut layers = Vec::new();
+    let mut diffs = Vec::new();
+    for t in tars {
+        let gz = gzip(t);
+        let d = sha(&gz);
+        std::fs::write(blobs.join(&d), &gz).unwrap();
+        layers.push(format!(
+            r#"{{"mediaType":"application/vnd.oci.image.layer.v1.tar+gzip","digest":"sha256:{d}","size":{}}}"#,
+            gz.len()
+        ));
+        diffs.push(format!("\"sha256:{}\"", sha(t)));
+    }
+    let config = format!(
+        r#"{{"architecture":"amd64","os":"linux","config":{{"Env":["PATH=/bin:/usr/bin"]}},"rootfs":{{"type":"layers","diff_ids":[{}]}}}}"#,
+        diffs.join(",")
+    );
+    let cd = sha(config.as_bytes());
+    std::fs::write(blobs.join(&cd), &config).unwrap();
+    let manifest = format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:{cd}","size":{}}},"layers":[{}]}}"#,
+        config.len(),
+        layers.join(",")
+    );
+    let md = sha(manifest.as_bytes());
+    std::fs::write(blobs.join(&md), &manifest).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        format!(
+            r#"{{"schemaVersion":2,"manifests":[{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:{md}","size":{},"annotations":{{"org.opencontainers.image.ref.name":"v1"}}}}]}}"#,
+            manifest.len()
+        ),
+    )
+    .unwrap();
+    md
+}
+
+/// The test image: busybox, files deleted and replaced across layers, an
+/// opaque directory, symlinks, a hard link, a setuid file, owners; `big`
+/// adds a layer of incompressible data for the interruption test.
+fn test_layers(big: usize) -> Vec<Vec<u8>> {
+    let bb = std::fs::read(BUSYBOX).expect("busybox-static installed");
+    let l1 = tar_of(&[
+        E::Dir("bin/", 0o755),
+        E::File("bin/busybox", &bb, 0o755),
+        E::Sym("bin/sh", "busybox"),
+        E::Sym("bin/true", "busybox"),
+        E::Sym("bin/cat", "busybox"),
+        E::Sym("bin/sleep", "busybox"),
+        E::Sym("bin/id", "busybox"),
+        E::Dir("etc/", 0o755),
+        E::File(
+            "etc/os-release",
+            b"NAME=toolbox-test\nID=toolbox-test\n",
+            0o644,
+        ),
+        E::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
+        E::File("etc/group", b"root:x:0:\n", 0o644),
+        E::File("etc/delete-me", b"old\n", 0o644),
+        E::File("etc/replace-me", b"v1\n", 0o644),
+        E::Dir("opt/", 0o755),
+        E::Dir("opt/old/", 0o750),
+        E::File("opt/old/a", b"a\n", 0o644),
+        E::Dir("opt/old/sub/", 0o755),
+        E::File("opt/old/sub/b", b"b\n", 0o644),
+        E::Dir("root/", 0o700),
+        E::Dir("tmp/", 0o1777),
+    ]);
+    let l2 = tar_of(&[
+        E::Dir("etc/", 0o755),
+        E::File("etc/.wh.delete-me", b"", 0o644),
+        E::File("etc/replace-me", b"v2 replaced\n", 0o600),
+        E::Dir("opt/old/", 0o755),
+        E::File("opt/old/.wh..wh..opq", b"", 0o644),
+        E::File("opt/old/c", b"c\n", 0o644),
+        E::File("bin/su", b"#!/bin/sh\necho su\n", 0o4755),
+        E::Dir("usr/", 0o755),
+        E::Dir("usr/bin/", 0o755),
+        E::Hard("usr/bin/busybox-link", "bin/busybox"),
+        E::Sym("usr/bin/env", "/bin/busybox"),
+    ]);
+    let mut layers = vec![l1, l2];
+    if big > 0 {
+        // Incompressible: a simple xorshift stream.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let data: Vec<u8> = (0..big)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        layers.push(tar_of(&[E::File("opt/big", &data, 0o644)]));
+    }
+    layers
+}
+
+struct Env {
+    tmp: tempfile::TempDir,
+    home: PathBuf,
+    store: PathBuf,
+}
+
+impl Env {
+    fn new() -> Env {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "privileged tests need root"
+        );
+        let tmp = tempfile::Builder::new()
+            .prefix("toolbox-priv-")
+            .tempdir()
+            .unwrap();
+        let home = tmp.path().join("home");
+        let store = tmp.path().join("store");
+        std::fs::create_dir_all(&home).unwrap();
+        Env { tmp, home, store }
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.tmp.path().join(p)
+    }
+
+    fn rc(&self, extra: &str) {
+        std::fs::write(
+            self.home.join(".toolboxrc"),
+            format!(
+                "TOOLBOX_DIRECTORY={}\nTOOLBOX_NAME=t\n{extra}",
+                self.store.display()
+            ),
+        )
+        .unwrap();
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(TOOLBOX);
+        c.args(args)
+            .env("HOME", &self.home)
+            .env_remove("SUDO_USER")
+            .env_remove("JOURNAL_STREAM")
+            .env("KEEL_LOG", "info");
+        c
+    }
+
+    fn toolbox(&self, args: &[&str]) -> Output {
+        run_bounded(&mut self.cmd(args), 120)
+    }
+
+    /// Build the test image as an OCI layout and push it to the registry.
+    fn push(&self, reg: &Registry, layers: &[Vec<u8>]) -> PathBuf {
+        let layout = self.path("layout");
+        write_layout(&layout, layers);
+        let out = run_bounded(
+            Command::new("skopeo").args([
+                "--insecure-policy",
+                "copy",
+                "--quiet",
+                "--dest-tls-verify=false",
+                &format!("oci:{}:v1", layout.display()),
+                &format!("docker://127.0.0.1:{}/keel/test:v1", reg.port),
+            ]),
+            120,
+        );
+        assert!(
+            out.status.success(),
+            "skopeo copy: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        layout
+    }
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "toolbox failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "toolbox unexpectedly succeeded: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Everything a user would compare in two trees: type, mode (incl. setuid),
+/// owner, content, link target, and which paths share an inode.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inodes: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+    let mut stack = vec![PathBuf::new()];
+    while let Some(rel) = stack.pop() {
+        for e in std::fs::read_dir(root.join(&rel)).unwrap() {
+            let e = e.unwrap();
+            let r = rel.join(e.file_name());
+            let m = e.path().symlink_metadata().unwrap();
+            let key = r.display().to_string();
+            let common = format!(
+                "mode={:o} uid={} gid={}",
+                m.mode() & 0o7777,
+                m.uid(),
+                m.gid()
+            );
+            let desc = if m.is_dir() {
+                stack.push(r.clone());
+                format!("dir {common}")
+            } else if m.file_type().is_symlink() {
+                format!(
+                    "symlink -> {}",
+                    std::fs::read_link(e.path()).unwrap().display()
+                )
+            } else if m.is_file() {
+                if m.nlink() > 1 {
+                    inodes.entry(m.ino()).or_default().push(key.clone());
+                }
+                format!(
+                    "file {common} sha256={}",
+                    sha(&std::fs::read(e.path()).unwrap())
+                )
+            } else {
+                format!("other {common}")
+            };
+            out.insert(key, desc);
+        }
+    }
+    for (_, mut paths) in inodes {
+        paths.sort();
+        out.insert(format!("hardlinks {}", paths[0]), paths.join(" = "));
+    }
+    out
+}
+
+fn umoci_unpack(env: &Env, layout: &Path) -> PathBuf {
+    let bundle = env.path("umoci-bundle");
+    let out = run_bounded(
+        Command::new("umoci").args([
+            "unpack",
+            "--image",
+            &format!("{}:v1", layout.display()),
+            &bundle.display().to_string(),
+        ]),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "umoci unpack: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle.join("rootfs")
+}
+
+#[test]
+fn registry_pull_matches_umoci_unpack() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    let layout = env.push(&reg, &test_layers(0));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
+        reg.port
+    ));
+    ok(&env.toolbox(&["pull"]));
+    let ours = snapshot(&env.store.join("t"));
+    let theirs = snapshot(&umoci_unpack(&env, &layout));
+    assert_eq!(ours, theirs);
+    // The cases the image exercises, spelled out.
+    assert!(!ours.contains_key("etc/delete-me"));
+    assert!(ours["etc/replace-me"].starts_with("file mode=600"));
+    assert!(
+        !ours.contains_key("opt/old/a")
+            && !ours.contains_key("opt/old/sub")
+            && ours.contains_key("opt/old/c")
+    );
+    assert!(ours["bin/su"].starts_with("file mode=4755"));
+    assert_eq!(
+        ours["hardlinks bin/busybox"],
+        "bin/busybox = usr/bin/busybox-link"
+    );
+    assert_eq!(ours["usr/bin/env"], "symlink -> /bin/busybox");
+    // list shows it with the digest that was pulled.
+    let list = ok(&env.toolbox(&["list"]));
+    assert!(
+        list.lines()
+            .any(|l| l.starts_with("t ") && l.contains("idle") && l.contains("keel/test")),
+        "{list}"
+    );
+    // The download cache is emptied after a successful pull.
+    assert_eq!(
+        std::fs::read_dir(env.store.join(".cache/blobs/sha256"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
+
+#[test]
+fn cat_host_os_release_and_exit_status() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    env.push(&reg, &test_layers(0));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
+        reg.port
+    ));
+    // No pull first: running pulls the missing image.
+    let out = ok(&env.toolbox(&["cat", "/media/root/etc/os-release"]));
+    assert_eq!(out, std::fs::read_to_string("/etc/os-release").unwrap());
+    // The container's own os-release is the image's.
+    assert_eq!(
+        ok(&env.toolbox(&["cat", "/etc/os-release"])),
+        "NAME=toolbox-test\nID=toolbox-test\n"
+    );
+    // Exit status passes through; -c works like a login shell's.
+    let out = env.toolbox(&["sh", "-c", "exit 7"]);
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ok(&env.toolbox(&["-c", "echo hi; id -u"])), "hi\n0\n");
+}
+
+#[test]
+fn two_concurrent_sessions_and_rm_refused_while_in_use() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    env.push(&reg, &test_layers(0));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
+        reg.port
+    ));
+    ok(&env.toolbox(&["pull"]));
+    let spawn = || {
+        Guard(
+            env.cmd(&["sh", "-c", "sleep 3; true"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let started = Instant::now();
+    let mut a = spawn();
+    let mut b = spawn();
+    std::thread::sleep(Duration::from_millis(1000));
+    // Both are running now: rm must refuse, list must say "in use".
+    let rm = env.toolbox(&["rm"]);
+    assert!(failed(&rm).contains("toolbox t is in use by a running session; exit it first"));
+    assert!(ok(&env.toolbox(&["list"])).contains("in use"));
+    let wait = |g: &mut Guard| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(s) = g.0.try_wait().unwrap() {
+                let mut err = String::new();
+                g.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+                return (s, err);
+            }
+            assert!(Instant::now() < deadline, "session did not finish");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    let (sa, ea) = wait(&mut a);
+    let (sb, eb) = wait(&mut b);
+    assert!(sa.success(), "first session: {ea}");
+    assert!(sb.success(), "second session: {eb}");
+    // They overlapped: two 3 s sessions finished in well under 6 s.
+    assert!(
+        started.elapsed() < Duration::from_millis(5900),
+        "sessions ran one after the other"
+    );
+    ok(&env.toolbox(&["rm"]));
+    assert!(!env.store.join("t").exists());
+}
+
+/// A TCP proxy that slows the registry's answers down, so a pull can be
+/// interrupted halfway through a layer.
+fn slow_proxy(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    l.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            c.set_nonblocking(false).unwrap();
+            let Ok(u) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                continue;
+            };
+            let (mut c2, mut u2) = (c.try_clone().unwrap(), u.try_clone().unwrap());
+            let (mut c, mut u) = (c, u);
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut c2, &mut u2);
+            });
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 16 * 1024];
+                while let Ok(n) = u.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, stop)
+}
+
+#[test]
+fn interrupted_pull_then_rerun_succeeds() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    let layout = env.push(&reg, &test_layers(8 << 20));
+    let (proxy, stop) = slow_proxy(reg.port);
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{proxy}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n"
+    ));
+    let mut pull = Guard(
+        env.cmd(&["pull"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Wait until the big layer is partly downloaded, then kill the pull.
+    let blobs = env.store.join(".cache/blobs/sha256");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let partial = std::fs::read_dir(&blobs).ok().and_then(|rd| {
+            rd.flatten()
+                .find(|e| e.file_name().to_string_lossy().ends_with(".partial"))
+                .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+        });
+        if partial.is_some_and(|n| n > 1 << 20) {
+            break;
+        }
+        assert!(
+            pull.0.try_wait().unwrap().is_none(),
+            "pull finished before it could be interrupted"
+        );
+        assert!(Instant::now() < deadline, "pull made no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pull.0.kill().unwrap();
+    pull.0.wait().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    // No tree that looks complete.
+    assert!(!env.store.join("t").exists());
+    assert!(!ok(&env.toolbox(&["list"]))
+        .lines()
+        .any(|l| l.starts_with("t ")));
+    // Rerun (straight to the registry this time, same toolbox name).
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
+        reg.port
+    ));
+    ok(&env.toolbox(&["pull"]));
+    assert_eq!(
+        snapshot(&env.store.join("t")),
+        snapshot(&umoci_unpack(&env, &layout))
+    );
+    // Leftovers of the interrupted run are gone.
+    let hidden: Vec<String> = std::fs::read_dir(&env.store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".pull-"))
+        .collect();
+    assert!(hidden.is_empty(), "{hidden:?}");
+    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0);
+}
+
+#[test]
+fn oci_archive_works_with_registry_stopped() {
+    let env = Env::new();
+    let mut reg = Registry::start(env.tmp.path());
+    let layout = env.push(&reg, &test_layers(0));
+    let archive = env.path("toolbox.oci.tar");
+    let out = run_bounded(
+        Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("oci-archive:{}:v1", archive.display()),
+        ]),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let port = reg.port;
+    reg.stop();
+    // Configured registry unreachable, local archive configured: used, and said so.
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{port}/keel/test\nTOOLBOX_DOCKER_TAG=v1\nTOOLBOX_LOCAL_IMAGE=oci-archive:{}\n",
+        archive.display()
+    ));
+    let out = env.toolbox(&["pull"]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("registry unreachable")
+            && err.contains(&format!(
+                "using the local image oci-archive:{}",
+                archive.display()
+            )),
+        "{err}"
+    );
+    assert_eq!(
+        snapshot(&env.store.join("t")),
+        snapshot(&umoci_unpack(&env, &layout))
+    );
+    assert_eq!(
+        ok(&env.toolbox(&["cat", "/etc/os-release"])),
+        "NAME=toolbox-test\nID=toolbox-test\n"
+    );
+    ok(&env.toolbox(&["rm"]));
+    // And directly as the image, with --image.
+    env.rc("");
+    ok(&env.toolbox(&[
+        "--image",
+        &format!("oci-archive:{}", archive.display()),
+        "--tag",
+        "v1",
+        "pull",
+    ]));
+    assert!(env.store.join("t/bin/busybox").exists());
+    // Without a local fallback, the unreachable registry is a clear error.
+    ok(&env.toolbox(&["rm"]));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{port}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n"
+    ));
+    let err = failed(&env.toolbox(&["pull"]));
+    assert!(
+        err.contains(&format!(
+            "http://127.0.0.1:{port}/v2/keel/test/manifests/v1: registry unreachable"
+        )),
+        "{err}"
+    );
+}
+
+#[test]
+fn docker_archive_source() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    write_layout(&layout, &test_layers(0));
+    let archive = env.path("toolbox.docker.tar");
+    let out = run_bounded(
+        Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker-archive:{}:keel/test:v1", archive.display()),
+        ]),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=docker-archive:{}\nTOOLBOX_DOCKER_TAG=v1\n",
+        archive.display()
+    ));
+    ok(&env.toolbox(&["pull"]));
+    assert_eq!(
+        snapshot(&env.store.join("t")),
+        snapshot(&umoci_unpack(&env, &layout))
+    );
+}
+
+/// Security cases: a hostile image as an OCI layout; the pull is refused
+/// with this message and nothing appears outside the toolbox directory.
+fn hostile(layers: Vec<Vec<u8>>, want: &str) {
+    let env = Env::new();
+    let outside = env.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    std::fs::set_permissions(&outside, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let layout = env.path("layout");
+    write_layout(&layout, &layers);
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=oci:{}\nTOOLBOX_DOCKER_TAG=v1\n",
+        layout.display()
+    ));
+    let before = snapshot(env.tmp.path());
+    let err = failed(&env.toolbox(&["pull"]));
+    assert!(err.contains(want), "expected {want:?} in:\n{err}");
+    assert!(!env.store.join("t").exists());
+    // Nothing changed outside the store (and no temp tree left inside it).
+    let mut after = snapshot(env.tmp.path());
+    after.retain(|k, _| !k.starts_with("store"));
+    let mut before = before;
+    before.retain(|k, _| !k.starts_with("store"));
+    assert_eq!(before, after);
+    assert!(!Path::new("/tmp/toolbox-evil").exists());
+    let left: Vec<_> = std::fs::read_dir(&env.store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("pull-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn security_dotdot_path() {
+    hostile(
+        vec![tar_of(&[E::File("../../../outside/evil", b"x", 0o644)])],
+        "entry \"../../../outside/evil\" at offset 0: path contains '..'; refused",
+    );
+}
+
+#[test]
+fn security_absolute_path() {
+    hostile(
+        vec![tar_of(&[E::File("/tmp/toolbox-evil", b"x", 0o644)])],
+        "entry \"/tmp/toolbox-evil\" at offset 0: absolute path; refused",
+    );
+}
+
+#[test]
+fn security_write_through_symlink_outside() {
+    let env_outside = "/tmp";
+    hostile(
+        vec![
+            tar_of(&[E::Sym("escape", env_outside)]),
+            tar_of(&[E::File("escape/toolbox-evil", b"x", 0o644)]),
+        ],
+        "entry \"escape/toolbox-evil\" at offset 0: path leads outside the root through a symlink; refused",
+    );
+    hostile(
+        vec![tar_of(&[E::Sym("up", "../../.."), E::File("up/outside/evil", b"x", 0o644)])],
+        "entry \"up/outside/evil\" at offset 512: path leads outside the root through a symlink; refused",
+    );
+}
+
+#[test]
+fn security_hard_link_outside() {
+    hostile(
+        vec![tar_of(&[E::Hard("stolen", "../../../outside/secret")])],
+        "entry \"stolen\" at offset 0: hard link to \"../../../outside/secret\" outside the root; refused",
+    );
+    hostile(
+        vec![tar_of(&[E::Hard("stolen", "/etc/shadow")])],
+        "entry \"stolen\" at offset 0: hard link to absolute path \"/etc/shadow\"; refused",
+    );
+}
+
+#[test]
+fn security_device_node() {
+    hostile(
+        vec![tar_of(&[E::Dir("dev/", 0o755), E::Char("dev/mem")])],
+        "entry \"dev/mem\" at offset 512: character device node; refused",
+    );
+}
+
+#[test]
+fn security_manifest_digest_mismatch() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    let md = write_layout(&layout, &test_layers(0));
+    // Tamper with the manifest after its digest was recorded in index.json
+    // (same length, so the digest check itself must catch it).
+    let p = layout.join("blobs/sha256").join(&md);
+    let m = std::fs::read_to_string(&p)
+        .unwrap()
+        .replace("\"schemaVersion\":2", "\"schemaVersion\":3");
+    std::fs::write(&p, m).unwrap();
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=oci:{}\nTOOLBOX_DOCKER_TAG=v1\n",
+        layout.display()
+    ));
+    let err = failed(&env.toolbox(&["pull"]));
+    assert!(
+        err.contains(&format!(
+            "manifest sha256:{}: digest mismatch: expected sha256:{md}",
+            &md[..12]
+        )),
+        "{err}"
+    );
+    assert!(!env.store.join("t").exists());
+}
+
+/// A fake registry answering every request with `answer`.
+fn garbage_server(answer: &'static [u8]) -> (u16, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    l.set_nonblocking(true).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    std::thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((mut c, _)) = l.accept() else {
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            };
+            c.set_nonblocking(false).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = c.read(&mut buf);
+            let _ = c.write_all(answer);
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    });
+    (port, stop)
+}
+
+#[test]
+fn security_registry_answering_garbage() {
+    let cases: &[(&[u8], &str)] = &[
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.oci.image.manifest.v1+json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n<html>oops!",
+            "/keel/test@sha256:",
+        ),
+        (b"\x00\x01garbage that is not HTTP\r\n\r\n", "/v2/keel/test/manifests/v1: "),
+        (
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "authentication: unsupported challenge \"Basic realm=\\\"x\\\"\" (only anonymous Bearer tokens)",
+        ),
+    ];
+    for (answer, want) in cases {
+        let env = Env::new();
+        let (port, stop) = garbage_server(answer);
+        env.rc(&format!(
+            "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{port}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n"
+        ));
+        let err = failed(&env.toolbox(&["pull"]));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(err.contains(want), "expected {want:?} in:\n{err}");
+        if want.starts_with("/keel") {
+            assert!(
+                err.contains("not a valid manifest: expected value at line 1 column 1"),
+                "{err}"
+            );
+        }
+        assert!(!env.store.join("t").exists());
+    }
+}

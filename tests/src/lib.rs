@@ -1,1 +1,551 @@
-//! Keel's test harness: boots the assembled image under QEMU (see `vm`).
+//! Keel's VM test harness: boots the assembled image under QEMU.
+//!
+//! Each [`Vm`] boots its own copy-on-write qcow2 overlay of the built image
+//! (so tests never change it or each other), captures the serial console to a
+//! file, and reaches the guest over SSH through a host-forwarded port on
+//! 127.0.0.1 with the image's development key. [`Vm::finish`] scans the
+//! console for kernel panics, oopses, emergency states, verity errors and
+//! failed units, as CoreOS's kola does, and fails the test on any of them.
+//!
+//! Acceleration: TCG, unless a probe shows that a KVM guest really runs here
+//! (on some machines /dev/kvm exists but guests hang). `KEEL_ACCEL=tcg|kvm`
+//! overrides the probe.
+//!
+//! Reads `$KEEL_BUILD_DIR/image.json` (written by keel-image).
+
+use std::fs;
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::Value;
+
+/// The built image, from `image.json`.
+#[derive(Debug, Clone)]
+pub struct Image {
+    /// The build directory.
+    pub dir: PathBuf,
+    /// The parsed manifest.
+    pub manifest: Value,
+}
+
+impl Image {
+    /// Load from `$KEEL_BUILD_DIR` (default `<repo>/build`).
+    pub fn from_env() -> Result<Self> {
+        let dir = std::env::var_os("KEEL_BUILD_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../build"));
+        Self::load(&dir)
+    }
+
+    /// Load from a build directory.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let p = dir.join("image.json");
+        let text = fs::read_to_string(&p).with_context(|| {
+            format!("reading {} (build the image with ./run image)", p.display())
+        })?;
+        Ok(Image {
+            dir: dir.to_path_buf(),
+            manifest: serde_json::from_str(&text).with_context(|| p.display().to_string())?,
+        })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        let v = self.manifest[key]
+            .as_str()
+            .with_context(|| format!("image.json has no {key}"))?;
+        Ok(self.dir.join(v))
+    }
+
+    /// The kernel command line for a direct-kernel boot.
+    pub fn cmdline(&self) -> String {
+        self.manifest["cmdline"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// The development SSH key, if the image has one.
+    pub fn ssh_key(&self) -> Option<PathBuf> {
+        self.manifest["dev_ssh_key"]
+            .as_str()
+            .map(|k| self.dir.join(k))
+    }
+}
+
+/// How to boot.
+#[derive(Debug, Clone, Default)]
+pub struct BootOptions {
+    /// Replace the kernel command line entirely.
+    pub cmdline: Option<String>,
+    /// Appended to the kernel command line.
+    pub extra_cmdline: String,
+    /// Extra QEMU arguments (fw_cfg, drives…).
+    pub qemu_args: Vec<String>,
+    /// Use this disk instead of a fresh overlay of the image.
+    pub disk: Option<PathBuf>,
+    /// Memory in MiB (default 1024).
+    pub memory_mib: Option<u32>,
+}
+
+/// Console patterns that fail a test, with what they mean.
+pub const CONSOLE_PROBLEMS: &[(&str, &str)] = &[
+    ("Kernel panic", "kernel panic"),
+    ("Oops:", "kernel oops"),
+    ("BUG: ", "kernel BUG"),
+    ("keel-init: emergency:", "keel-init emergency state"),
+    ("emergency mode", "systemd emergency mode"),
+    ("Entering emergency", "systemd emergency mode"),
+    ("device-mapper: verity", "dm-verity error"),
+    ("[FAILED]", "failed unit"),
+    ("Failed to start", "failed unit"),
+];
+
+/// The problems found in console text.
+pub fn scan_console(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in text.lines() {
+        for (pat, what) in CONSOLE_PROBLEMS {
+            if line.contains(pat) {
+                found.push(format!("{what}: {}", line.trim()));
+            }
+        }
+    }
+    found
+}
+
+/// Which accelerator to use: the probe result, cached per build directory.
+pub fn accel(image: &Image) -> String {
+    if let Ok(a) = std::env::var("KEEL_ACCEL") {
+        return a;
+    }
+    let cache = image.dir.join("accel-probe");
+    if let Ok(a) = fs::read_to_string(&cache) {
+        return a.trim().to_string();
+    }
+    let a = if probe_kvm(image) { "kvm" } else { "tcg" };
+    let _ = fs::write(&cache, a);
+    a.to_string()
+}
+
+/// Boot the kernel under KVM with no root: a working KVM prints the kernel's
+/// banner and panics (no init) within seconds; a broken one hangs silently.
+fn probe_kvm(image: &Image) -> bool {
+    if !Path::new("/dev/kvm").exists() {
+        return false;
+    }
+    let Ok(kernel) = image.path("kernel") else {
+        return false;
+    };
+    let dir = match tempfile::tempdir() {
+        Ok(d) => d,
+        Err(_) => return false,
+    };
+    let log = dir.path().join("probe.log");
+    let child = Command::new("qemu-system-x86_64")
+        .args([
+            "-accel",
+            "kvm",
+            "-m",
+            "256",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+        ])
+        .arg("-kernel")
+        .arg(&kernel)
+        .args(["-append", "console=ttyS0 panic=-1"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return false };
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(15) {
+        if fs::read_to_string(&log).is_ok_and(|t| t.contains("Kernel panic")) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return true;
+        }
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    fs::read_to_string(&log).is_ok_and(|t| t.contains("Kernel panic"))
+}
+
+fn free_port() -> Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Create a qcow2 overlay backed by `base`.
+pub fn overlay(base: &Path, dest: &Path) -> Result<()> {
+    let base = fs::canonicalize(base).with_context(|| base.display().to_string())?;
+    let out = Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "-F", "qcow2", "-b"])
+        .arg(&base)
+        .arg(dest)
+        .output()
+        .context("running qemu-img")?;
+    ensure!(
+        out.status.success(),
+        "qemu-img create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A running (or finished) guest.
+#[derive(Debug)]
+pub struct Vm {
+    /// Test name (log file name).
+    pub name: String,
+    /// The image it booted.
+    pub image: Image,
+    /// Scratch directory (overlay, console log).
+    pub dir: tempfile::TempDir,
+    /// The serial console log.
+    pub console_path: PathBuf,
+    /// The disk it booted.
+    pub disk: PathBuf,
+    /// SSH port on 127.0.0.1.
+    pub port: u16,
+    /// Host time when QEMU started.
+    pub started: Instant,
+    child: Option<Child>,
+}
+
+impl Vm {
+    /// Boot a fresh overlay of the image.
+    pub fn boot(name: &str, image: &Image, opts: BootOptions) -> Result<Vm> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("keel-vm-{name}-"))
+            .tempdir()?;
+        let disk = match &opts.disk {
+            Some(d) => d.clone(),
+            None => {
+                let d = dir.path().join("disk.qcow2");
+                overlay(&image.path("qcow2")?, &d)?;
+                d
+            }
+        };
+        Self::start(name, image, dir, disk, &opts)
+    }
+
+    /// Boot an existing disk again (a second boot of the same machine).
+    pub fn reboot_disk(name: &str, image: &Image, disk: &Path, opts: BootOptions) -> Result<Vm> {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("keel-vm-{name}-"))
+            .tempdir()?;
+        Self::start(name, image, dir, disk.to_path_buf(), &opts)
+    }
+
+    fn start(
+        name: &str,
+        image: &Image,
+        dir: tempfile::TempDir,
+        disk: PathBuf,
+        opts: &BootOptions,
+    ) -> Result<Vm> {
+        let console_path = dir.path().join("console.log");
+        let port = free_port()?;
+        let mut cmdline = opts.cmdline.clone().unwrap_or_else(|| image.cmdline());
+        if !opts.extra_cmdline.is_empty() {
+            cmdline = format!("{cmdline} {}", opts.extra_cmdline);
+        }
+        let mut cmd = qemu_command(
+            image,
+            &disk,
+            &cmdline,
+            port,
+            opts.memory_mib.unwrap_or(1024),
+        )?;
+        cmd.arg("-serial")
+            .arg(format!("file:{}", console_path.display()))
+            .args(&opts.qemu_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        Ok(Vm {
+            name: name.into(),
+            image: image.clone(),
+            dir,
+            console_path,
+            disk,
+            port,
+            started,
+            child: Some(child),
+        })
+    }
+
+    /// The console so far.
+    pub fn console(&self) -> String {
+        fs::read(&self.console_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    fn check_alive(&mut self) -> Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            if let Some(st) = c.try_wait()? {
+                let mut err = String::new();
+                if let Some(mut e) = c.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                bail!(
+                    "QEMU exited ({st}): {}\n--- console tail ---\n{}",
+                    err.trim(),
+                    tail(&self.console(), 40)
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until the console contains `pattern`; fail early if QEMU exits.
+    pub fn wait_console(&mut self, pattern: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.console().contains(pattern) {
+                return Ok(self.started.elapsed());
+            }
+            self.check_alive()?;
+            if start.elapsed() > timeout {
+                bail!(
+                    "{pattern:?} not on the console after {timeout:?}\n--- console tail ---\n{}",
+                    tail(&self.console(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn ssh_command(&self, cmd: &str) -> Result<Command> {
+        let key = self
+            .image
+            .ssh_key()
+            .context("the image has no development SSH key")?;
+        let mut c = Command::new("ssh");
+        c.args([
+            "-q",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "LogLevel=ERROR",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "ConnectTimeout=5",
+            "-o",
+            "IdentitiesOnly=yes",
+        ])
+        .arg("-i")
+        .arg(key)
+        .args(["-p", &self.port.to_string(), "core@127.0.0.1", "--", cmd])
+        .stdin(Stdio::null());
+        Ok(c)
+    }
+
+    /// Run `cmd` as core over SSH.
+    pub fn ssh(&self, cmd: &str) -> Result<Output> {
+        self.ssh_command(cmd)?.output().context("running ssh")
+    }
+
+    /// Run `cmd` over SSH; fail unless it exits 0; return its stdout.
+    pub fn ssh_ok(&self, cmd: &str) -> Result<String> {
+        let out = self.ssh(cmd)?;
+        ensure!(
+            out.status.success(),
+            "`{cmd}` failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Wait until SSH as core works; fail early on a console problem or exit.
+    pub fn wait_ssh(&mut self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            self.check_alive()?;
+            let fatal: Vec<String> = scan_console(&self.console())
+                .into_iter()
+                .filter(|p| !p.starts_with("failed unit"))
+                .collect();
+            if !fatal.is_empty() {
+                bail!(
+                    "boot failed: {}\n--- console tail ---\n{}",
+                    fatal.join("\n"),
+                    tail(&self.console(), 40)
+                );
+            }
+            if let Ok(out) = self.ssh("true") {
+                if out.status.success() {
+                    return Ok(self.started.elapsed());
+                }
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "no SSH after {timeout:?}\n--- console tail ---\n{}",
+                    tail(&self.console(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Wait for SSH, then for systemd to finish starting up; returns the
+    /// state (`running` or `degraded`).
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<String> {
+        self.wait_ssh(timeout)?;
+        let out = self.ssh("systemctl is-system-running --wait")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    /// Power off cleanly (bounded), then kill.
+    pub fn shutdown(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            if matches!(c.try_wait(), Ok(None)) {
+                let _ = self.ssh("sudo systemctl poweroff --no-block");
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(60) {
+                    if let Ok(Some(_)) = c.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kill QEMU at once (a power cut).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Shut down, keep the console log, and fail if the console shows any
+    /// problem; `allowed` lists substrings of problems this test expects.
+    pub fn finish_allowing(mut self, allowed: &[&str]) -> Result<String> {
+        self.shutdown();
+        let text = self.console();
+        self.save_log(&text);
+        let problems: Vec<String> = scan_console(&text)
+            .into_iter()
+            .filter(|p| !allowed.iter().any(|a| p.contains(a)))
+            .collect();
+        ensure!(
+            problems.is_empty(),
+            "console of {} shows problems:\n{}\n(full log: {})",
+            self.name,
+            problems.join("\n"),
+            self.log_path().display()
+        );
+        Ok(text)
+    }
+
+    /// [`Vm::finish_allowing`] with nothing allowed.
+    pub fn finish(self) -> Result<String> {
+        self.finish_allowing(&[])
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.image
+            .dir
+            .join("vm-logs")
+            .join(format!("{}.log", self.name))
+    }
+
+    fn save_log(&self, text: &str) {
+        let p = self.log_path();
+        if let Some(d) = p.parent() {
+            let _ = fs::create_dir_all(d);
+        }
+        let _ = fs::write(p, text);
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+        let text = self.console();
+        self.save_log(&text);
+    }
+}
+
+/// The QEMU command shared by tests and `keel-vm` (serial not yet set).
+pub fn qemu_command(
+    image: &Image,
+    disk: &Path,
+    cmdline: &str,
+    port: u16,
+    memory_mib: u32,
+) -> Result<Command> {
+    let accel = accel(image);
+    let mut cmd = Command::new("qemu-system-x86_64");
+    cmd.args(["-machine", &format!("q35,accel={accel}")])
+        .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
+        .args(["-smp", "2", "-m", &memory_mib.to_string()])
+        .args(["-nodefaults", "-display", "none", "-no-reboot"])
+        .arg("-kernel")
+        .arg(image.path("kernel")?)
+        .arg("-initrd")
+        .arg(image.path("initramfs")?)
+        .args(["-append", cmdline])
+        .arg("-drive")
+        .arg(format!("if=virtio,file={},format=qcow2", disk.display()))
+        .args([
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
+        ])
+        .args(["-device", "virtio-net-pci,netdev=n0"])
+        .args(["-device", "virtio-rng-pci"]);
+    Ok(cmd)
+}
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_scan_finds_problems() {
+        let text = "ok line\n[   12.3] Kernel panic - not syncing: VFS\n[FAILED] Failed to start foo.service - Foo.\nkeel-init: emergency: opening USR: /dev/vda: boom\n";
+        let p = scan_console(text);
+        assert!(p.iter().any(|l| l.starts_with("kernel panic: ")));
+        assert!(p.iter().any(|l| l.starts_with("failed unit: ")));
+        assert!(p
+            .iter()
+            .any(|l| l.starts_with("keel-init emergency state: ")));
+        assert!(scan_console("[  OK  ] Started foo.service\n").is_empty());
+    }
+
+    #[test]
+    fn tail_lines() {
+        assert_eq!(tail("a\nb\nc", 2), "b\nc");
+        assert_eq!(tail("a", 5), "a");
+    }
+}

@@ -1,0 +1,720 @@
+//! The boot sequence itself: the effectful top level of keel-init.
+//!
+//! Each step is named; a failure carries the step and the device so the
+//! console message says what failed where ([`BootError`]).
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use keel_gpt::prio::{boot_order, Prio};
+use keel_gpt::{types, Gpt};
+use nix::mount::{mount, umount, MsFlags};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::cmdline::Cmdline;
+use crate::console::uptime;
+use crate::dm::Control;
+use crate::verity::{Superblock, SUPERBLOCK_SIZE};
+
+/// Where the new root is assembled.
+pub const SYSROOT: &str = "/sysroot";
+/// The factory /etc inside USR (the overlay's lower layer).
+pub const FACTORY_ETC: &str = "usr/share/keel/factory/etc";
+/// keel-init's state directory on ROOT.
+pub const STATE_DIR: &str = ".keel";
+/// Marker on ROOT: first-boot work has completed.
+pub const FIRST_BOOT_DONE: &str = ".keel/first-boot.done";
+/// Name of the device-mapper device for /usr.
+pub const DM_NAME: &str = "usr";
+
+/// A failed boot step.
+#[derive(Debug)]
+pub struct BootError {
+    /// The step that failed.
+    pub step: &'static str,
+    /// The device involved, if any.
+    pub device: Option<String>,
+    /// What went wrong.
+    pub source: anyhow::Error,
+}
+
+impl std::fmt::Display for BootError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.device {
+            Some(d) => write!(f, "{}: {}: {:#}", self.step, d, self.source),
+            None => write!(f, "{}: {:#}", self.step, self.source),
+        }
+    }
+}
+
+trait StepExt<T> {
+    fn step(self, step: &'static str, device: Option<&str>) -> Result<T, BootError>;
+}
+
+impl<T> StepExt<T> for Result<T> {
+    fn step(self, step: &'static str, device: Option<&str>) -> Result<T, BootError> {
+        self.map_err(|source| BootError {
+            step,
+            device: device.map(str::to_string),
+            source,
+        })
+    }
+}
+
+/// A USR slot attempt that did not work, recorded in boot.json.
+#[derive(Debug, Clone, Serialize)]
+pub struct SlotFailure {
+    /// The slot ("A" or "B").
+    pub slot: String,
+    /// Why it was not used.
+    pub reason: String,
+}
+
+/// `/run/keel/boot.json`: what this boot did, for the running system's tools.
+#[derive(Debug, Clone, Serialize)]
+pub struct BootRecord {
+    /// Format version.
+    pub version: u32,
+    /// The booted USR slot.
+    pub slot: String,
+    /// Whether this boot did first-boot work.
+    pub first_boot: bool,
+    /// The disk (e.g. /dev/vda).
+    pub disk: String,
+    /// The USR partition used.
+    pub usr_device: String,
+    /// Its verity hash partition.
+    pub usr_verity_device: String,
+    /// The verity root hash it was checked against.
+    pub usr_root_hash: String,
+    /// Whether this boot consumed one of the slot's tries.
+    pub consumed_try: bool,
+    /// Slots tried before the booted one, with reasons.
+    pub failed_slots: Vec<SlotFailure>,
+    /// Seconds since kernel start at each step's end.
+    pub timings: BTreeMap<String, f64>,
+}
+
+/// The boot disk and its partitions.
+#[derive(Debug)]
+pub struct Disk {
+    /// Device node, e.g. /dev/vda.
+    pub node: String,
+    /// The table.
+    pub gpt: Gpt,
+    /// Partition number → device node.
+    pub parts: BTreeMap<u32, String>,
+}
+
+impl Disk {
+    /// Device node of the partition labelled `label`, or an error naming it.
+    pub fn node_of(&self, label: &str) -> Result<String> {
+        let p = self
+            .gpt
+            .by_name(label)
+            .ok_or_else(|| anyhow!("no partition labelled {label} on {}", self.node))?;
+        self.parts
+            .get(&p.number)
+            .cloned()
+            .ok_or_else(|| anyhow!("partition {label} ({}) has no device node", p.number))
+    }
+}
+
+fn mnt(src: &str, target: &str, fstype: &str, flags: MsFlags, data: Option<&str>) -> Result<()> {
+    fs::create_dir_all(target).with_context(|| format!("creating {target}"))?;
+    mount(Some(src), target, Some(fstype), flags, data)
+        .with_context(|| format!("mounting {src} ({fstype}) on {target}"))
+}
+
+/// Step 1: /proc, /sys, /dev, /run.
+pub fn mount_api() -> Result<()> {
+    let nse = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mnt("proc", "/proc", "proc", nse, None)?;
+    mnt("sysfs", "/sys", "sysfs", nse, None)?;
+    mnt(
+        "devtmpfs",
+        "/dev",
+        "devtmpfs",
+        MsFlags::MS_NOSUID,
+        Some("mode=0755"),
+    )?;
+    mnt(
+        "tmpfs",
+        "/run",
+        "tmpfs",
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=0755,size=20%,nr_inodes=800k"),
+    )?;
+    Ok(())
+}
+
+/// Step 2: load the initramfs's modules. A module that fails to load is a
+/// warning: what needed it fails later with a message about the device.
+pub fn load_modules() -> Result<usize> {
+    let rel = nix::sys::utsname::uname()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let dir = PathBuf::from("/usr/lib/modules").join(&rel);
+    let dep = fs::read_to_string(dir.join("modules.dep"))
+        .with_context(|| format!("reading {}/modules.dep", dir.display()))?;
+    let wanted: Vec<String> = fs::read_to_string("/usr/lib/keel/initrd-modules")
+        .context("reading /usr/lib/keel/initrd-modules")?
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    let order = crate::modules::load_order(&dep, &wanted)?;
+    let mut loaded = 0;
+    for m in &order {
+        let path = dir.join(m);
+        let f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!("opening module {}: {e}", path.display());
+                continue;
+            }
+        };
+        match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+            Ok(()) => loaded += 1,
+            Err(nix::Error::EEXIST) => {}
+            Err(e) => warn!("loading module {}: {e}", path.display()),
+        }
+    }
+    Ok(loaded)
+}
+
+fn sys_read(p: &Path) -> Option<String> {
+    fs::read_to_string(p).ok().map(|s| s.trim().to_string())
+}
+
+/// Whole disks under /sys/class/block that could hold Keel's GPT.
+fn candidate_disks() -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir("/sys/class/block")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            !Path::new("/sys/class/block")
+                .join(n)
+                .join("partition")
+                .exists()
+                && !n.starts_with("loop")
+                && !n.starts_with("ram")
+                && !n.starts_with("dm-")
+                && !n.starts_with("sr")
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn partitions_of(disk: &str) -> BTreeMap<u32, String> {
+    let mut m = BTreeMap::new();
+    let base = Path::new("/sys/class/block").join(disk);
+    for e in fs::read_dir(&base).into_iter().flatten().flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(n) = sys_read(&e.path().join("partition")).and_then(|s| s.parse().ok()) {
+            m.insert(n, format!("/dev/{name}"));
+        }
+    }
+    m
+}
+
+fn sector_size(disk: &str) -> u64 {
+    sys_read(
+        &Path::new("/sys/class/block")
+            .join(disk)
+            .join("queue/logical_block_size"),
+    )
+    .and_then(|s| s.parse().ok())
+    .unwrap_or(512)
+}
+
+/// Step 3: wait (bounded) for a disk whose GPT has a USR-A partition of the
+/// USR type, and for its partition nodes.
+pub fn find_disk(timeout: Duration) -> Result<Disk> {
+    let start = Instant::now();
+    let mut last_problem = String::from("no block devices appeared");
+    loop {
+        for d in candidate_disks() {
+            let node = format!("/dev/{d}");
+            let Ok(f) = File::open(&node) else { continue };
+            match Gpt::read(&f, sector_size(&d)) {
+                Ok((gpt, report)) => {
+                    if let Some(e) = &report.primary_error {
+                        warn!("{node}: using the backup GPT: {e}");
+                    }
+                    let is_keel = gpt
+                        .by_name("USR-A")
+                        .is_some_and(|p| p.type_guid == types::USR_X86_64);
+                    if !is_keel {
+                        last_problem = format!("{node} has a GPT without a USR-A partition");
+                        continue;
+                    }
+                    let parts = partitions_of(&d);
+                    let want: Vec<u32> = gpt.partitions.iter().map(|p| p.number).collect();
+                    if want
+                        .iter()
+                        .all(|n| parts.get(n).is_some_and(|p| Path::new(p).exists()))
+                    {
+                        return Ok(Disk { node, gpt, parts });
+                    }
+                    last_problem = format!("waiting for the partitions of {node}");
+                }
+                Err(e) => last_problem = format!("{node}: {e}"),
+            }
+        }
+        if start.elapsed() >= timeout {
+            bail!(
+                "no disk with Keel's partition table (a USR-A partition) after {}s: {last_problem}",
+                timeout.as_secs()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Make sure ROOT has the directories and /usr-merge links the system needs;
+/// idempotent (a fresh or wiped ROOT gets them, an existing one is unchanged).
+pub fn prepare_root(sysroot: &Path) -> Result<()> {
+    for (d, mode) in [
+        ("usr", 0o755),
+        ("oem", 0o755),
+        ("etc", 0o755),
+        ("var", 0o755),
+        ("var/lib/keel", 0o755),
+        ("home", 0o755),
+        ("root", 0o700),
+        ("srv", 0o755),
+        ("tmp", 0o1777),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("dev", 0o755),
+        ("run", 0o755),
+        ("mnt", 0o755),
+        ("media", 0o755),
+        ("opt", 0o755),
+        ("boot", 0o755),
+        (STATE_DIR, 0o700),
+    ] {
+        let p = sysroot.join(d);
+        if !p.exists() {
+            fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
+        }
+    }
+    for (l, t) in [
+        ("bin", "usr/bin"),
+        ("sbin", "usr/sbin"),
+        ("lib", "usr/lib"),
+        ("lib64", "usr/lib64"),
+    ] {
+        let p = sysroot.join(l);
+        if p.symlink_metadata().is_err() {
+            symlink(t, &p).with_context(|| format!("linking {} -> {t}", p.display()))?;
+        }
+    }
+    Ok(())
+}
+
+fn devnum(node: &str) -> Result<String> {
+    let m = fs::metadata(node).with_context(|| format!("stat {node}"))?;
+    let rdev = m.rdev();
+    Ok(format!(
+        "{}:{}",
+        nix::sys::stat::major(rdev),
+        nix::sys::stat::minor(rdev)
+    ))
+}
+
+fn dev_node(major: u32, minor: u32) -> Result<String> {
+    let uevent = fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        .with_context(|| format!("reading uevent of {major}:{minor}"))?;
+    let name = uevent
+        .lines()
+        .find_map(|l| l.strip_prefix("DEVNAME="))
+        .ok_or_else(|| anyhow!("no DEVNAME for block device {major}:{minor}"))?;
+    let node = format!("/dev/{name}");
+    // devtmpfs creates the node asynchronously; wait briefly for it.
+    for _ in 0..100 {
+        if Path::new(&node).exists() {
+            return Ok(node);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    bail!("{node} did not appear")
+}
+
+/// Open slot `slot` through dm-verity and mount it read-only on
+/// `<sysroot>/usr`. On failure nothing stays mounted or mapped.
+pub fn open_usr(
+    disk: &Disk,
+    slot: char,
+    cmd: &Cmdline,
+    sysroot: &Path,
+) -> Result<(String, String, String)> {
+    let usr = disk.node_of(&format!("USR-{slot}"))?;
+    let hash_dev = disk.node_of(&format!("USR-{slot}-VERITY"))?;
+    let root_hash = cmd.usrhash(slot).ok_or_else(|| {
+        anyhow!(
+            "no root hash for USR-{slot} on the kernel command line (keel.usrhash.{}=): refusing to mount unverified data",
+            slot.to_ascii_lowercase()
+        )
+    })?;
+    let mut sb = vec![0u8; SUPERBLOCK_SIZE];
+    File::open(&hash_dev)
+        .and_then(|mut f| f.read_exact(&mut sb))
+        .with_context(|| format!("reading the verity superblock of {hash_dev}"))?;
+    let sb = Superblock::parse(&hash_dev, &sb)?;
+    let part_bytes = disk
+        .gpt
+        .by_name(&format!("USR-{slot}"))
+        .map(|p| p.sectors() * disk.gpt.sector_size)
+        .unwrap_or(0);
+    if sb.data_bytes() > part_bytes {
+        bail!(
+            "verity superblock on {hash_dev} covers {} bytes, more than {usr} holds ({part_bytes})",
+            sb.data_bytes()
+        );
+    }
+    let (sectors, params) = sb.table(&devnum(&usr)?, &devnum(&hash_dev)?, root_hash);
+    let ctl = Control::open()?;
+    let dev = ctl.create_readonly(DM_NAME, "verity", sectors, &params)?;
+    let dm_node = dev_node(dev.major, dev.minor)?;
+    let target = sysroot.join("usr");
+    let res = (|| -> Result<()> {
+        mount(
+            Some(dm_node.as_str()),
+            &target,
+            Some("erofs"),
+            MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+            None::<&str>,
+        )
+        .with_context(|| {
+            format!(
+                "mounting {dm_node} (verified {usr}) on {}",
+                target.display()
+            )
+        })?;
+        // Read systemd through the verified device: a corrupted image shows
+        // here as an I/O error from dm-verity instead of after switch_root.
+        let init = target.join("lib/systemd/systemd");
+        let mut buf = Vec::new();
+        if let Err(e) = File::open(&init).and_then(|mut f| f.read_to_end(&mut buf)) {
+            let _ = umount(&target);
+            bail!("reading {} from the verified {usr}: {e}", init.display());
+        }
+        Ok(())
+    })();
+    if let Err(e) = res {
+        let _ = ctl.remove(DM_NAME);
+        return Err(e);
+    }
+    Ok((usr, hash_dev, root_hash.to_string()))
+}
+
+/// The A/B decision: try slots in gptprio order; an unproven slot loses a
+/// try (written to both GPT headers) before it is used; a slot that fails
+/// verification or mounting is recorded and the next one is tried.
+pub fn choose_and_mount_usr(
+    disk: &mut Disk,
+    cmd: &Cmdline,
+    sysroot: &Path,
+) -> Result<(char, bool, (String, String, String), Vec<SlotFailure>)> {
+    let slots: Vec<(char, Prio)> = ['A', 'B']
+        .iter()
+        .filter_map(|s| {
+            disk.gpt
+                .by_name(&format!("USR-{s}"))
+                .map(|p| (*s, Prio::from_attributes(p.attributes)))
+        })
+        .collect();
+    let order = boot_order(&slots);
+    let mut failures = Vec::new();
+    for (s, p) in &slots {
+        if !order.contains(s) {
+            info!("USR-{s} is not bootable ({p})");
+        }
+    }
+    for slot in order {
+        let label = format!("USR-{slot}");
+        let number = disk
+            .gpt
+            .by_name(&label)
+            .map(|p| p.number)
+            .ok_or_else(|| anyhow!("no partition labelled {label}"))?;
+        let part = disk.gpt.by_number_mut(number)?;
+        let mut prio = Prio::from_attributes(part.attributes);
+        let consumed = prio.consume_try();
+        if consumed {
+            part.attributes = prio.apply(part.attributes)?;
+            let mut f = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&disk.node)
+                .with_context(|| format!("opening {} to record a boot try", disk.node))?;
+            disk.gpt
+                .write(&mut f)
+                .with_context(|| format!("writing the GPT of {}", disk.node))?;
+            info!(
+                "{label}: trying an unproven slot, {} tries left",
+                prio.tries
+            );
+        }
+        match open_usr(disk, slot, cmd, sysroot) {
+            Ok(devs) => return Ok((slot, consumed, devs, failures)),
+            Err(e) => {
+                warn!("{label}: not usable: {e:#}");
+                failures.push(SlotFailure {
+                    slot: slot.to_string(),
+                    reason: format!("{e:#}"),
+                });
+            }
+        }
+    }
+    let detail: Vec<String> = failures
+        .iter()
+        .map(|f| format!("USR-{}: {}", f.slot, f.reason))
+        .collect();
+    if detail.is_empty() {
+        let states: Vec<String> = slots.iter().map(|(s, p)| format!("USR-{s} {p}")).collect();
+        bail!("no bootable USR slot ({})", states.join(", "));
+    }
+    bail!(
+        "no USR slot could be verified and mounted: {}",
+        detail.join("; ")
+    )
+}
+
+/// Mount `/etc` as an overlay: the factory defaults in USR below, the
+/// machine's changes on ROOT above.
+pub fn mount_etc(sysroot: &Path) -> Result<()> {
+    let upper = sysroot.join(STATE_DIR).join("etc-upper");
+    let work = sysroot.join(STATE_DIR).join("etc-work");
+    fs::create_dir_all(&upper)?;
+    fs::create_dir_all(&work)?;
+    let lower = sysroot.join(FACTORY_ETC);
+    if !lower.is_dir() {
+        bail!("{} is missing from USR", lower.display());
+    }
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.display(),
+        upper.display(),
+        work.display()
+    );
+    let target = sysroot.join("etc");
+    mount(
+        Some("overlay"),
+        &target,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(opts.as_str()),
+    )
+    .with_context(|| format!("mounting the /etc overlay on {} ({opts})", target.display()))
+}
+
+/// Write `contents` to `path` atomically (temp file, fsync, rename, fsync dir).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path.parent().context("path has a parent")?;
+    fs::create_dir_all(dir)?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default()
+    ));
+    let mut f = File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn remove_tree_same_dev(p: &Path, dev: u64) {
+    let Ok(m) = p.symlink_metadata() else { return };
+    if m.dev() != dev {
+        return;
+    }
+    if m.is_dir() {
+        for e in fs::read_dir(p).into_iter().flatten().flatten() {
+            remove_tree_same_dev(&e.path(), dev);
+        }
+        let _ = fs::remove_dir(p);
+    } else {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// Move the API mounts into the new root, free the initramfs, make
+/// `/sysroot` the root and exec systemd. Returns only on failure.
+pub fn switch_root(sysroot: &Path) -> anyhow::Error {
+    let res = (|| -> Result<()> {
+        for m in ["/dev", "/proc", "/sys", "/run"] {
+            let target = sysroot.join(&m[1..]);
+            mount(
+                Some(m),
+                &target,
+                None::<&str>,
+                MsFlags::MS_MOVE,
+                None::<&str>,
+            )
+            .with_context(|| format!("moving {m} to {}", target.display()))?;
+        }
+        let root_dev = fs::metadata("/")?.dev();
+        for e in fs::read_dir("/")?.flatten() {
+            if e.path() != sysroot {
+                remove_tree_same_dev(&e.path(), root_dev);
+            }
+        }
+        nix::unistd::chdir(sysroot)?;
+        mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+            .context("moving /sysroot to /")?;
+        nix::unistd::chroot(".")?;
+        nix::unistd::chdir("/")?;
+        Ok(())
+    })();
+    if let Err(e) = res {
+        return e;
+    }
+    let init = c"/usr/lib/systemd/systemd";
+    match nix::unistd::execv(init, &[init]) {
+        Ok(never) => match never {},
+        Err(e) => anyhow!("executing /usr/lib/systemd/systemd: {e}"),
+    }
+}
+
+/// The whole boot up to switch_root. Returns the record written to boot.json.
+pub fn run() -> Result<BootRecord, BootError> {
+    let mut timings = BTreeMap::new();
+    let mut mark = |name: &str| {
+        timings.insert(name.to_string(), uptime().as_secs_f64());
+    };
+    mark("start");
+    mount_api().step("mounting /proc, /sys, /dev, /run", None)?;
+    let text = fs::read_to_string("/proc/cmdline")
+        .context("reading /proc/cmdline")
+        .step("reading the kernel command line", None)?;
+    let cmd = Cmdline::parse(&text)
+        .map_err(anyhow::Error::from)
+        .step("reading the kernel command line", None)?;
+    let n = load_modules().step("loading kernel modules", None)?;
+    info!("loaded {n} kernel modules");
+    mark("modules");
+
+    let mut disk = find_disk(cmd.disk_timeout).step("finding the boot disk", None)?;
+    info!("boot disk {}", disk.node);
+    mark("disk");
+
+    let sysroot = Path::new(SYSROOT);
+    let root = disk
+        .node_of("ROOT")
+        .step("mounting ROOT", Some(&disk.node))?;
+    mnt(&root, SYSROOT, "ext4", MsFlags::empty(), None).step("mounting ROOT", Some(&root))?;
+    prepare_root(sysroot).step("preparing ROOT", Some(&root))?;
+    let first_boot = cmd.first_boot || !sysroot.join(FIRST_BOOT_DONE).exists();
+    info!(
+        "mounted ROOT {root} on {SYSROOT}{}",
+        if first_boot { " (first boot)" } else { "" }
+    );
+    mark("root");
+
+    let (slot, consumed_try, (usr, usr_verity, hash), failed_slots) =
+        choose_and_mount_usr(&mut disk, &cmd, sysroot).step("opening USR", Some(&disk.node))?;
+    info!("mounted USR-{slot} ({usr}, verified by {usr_verity}) on {SYSROOT}/usr read-only");
+    mark("usr");
+
+    match disk.node_of("OEM") {
+        Ok(oem) => {
+            mnt(
+                &oem,
+                &format!("{SYSROOT}/oem"),
+                "ext4",
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
+                None,
+            )
+            .step("mounting OEM", Some(&oem))?;
+            info!("mounted OEM {oem} on {SYSROOT}/oem read-only");
+        }
+        Err(e) => warn!("no OEM partition: {e:#}; continuing without /oem"),
+    }
+    mount_etc(sysroot).step("assembling /etc", None)?;
+    mark("etc");
+
+    if first_boot {
+        write_atomic(&sysroot.join(FIRST_BOOT_DONE), b"")
+            .step("recording first boot", Some(&root))?;
+    }
+    mark("switch_root");
+    let record = BootRecord {
+        version: 1,
+        slot: slot.to_string(),
+        first_boot,
+        disk: disk.node.clone(),
+        usr_device: usr,
+        usr_verity_device: usr_verity,
+        usr_root_hash: hash,
+        consumed_try,
+        failed_slots,
+        timings,
+    };
+    let json = serde_json::to_vec_pretty(&record)
+        .map_err(anyhow::Error::from)
+        .step("writing /run/keel/boot.json", None)?;
+    write_atomic(Path::new("/run/keel/boot.json"), &json)
+        .step("writing /run/keel/boot.json", None)?;
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepare_root_is_idempotent() {
+        let d = tempfile::tempdir().unwrap();
+        prepare_root(d.path()).unwrap();
+        assert_eq!(
+            fs::read_link(d.path().join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
+        let m = fs::metadata(d.path().join("tmp")).unwrap();
+        assert_eq!(m.permissions().mode() & 0o7777, 0o1777);
+        fs::write(d.path().join("etc/keep"), "x").unwrap();
+        prepare_root(d.path()).unwrap();
+        assert_eq!(fs::read_to_string(d.path().join("etc/keep")).unwrap(), "x");
+    }
+
+    #[test]
+    fn boot_error_names_step_and_device() {
+        let e = BootError {
+            step: "mounting ROOT",
+            device: Some("/dev/vda7".into()),
+            source: anyhow!("EINVAL").context("mounting /dev/vda7 (ext4) on /sysroot"),
+        };
+        assert_eq!(
+            e.to_string(),
+            "mounting ROOT: /dev/vda7: mounting /dev/vda7 (ext4) on /sysroot: EINVAL"
+        );
+    }
+
+    #[test]
+    fn atomic_write_replaces() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x/boot.json");
+        write_atomic(&p, b"one").unwrap();
+        write_atomic(&p, b"two").unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        assert_eq!(fs::read_dir(p.parent().unwrap()).unwrap().count(), 1);
+    }
+}

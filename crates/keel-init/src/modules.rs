@@ -1,0 +1,100 @@
+//! Loading kernel modules with their dependencies, from the initramfs's
+//! trimmed `modules.dep`, in dependency order.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use thiserror::Error;
+
+/// A module that cannot be resolved.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum ModError {
+    /// Not in modules.dep.
+    #[error("module {0} is not in modules.dep")]
+    Unknown(String),
+    /// Dependency cycle (a corrupt modules.dep).
+    #[error("dependency cycle through {0} in modules.dep")]
+    Cycle(String),
+}
+
+fn name_of(path: &str) -> String {
+    let base = path.rsplit('/').next().unwrap_or(path);
+    base.split(".ko").next().unwrap_or(base).replace('-', "_")
+}
+
+/// Module paths to load for `wanted`, each after its dependencies.
+pub fn load_order(modules_dep: &str, wanted: &[String]) -> Result<Vec<String>, ModError> {
+    let mut deps: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut by_name: BTreeMap<String, String> = BTreeMap::new();
+    for line in modules_dep.lines() {
+        let Some((m, rest)) = line.split_once(':') else {
+            continue;
+        };
+        let m = m.trim().to_string();
+        by_name.insert(name_of(&m), m.clone());
+        deps.insert(m, rest.split_whitespace().map(str::to_string).collect());
+    }
+    let mut order = Vec::new();
+    let mut done = BTreeSet::new();
+    fn visit(
+        m: &str,
+        deps: &BTreeMap<String, Vec<String>>,
+        done: &mut BTreeSet<String>,
+        path: &mut Vec<String>,
+        order: &mut Vec<String>,
+    ) -> Result<(), ModError> {
+        if done.contains(m) {
+            return Ok(());
+        }
+        if path.iter().any(|p| p == m) {
+            return Err(ModError::Cycle(m.into()));
+        }
+        path.push(m.into());
+        for d in deps.get(m).into_iter().flatten() {
+            visit(d, deps, done, path, order)?;
+        }
+        path.pop();
+        done.insert(m.into());
+        order.push(m.into());
+        Ok(())
+    }
+    for w in wanted {
+        let p = by_name
+            .get(&w.replace('-', "_"))
+            .ok_or_else(|| ModError::Unknown(w.clone()))?;
+        visit(p, &deps, &mut done, &mut Vec::new(), &mut order)?;
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dependencies_first_once() {
+        let dep = "a/ext4.ko: b/jbd2.ko c/mbcache.ko\nb/jbd2.ko:\nc/mbcache.ko:\nd/dm-verity.ko: e/dm-mod.ko\ne/dm-mod.ko:\n";
+        let o = load_order(dep, &["ext4".into(), "dm_verity".into(), "jbd2".into()]).unwrap();
+        assert_eq!(
+            o,
+            vec![
+                "b/jbd2.ko",
+                "c/mbcache.ko",
+                "a/ext4.ko",
+                "e/dm-mod.ko",
+                "d/dm-verity.ko"
+            ]
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(
+            load_order("a.ko:\n", &["b".into()]).unwrap_err(),
+            ModError::Unknown("b".into())
+        );
+        assert_eq!(
+            load_order("a.ko: b.ko\nb.ko: a.ko\n", &["a".into()]).unwrap_err(),
+            ModError::Cycle("a.ko".into())
+        );
+    }
+}

@@ -1,0 +1,86 @@
+//! keel-vm: boot the built image in QEMU.
+//!
+//! `--interactive`: the serial console on this terminal (Ctrl-A X quits QEMU).
+//! `--wait`: headless; waits until SSH answers and systemd finished starting,
+//! prints how long that took, powers the machine off and exits 0 (1 on failure).
+//! Either way the machine boots a copy-on-write overlay, so the image stays
+//! pristine.
+
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use keel_tests::{overlay, qemu_command, BootOptions, Image, Vm};
+
+#[derive(Parser)]
+#[command(about = "Boot Keel's image in QEMU")]
+struct Cli {
+    /// The build directory (holds image.json).
+    #[arg(long, default_value = "build")]
+    build: PathBuf,
+    /// Console on this terminal.
+    #[arg(long, conflicts_with = "wait")]
+    interactive: bool,
+    /// Headless: wait for the machine to be ready, then power off and exit 0.
+    #[arg(long)]
+    wait: bool,
+    /// Seconds to wait for readiness with --wait.
+    #[arg(long, default_value_t = 300)]
+    timeout: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("keel-vm: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let image = Image::load(&cli.build)?;
+    if cli.wait {
+        let mut vm = Vm::boot("keel-vm", &image, BootOptions::default())?;
+        eprintln!("keel-vm: booting (console: {})", vm.console_path.display());
+        let ssh = vm.wait_ssh(Duration::from_secs(cli.timeout))?;
+        let state = vm.ssh_ok("systemctl is-system-running --wait || true")?;
+        let ready = vm.started.elapsed();
+        let os = vm.ssh_ok(". /etc/os-release && echo $PRETTY_NAME")?;
+        eprintln!(
+            "keel-vm: {} is up: SSH after {:.1}s, system {} after {:.1}s (wall time from QEMU start)",
+            os.trim(),
+            ssh.as_secs_f64(),
+            state.trim(),
+            ready.as_secs_f64()
+        );
+        vm.finish().map(|_| ())?;
+        eprintln!("keel-vm: powered off");
+        return Ok(());
+    }
+    let run_dir = cli.build.join("run");
+    std::fs::create_dir_all(&run_dir)?;
+    let disk = run_dir.join("disk.qcow2");
+    let _ = std::fs::remove_file(&disk);
+    overlay(
+        &image
+            .dir
+            .join(image.manifest["qcow2"].as_str().unwrap_or("keel.qcow2")),
+        &disk,
+    )?;
+    let port = 2222;
+    let mut cmd = qemu_command(&image, &disk, &image.cmdline(), port, 1024)?;
+    cmd.args(["-serial", "mon:stdio"]);
+    if let Some(k) = image.ssh_key() {
+        eprintln!(
+            "keel-vm: console below (Ctrl-A X quits). SSH: ssh -i {} -p {port} core@127.0.0.1",
+            k.display()
+        );
+    }
+    Err(cmd.exec()).context("executing qemu-system-x86_64")
+}

@@ -1,6 +1,12 @@
 //! Apply a [`Plan`]: each step done atomically (temp file or link in the
-//! same directory, fsync, rename, fsync the directory), ownership through
-//! the [`System`] trait.
+//! same directory, rename), ownership through the [`System`] trait.
+//!
+//! Durability is batched: instead of fsyncing every file and directory (two
+//! fsyncs per step made a 50-file config take ~400 ms here, four times the
+//! budget), the steps are renamed into place and one sync(2) at the end
+//! makes them all durable, before the result and the run-once marker are
+//! written with a full fsync each. A crash before the marker is durable
+//! means the next boot is still a first boot and provisions again.
 
 use std::fs;
 use std::io::Write;
@@ -48,7 +54,6 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
                     .map_err(fail("changing owner of"))?;
                 fs::set_permissions(&host, fs::Permissions::from_mode(*mode))
                     .map_err(fail("changing mode of"))?;
-                sync_parent(&host).map_err(fail("syncing directory of"))?;
             }
             Action::Write {
                 mode,
@@ -57,7 +62,8 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
                 contents,
                 ..
             } => {
-                write_atomic(&host, contents, *mode, *uid, *gid, sys).map_err(fail("writing"))?;
+                write_atomic(&host, contents, *mode, *uid, *gid, sys, false)
+                    .map_err(fail("writing"))?;
             }
             Action::SetAttrs { mode, uid, gid, .. } => {
                 if uid.is_some() || gid.is_some() {
@@ -80,7 +86,6 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
                 sys.lchown(&tmp, *uid, *gid)
                     .map_err(fail("changing owner of"))?;
                 fs::rename(&tmp, &host).map_err(fail("renaming symlink onto"))?;
-                sync_parent(&host).map_err(fail("syncing directory of"))?;
             }
             Action::HardLink { target, .. } => {
                 let tmp = temp_name(&host);
@@ -88,17 +93,16 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
                 fs::hard_link(base.join(target.trim_start_matches('/')), &tmp)
                     .map_err(fail("creating hard link"))?;
                 fs::rename(&tmp, &host).map_err(fail("renaming hard link onto"))?;
-                sync_parent(&host).map_err(fail("syncing directory of"))?;
             }
-            Action::Remove { .. } => {
-                match fs::remove_file(&host) {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(err) => return Err(fail("removing")(err)),
-                }
-                sync_parent(&host).map_err(fail("syncing directory of"))?;
-            }
+            Action::Remove { .. } => match fs::remove_file(&host) {
+                Ok(()) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(fail("removing")(err)),
+            },
         }
+    }
+    if !plan.steps.is_empty() {
+        rustix::fs::sync();
     }
     Ok(())
 }
@@ -113,7 +117,8 @@ fn temp_name(path: &Path) -> PathBuf {
 
 /// Write `contents` to `path` atomically: a temp file in the same
 /// directory, owner and mode set (owner first: chown clears set-id bits),
-/// fsync, rename, fsync the directory.
+/// rename; with `durable`, fsync the file before and the directory after
+/// the rename.
 pub fn write_atomic(
     path: &Path,
     contents: &[u8],
@@ -121,6 +126,7 @@ pub fn write_atomic(
     uid: u32,
     gid: u32,
     sys: &dyn System,
+    durable: bool,
 ) -> std::io::Result<()> {
     let tmp = temp_name(path);
     let result = (|| {
@@ -132,9 +138,14 @@ pub fn write_atomic(
         f.write_all(contents)?;
         sys.lchown(&tmp, uid, gid)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        sync_parent(path)
+        if durable {
+            sync_parent(path)?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);

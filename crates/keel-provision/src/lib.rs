@@ -362,7 +362,7 @@ fn provision(
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir).map_err(record)?;
         }
-        apply::write_atomic(&path, &json, mode, 0, 0, sys).map_err(record)?;
+        apply::write_atomic(&path, &json, mode, 0, 0, sys, true).map_err(record)?;
     }
     tracing::info!(source = %report.source, steps = report.steps, duration_us = report.duration_us, "provisioned");
     Ok(report)

@@ -636,3 +636,33 @@ fn validate_offline() {
         "c.ign: $.storage.files.1.path: /lib/modules-load.d/x.conf (as /usr/lib/modules-load.d/x.conf, through a symlink) is on the read-only USR partition, not on ROOT"
     );
 }
+
+#[test]
+fn owner_names_resolve_through_sysusers_d() {
+    // core (and its group) exist only as a sysusers.d declaration: created
+    // by systemd-sysusers after provisioning, so files get 500:500 by number
+    // and no passwd entry is written.
+    let env = env();
+    fw_cfg(
+        &env,
+        "opt/keel/config",
+        r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[
+            {"path":"/etc/f","user":{"name":"core"},"group":{"name":"core"},"contents":{"source":"data:,x"}},
+            {"path":"/etc/g","group":{"name":"docker"},"contents":{"source":"data:,y"}}]}}"#,
+    );
+    let sys = Recording::default();
+    first_boot(&env.fb, &sys).unwrap();
+    let root = &env.fb.sysroot;
+    let chowns: Vec<Call> = sys.calls();
+    assert!(
+        chowns.contains(&Call::Chown(root.join("etc/.f.keel-tmp"), 500, 500)),
+        "{chowns:?}"
+    );
+    assert!(
+        chowns.contains(&Call::Chown(root.join("etc/.g.keel-tmp"), 0, 233)),
+        "{chowns:?}"
+    );
+    assert!(!fs::read_to_string(root.join("etc/passwd"))
+        .unwrap()
+        .contains("core"));
+}

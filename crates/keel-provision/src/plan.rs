@@ -297,6 +297,9 @@ struct Accounts {
     group: Table,
     /// Users created in this plan (their homes get created).
     created: Vec<String>,
+    /// `sysusers.d` declarations: accounts systemd-sysusers creates later
+    /// in the boot, with fixed ids where declared.
+    declared: Vec<Declared>,
 }
 
 impl Accounts {
@@ -307,6 +310,12 @@ impl Accounts {
                 .passwd
                 .get(n)
                 .and_then(|f| f[2].parse().ok())
+                .or_else(|| {
+                    self.declared
+                        .iter()
+                        .find(|d| d.kind == 'u' && d.name == *n)
+                        .and_then(|d| d.id)
+                })
                 .ok_or_else(|| {
                     e(
                         at,
@@ -323,12 +332,33 @@ impl Accounts {
                 .group
                 .get(n)
                 .and_then(|f| f[2].parse().ok())
+                .or_else(|| self.declared_gid(n))
                 .ok_or_else(|| {
                     e(
                         at,
                         format!("no group {n:?} in /etc/group, the config or sysusers.d"),
                     )
                 }),
+        }
+    }
+
+    /// The gid sysusers.d gives group `name`: a `g` line, or the group a
+    /// `u` line creates (`u NAME UID:GID`, else gid = uid).
+    fn declared_gid(&self, name: &str) -> Option<u32> {
+        let g = self
+            .declared
+            .iter()
+            .find(|d| d.kind == 'g' && d.name == name);
+        if let Some(g) = g {
+            return g.id;
+        }
+        let u = self
+            .declared
+            .iter()
+            .find(|d| d.kind == 'u' && d.name == name)?;
+        match &u.group {
+            Some(g) => g.parse().ok(),
+            None => u.id,
         }
     }
 
@@ -760,6 +790,7 @@ impl Planner<'_> {
             passwd,
             group,
             created,
+            declared,
         })
     }
 

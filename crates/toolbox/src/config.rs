@@ -904,6 +904,18 @@ TOOLBOX_ENV=""
     }
 
     #[test]
+    fn vendor_file_equals_builtin_defaults() {
+        let vendor = include_str!("../../../overlay/share/keel/toolbox");
+        let mut l = Layers::new(Some("/root"), Some("core"));
+        l.add_text(VENDOR_CONFIG, vendor).unwrap();
+        assert!(l.warnings.is_empty(), "{:?}", l.warnings);
+        let from_file = Settings::from_layers(&l, &Overrides::default(), "core").unwrap();
+        let builtin =
+            Settings::from_layers(&Layers::new(None, None), &Overrides::default(), "core").unwrap();
+        assert_eq!(from_file, builtin);
+    }
+
+    #[test]
     fn long_names_are_shortened() {
         let n = sanitize_name(&"a".repeat(100));
         assert_eq!(n.len(), 64);

@@ -920,6 +920,32 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pax_xattrs_are_applied() {
+        let t = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        b.append_pax_extensions([("SCHILY.xattr.user.keel", &b"yes"[..])])
+            .unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(1);
+        h.set_path("f").unwrap();
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_cksum();
+        b.append(&h, &b"x"[..]).unwrap();
+        let tar = b.into_inner().unwrap();
+        unpack(t.path(), &[tar]).unwrap();
+        let mut buf = [0u8; 16];
+        match rustix::fs::getxattr(t.path().join("f"), "user.keel", &mut buf) {
+            Ok(n) => assert_eq!(&buf[..n], b"yes"),
+            // tmpfs without user xattrs: the unpack must still succeed.
+            Err(e) => assert!(matches!(e, Errno::NOTSUP | Errno::PERM), "{e}"),
+        }
+    }
+
+    #[test]
     fn garbage_is_a_tar_error() {
         let t = tempfile::tempdir().unwrap();
         let err = unpack(t.path(), &[vec![7u8; 1024]]).unwrap_err();

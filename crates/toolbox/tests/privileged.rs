@@ -135,6 +135,7 @@ enum E<'a> {
     Sym(&'a str, &'a str),
     Hard(&'a str, &'a str),
     Char(&'a str),
+    Owned(&'a str, &'a [u8], u32, u64, u64),
 }
 
 fn set_raw(h: &mut tar::Header, off: usize, s: &str) {
@@ -173,6 +174,13 @@ fn tar_of(entries: &[E<'_>]) -> Vec<u8> {
                 h.set_mode(0o755);
                 set_raw(&mut h, 157, t);
                 (p, b"")
+            }
+            E::Owned(p, d, m, u, g) => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(*m);
+                h.set_uid(*u);
+                h.set_gid(*g);
+                (p, d)
             }
             E::Char(p) => {
                 h.set_entry_type(tar::EntryType::Char);
@@ -281,6 +289,9 @@ fn test_layers(big: usize) -> Vec<Vec<u8>> {
         E::Dir("usr/bin/", 0o755),
         E::Hard("usr/bin/busybox-link", "bin/busybox"),
         E::Sym("usr/bin/env", "/bin/busybox"),
+        E::Dir("home/", 0o755),
+        E::Owned("home/data", b"owned by 1000:100\n", 0o640, 1000, 100),
+        E::Owned("bin/sgid", b"sgid\n", 0o2755, 0, 50),
     ]);
     let mut layers = vec![l1, l2];
     if big > 0 {
@@ -487,6 +498,8 @@ fn registry_pull_matches_umoci_unpack() {
         "bin/busybox = usr/bin/busybox-link"
     );
     assert_eq!(ours["usr/bin/env"], "symlink -> /bin/busybox");
+    assert!(ours["home/data"].starts_with("file mode=640 uid=1000 gid=100"));
+    assert!(ours["bin/sgid"].starts_with("file mode=2755 uid=0 gid=50"));
     // list shows it with the digest that was pulled.
     let list = ok(&env.toolbox(&["list"]));
     assert!(
@@ -957,4 +970,183 @@ fn security_registry_answering_garbage() {
         }
         assert!(!env.store.join("t").exists());
     }
+}
+
+/// A registry front that demands a Bearer token (Docker Hub's flow): 401 with
+/// a `WWW-Authenticate: Bearer realm=…` challenge, a token endpoint, and the
+/// real registry behind it for requests carrying the token.
+fn token_auth_front(upstream: u16) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let tokens = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tokens2 = tokens.clone();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { break };
+            let tokens = tokens2.clone();
+            std::thread::spawn(move || {
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if c.read(&mut b).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(b[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                let authorized = head
+                    .lines()
+                    .any(|l| l.eq_ignore_ascii_case("authorization: bearer sekrit"));
+                if path.starts_with("/token?") {
+                    let body = if path.contains("scope=repository%3Akeel%2Ftest%3Apull")
+                        && path.contains("service=test-registry")
+                    {
+                        tokens.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        r#"{"token":"sekrit"}"#
+                    } else {
+                        r#"{"token":"wrong-scope"}"#
+                    };
+                    let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                } else if !authorized {
+                    let _ = write!(c, "HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"test-registry\",scope=\"repository:keel/test:pull\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                } else {
+                    let Ok(mut u) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                        return;
+                    };
+                    let fwd: String = head
+                        .lines()
+                        .filter(|l| {
+                            !l.is_empty()
+                                && !l.to_ascii_lowercase().starts_with("authorization:")
+                                && !l.to_ascii_lowercase().starts_with("connection:")
+                        })
+                        .map(|l| format!("{l}\r\n"))
+                        .collect();
+                    let _ = write!(u, "{fwd}Connection: close\r\n\r\n");
+                    let _ = std::io::copy(&mut u, &mut c);
+                }
+                let _ = c.shutdown(std::net::Shutdown::Both);
+            });
+        }
+    });
+    (port, tokens)
+}
+
+#[test]
+fn registry_with_bearer_token_auth() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    let layout = env.push(&reg, &test_layers(0));
+    let (front, tokens) = token_auth_front(reg.port);
+    // The front refuses anonymous requests.
+    assert!(http_get(front, "/v2/keel/test/manifests/v1")
+        .unwrap()
+        .starts_with("HTTP/1.1 401"));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{front}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n"
+    ));
+    ok(&env.toolbox(&["pull"]));
+    assert_eq!(
+        tokens.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one token for the whole pull"
+    );
+    assert_eq!(
+        snapshot(&env.store.join("t")),
+        snapshot(&umoci_unpack(&env, &layout))
+    );
+}
+
+/// Wrap the layout's manifest in an image index with an arm64 decoy first,
+/// as multi-arch images on Docker Hub are.
+fn make_multi_arch(layout: &Path, amd64_manifest: &str) {
+    let blobs = layout.join("blobs/sha256");
+    let m = std::fs::read(blobs.join(amd64_manifest)).unwrap();
+    // The decoy: one layer only (no bin/su), config saying arm64.
+    let manifest: serde_json::Value = serde_json::from_slice(&m).unwrap();
+    let first = manifest["layers"][0].clone();
+    let diff0 = {
+        let cfg = std::fs::read(
+            blobs.join(
+                manifest["config"]["digest"]
+                    .as_str()
+                    .unwrap()
+                    .trim_start_matches("sha256:"),
+            ),
+        )
+        .unwrap();
+        let cfg: serde_json::Value = serde_json::from_slice(&cfg).unwrap();
+        cfg["rootfs"]["diff_ids"][0].clone()
+    };
+    let cfg = serde_json::json!({"architecture":"arm64","os":"linux","rootfs":{"type":"layers","diff_ids":[diff0]}}).to_string();
+    let cd = sha(cfg.as_bytes());
+    std::fs::write(blobs.join(&cd), &cfg).unwrap();
+    let decoy = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{cd}"), "size": cfg.len()},
+        "layers": [first],
+    })
+    .to_string();
+    let dd = sha(decoy.as_bytes());
+    std::fs::write(blobs.join(&dd), &decoy).unwrap();
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{dd}"), "size": decoy.len(), "platform": {"architecture": "arm64", "os": "linux"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{amd64_manifest}"), "size": m.len(), "platform": {"architecture": "amd64", "os": "linux"}},
+        ],
+    })
+    .to_string();
+    let id = sha(index.as_bytes());
+    std::fs::write(blobs.join(&id), &index).unwrap();
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.index.v1+json", "digest": format!("sha256:{id}"), "size": index.len(), "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}).to_string(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn multi_arch_index_picks_linux_amd64() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    let layout = env.path("layout");
+    let md = write_layout(&layout, &test_layers(0));
+    make_multi_arch(&layout, &md);
+    let out = run_bounded(
+        Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--quiet",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:v1", layout.display()),
+            &format!("docker://127.0.0.1:{}/keel/test:v1", reg.port),
+        ]),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "skopeo copy --all: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
+        reg.port
+    ));
+    ok(&env.toolbox(&["pull"]));
+    assert!(
+        env.store.join("t/bin/su").exists(),
+        "the arm64 decoy was unpacked"
+    );
+    let list = ok(&env.toolbox(&["list"]));
+    assert!(list.contains(&format!("sha256:{}", &md[..12])), "{list}");
+    // The local layout with the same nested index resolves the same way.
+    ok(&env.toolbox(&["rm"]));
+    ok(&env.toolbox(&["--image", &format!("oci:{}", layout.display()), "pull"]));
+    assert!(env.store.join("t/bin/su").exists());
 }

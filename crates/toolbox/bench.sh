@@ -1,0 +1,139 @@
+#!/usr/bin/env bash
+# toolbox benchmarks against their peers, measured in the same run (root).
+#
+#   bench.sh OUTDIR
+#
+# 1. warm start: `toolbox true` with the image present vs bare
+#    `systemd-nspawn … true` with the same options on the same tree;
+# 2. cold pull + unpack from a local registry vs `skopeo copy` + `umoci unpack`
+#    of the same image;
+# 3. the static binary's size.
+#
+# The image is built here from host files (busybox-static and Python's
+# stdlib: ~4,000 files, ~55 MB, the shape of a small distribution image),
+# pushed to Debian's docker-registry on 127.0.0.1. Writes OUTDIR/toolbox.md.
+set -euo pipefail
+
+out=${1:?usage: bench.sh OUTDIR}
+mkdir -p "$out"
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "bench.sh: needs root (nspawn, owners)" >&2; exit 1; }
+for t in docker-registry skopeo umoci systemd-nspawn busybox; do
+  command -v "$t" >/dev/null || { echo "bench.sh: $t not installed" >&2; exit 1; }
+done
+
+TARGET=x86_64-unknown-linux-musl
+target_dir=${CARGO_TARGET_DIR:-$top/target}
+(cd "$top" && cargo build --release --target "$TARGET" -p toolbox >&2)
+bin=$target_dir/$TARGET/release/toolbox
+runs=${TOOLBOX_BENCH_RUNS:-10}
+cold_runs=${TOOLBOX_BENCH_COLD_RUNS:-3}
+
+w=$(mktemp -d /var/tmp/toolbox-bench.XXXXXX)
+reg_pid=
+cleanup() {
+  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  rm -rf "$w"
+}
+trap cleanup EXIT
+
+# --- the image ---------------------------------------------------------------
+mkdir -p "$w/base/bin" "$w/base/etc"
+cp /bin/busybox "$w/base/bin/busybox"
+for a in sh true cat ls; do ln -s busybox "$w/base/bin/$a"; done
+printf 'NAME=toolbox-bench\nID=toolbox-bench\n' > "$w/base/etc/os-release"
+py=$(ls -d /usr/lib/python3.[0-9]* | head -n1)
+umoci init --layout "$w/layout" >/dev/null
+umoci new --image "$w/layout:bench" >/dev/null
+umoci insert --image "$w/layout:bench" "$py" "$py" >/dev/null
+umoci insert --image "$w/layout:bench" "$w/base" / >/dev/null
+
+# --- registry ---------------------------------------------------------------
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+mkdir -p "$w/storage"
+cat > "$w/registry.yml" <<EOF
+version: 0.1
+log:
+  level: error
+storage:
+  filesystem:
+    rootdirectory: $w/storage
+http:
+  addr: 127.0.0.1:$port
+EOF
+docker-registry serve "$w/registry.yml" >"$w/registry.log" 2>&1 &
+reg_pid=$!
+for _ in $(seq 100); do
+  busybox wget -q -O /dev/null "http://127.0.0.1:$port/v2/" 2>/dev/null && break
+  sleep 0.1
+done
+skopeo --insecure-policy copy --quiet --dest-tls-verify=false \
+  "oci:$w/layout:bench" "docker://127.0.0.1:$port/keel/bench:v1"
+
+now() { date +%s%N; }
+median() { sort -n | awk '{a[NR]=$1} END {m=(NR%2)?a[(NR+1)/2]:(a[NR/2]+a[NR/2+1])/2; printf "%.1f", m/1e6}'; }
+
+mkdir -p "$w/home"
+export HOME=$w/home
+unset SUDO_USER JOURNAL_STREAM
+cat > "$HOME/.toolboxrc" <<EOF
+TOOLBOX_DOCKER_IMAGE=127.0.0.1:$port/keel/bench
+TOOLBOX_DOCKER_TAG=v1
+TOOLBOX_DIRECTORY=$w/store
+TOOLBOX_NAME=bench
+EOF
+
+# --- cold: pull + unpack ------------------------------------------------------
+: > "$w/cold-ours"; : > "$w/cold-peer"
+for _ in $(seq "$cold_runs"); do
+  rm -rf "$w/store" "$w/peer" "$w/bundle"
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now); "$bin" pull 2>/dev/null; t1=$(now)
+  echo $((t1 - t0)) >> "$w/cold-ours"
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  t0=$(now)
+  skopeo --insecure-policy copy --quiet --src-tls-verify=false \
+    "docker://127.0.0.1:$port/keel/bench:v1" "oci:$w/peer:v1"
+  umoci unpack --image "$w/peer:v1" "$w/bundle" >/dev/null
+  t1=$(now)
+  echo $((t1 - t0)) >> "$w/cold-peer"
+done
+cold_ours=$(median < "$w/cold-ours")
+cold_peer=$(median < "$w/cold-peer")
+
+# --- warm: toolbox true vs bare nspawn on the same tree --------------------------
+tree=$w/store/bench
+"$bin" true  # settle: nspawn creates its mount points once
+nspawn_args=(--quiet "--directory=$tree" --capability=all --machine=bench --register=no --keep-unit
+  --user=root --console=pipe --as-pid2
+  --bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run)
+: > "$w/warm-ours"; : > "$w/warm-peer"
+for _ in $(seq "$runs"); do
+  t0=$(now); "$bin" true </dev/null; t1=$(now)
+  echo $((t1 - t0)) >> "$w/warm-ours"
+  t0=$(now); systemd-nspawn "${nspawn_args[@]}" -- true </dev/null; t1=$(now)
+  echo $((t1 - t0)) >> "$w/warm-peer"
+done
+warm_ours=$(median < "$w/warm-ours")
+warm_peer=$(median < "$w/warm-peer")
+
+size=$(stat -c %s "$bin")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+files=$(find "$tree" -xdev | wc -l)
+mb=$(du -sm "$tree" | cut -f1)
+
+report=$(cat <<EOF
+## toolbox
+
+Image: busybox-static + $(basename "$py") stdlib, $files entries, ${mb} MiB unpacked, 2 layers, served by docker-registry on 127.0.0.1.
+Medians of $runs warm / $cold_runs cold runs; page cache dropped before each cold run.
+
+| measurement | toolbox | peer | ratio | target |
+|---|---:|---:|---:|---:|
+| warm start: \`toolbox true\` vs \`systemd-nspawn … true\` (ms) | $warm_ours | $warm_peer | $(ratio "$warm_ours" "$warm_peer") | ≤ 1.10 |
+| cold pull + unpack vs \`skopeo copy\` + \`umoci unpack\` (ms) | $cold_ours | $cold_peer | $(ratio "$cold_ours" "$cold_peer") | ≤ 1.00 |
+| static binary size (bytes, $TARGET) | $size | 4194304 | $(ratio "$size" 4194304) | ≤ 1.00 |
+EOF
+)
+echo "$report"
+echo "$report" > "$out/toolbox.md"

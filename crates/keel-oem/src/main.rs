@@ -37,9 +37,12 @@ struct Cli {
         hide = true
     )]
     boot_json: PathBuf,
-    /// journald's stream socket ("" for stderr).
+    /// journald's stream socket for hook output.
     #[arg(long, global = true, default_value = spawn::JOURNAL_STREAM_SOCKET, hide = true)]
     journal_socket: PathBuf,
+    /// Send hook output to stderr, not the journal.
+    #[arg(long, global = true, hide = true)]
+    no_journal: bool,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -124,8 +127,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
         Cmd::Run { stage } => {
             let stage: Stage = stage.parse().map_err(anyhow::Error::msg)?;
-            let journal = Some(cli.journal_socket).filter(|p| !p.as_os_str().is_empty());
-            let mut spawner = spawn::RealSpawner { journal };
+            let journal = (!cli.no_journal).then_some(cli.journal_socket);
+            let mut spawner = spawn::RealSpawner::new(journal);
             let report = keel_oem::run_stage(&paths, stage, &mut spawner)
                 .with_context(|| format!("running OEM stage {stage}"))?;
             tracing::info!(stage = %stage, hooks = report.hooks.len(), "stage done");

@@ -43,13 +43,50 @@ const DRAIN_GRACE: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone)]
 pub struct RealSpawner {
     /// journald's stream socket; `None` (or unreachable) means stderr.
-    pub journal: Option<PathBuf>,
+    journal: Option<PathBuf>,
+    /// The runner's own capabilities, read once (they do not change).
+    own: Option<OwnCaps>,
 }
 
 impl Default for RealSpawner {
     fn default() -> Self {
-        RealSpawner {
-            journal: Some(PathBuf::from(JOURNAL_STREAM_SOCKET)),
+        RealSpawner::new(Some(PathBuf::from(JOURNAL_STREAM_SOCKET)))
+    }
+}
+
+impl RealSpawner {
+    /// A spawner sending hook output to `journal` (journald's stream socket),
+    /// or to stderr when `None` or unreachable.
+    pub fn new(journal: Option<PathBuf>) -> RealSpawner {
+        RealSpawner { journal, own: None }
+    }
+}
+
+/// What the runner itself holds, which bounds what a hook can keep.
+#[derive(Debug, Clone)]
+struct OwnCaps {
+    permitted: CapsHashSet,
+    /// Capabilities the kernel knows, when we may drop them from the
+    /// bounding set (CAP_SETPCAP); empty otherwise.
+    droppable: Vec<Capability>,
+}
+
+impl OwnCaps {
+    fn read() -> OwnCaps {
+        let permitted = caps::read(None, CapSet::Permitted).unwrap_or_default();
+        // Dropping from the bounding set needs CAP_SETPCAP; without it (not
+        // root) we hold nothing worth dropping and no_new_privs stops exec
+        // from granting anything, so the bounding set is left alone.
+        let can_setpcap =
+            caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
+        let droppable = if can_setpcap {
+            caps::runtime::thread_all_supported().into_iter().collect()
+        } else {
+            Vec::new()
+        };
+        OwnCaps {
+            permitted,
+            droppable,
         }
     }
 }
@@ -192,27 +229,19 @@ struct CapPlan {
 }
 
 impl CapPlan {
-    fn new(wanted: &[Capability]) -> CapPlan {
+    fn new(own: &OwnCaps, wanted: &[Capability]) -> CapPlan {
         // Only keep what we have: asking capset for more fails with EPERM.
-        let permitted = caps::read(None, CapSet::Permitted).unwrap_or_default();
         let keep: CapsHashSet = wanted
             .iter()
             .copied()
-            .filter(|c| permitted.contains(c))
+            .filter(|c| own.permitted.contains(c))
             .collect();
-        // Dropping from the bounding set needs CAP_SETPCAP; without it (not
-        // root) we hold nothing worth dropping and no_new_privs stops exec
-        // from granting anything, so the bounding set is left alone.
-        let can_setpcap =
-            caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP).unwrap_or(false);
-        let drop_bounding = if can_setpcap {
-            caps::runtime::thread_all_supported()
-                .into_iter()
-                .filter(|c| !keep.contains(c))
-                .collect()
-        } else {
-            Vec::new()
-        };
+        let drop_bounding = own
+            .droppable
+            .iter()
+            .copied()
+            .filter(|c| !keep.contains(c))
+            .collect();
         CapPlan {
             keep,
             drop_bounding,
@@ -277,14 +306,15 @@ impl Spawner for RealSpawner {
 }
 
 impl RealSpawner {
-    fn try_run(&self, spec: &HookSpec) -> io::Result<HookRun> {
+    fn try_run(&mut self, spec: &HookSpec) -> io::Result<HookRun> {
         let flags = rustix::pipe::PipeFlags::CLOEXEC;
         let (out_r, out_w) = rustix::pipe::pipe_with(flags)?;
         let (err_r, err_w) = rustix::pipe::pipe_with(flags)?;
         for fd in [&out_r, &err_r] {
             rustix::fs::fcntl_setfl(fd, rustix::fs::OFlags::NONBLOCK)?;
         }
-        let plan = CapPlan::new(&spec.capabilities);
+        let own = self.own.get_or_insert_with(OwnCaps::read);
+        let plan = CapPlan::new(own, &spec.capabilities);
         let mut cmd = Command::new(&spec.program);
         cmd.args(&spec.args)
             .env_clear()

@@ -90,8 +90,16 @@ pub enum StateError {
     },
 }
 
-/// Write `data` to `path` atomically, creating the parent directory.
+/// Write `data` to `path` atomically and durably, creating the parent directory.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_file(path, data, true)
+}
+
+/// Write `data` to `path` atomically (temp file, rename) and, when `durable`,
+/// fsync the file and the directory. Records whose loss after a power cut is
+/// harmless (a hook's last result) skip the two fsyncs, which cost more than
+/// spawning the hook on a slow disk.
+fn write_file(path: &Path, data: &[u8], durable: bool) -> Result<(), StateError> {
     let io = |action, source| StateError::Io {
         action,
         path: path.to_path_buf(),
@@ -110,9 +118,14 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
     let result = (|| {
         let mut f = fs::File::create(&tmp)?;
         f.write_all(data)?;
-        f.sync_all()?;
+        if durable {
+            f.sync_all()?;
+        }
         fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
+        if durable {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(&tmp);
@@ -219,9 +232,9 @@ pub fn read_result(paths: &Paths, hook: &str) -> Result<Option<HookResult>, Stat
     read_json(&paths.result(hook))
 }
 
-/// Record a hook's last result.
+/// Record a hook's last result (atomic, not fsync'd: see [`write_file`]).
 pub fn write_result(paths: &Paths, hook: &str, r: &HookResult) -> Result<(), StateError> {
-    write_json(&paths.result(hook), r)
+    write_json(&paths.result(hook), r, false)
 }
 
 /// A run-once marker: when the hook first succeeded.
@@ -277,7 +290,7 @@ pub fn read_status(paths: &Paths) -> Result<RuntimeStatus, StateError> {
 
 /// Write this boot's status.
 pub fn write_status(paths: &Paths, s: &RuntimeStatus) -> Result<(), StateError> {
-    write_json(&paths.status(), s)
+    write_json(&paths.status(), s, true)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
@@ -297,13 +310,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), StateError> {
+fn write_json<T: Serialize>(path: &Path, v: &T, durable: bool) -> Result<(), StateError> {
     let mut data = serde_json::to_vec_pretty(v).map_err(|source| StateError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     data.push(b'\n');
-    write_atomic(path, &data)
+    write_file(path, &data, durable)
 }
 
 #[derive(Deserialize)]

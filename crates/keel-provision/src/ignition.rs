@@ -79,6 +79,12 @@ pub fn parse(text: &[u8]) -> Result<(Config, String), ConfigError> {
                 }
                 None => None,
             };
+            if node.overwrite == Some(true) && contents.is_none() {
+                return Err(err(
+                    format!("{}.contents.source", f.path),
+                    "missing, but overwrite is true (Ignition requires a source to overwrite)",
+                ));
+            }
             f.finish()?;
             cfg.files.push(File {
                 node,

@@ -98,6 +98,10 @@ fn ignition_negative_fixtures() {
         (file(r#""path":"/x","mode":"0644""#), "$.storage.files.0.mode: expected an integer, found a string"),
         (file(r#""path":"/x","mode":4096"#), "$.storage.files.0.mode: mode 4096 is out of range (0 to 4095, i.e. 0o7777)"),
         (file(r#""path":"/x","owner":"core""#), "$.storage.files.0.owner: unknown field"),
+        (
+            file(r#""path":"/x","overwrite":true"#),
+            "$.storage.files.0.contents.source: missing, but overwrite is true (Ignition requires a source to overwrite)",
+        ),
         (file(r#""path":"/x","user":{"id":1,"name":"core"}"#), "$.storage.files.0.user: id and name are mutually exclusive"),
         (file(r#""path":"/x","user":{"id":-1}"#), "$.storage.files.0.user.id: id -1 is out of range"),
         (file(r#""path":"/x","append":[{"source":"data:,x"}]"#), "$.storage.files.0.append: not supported by keel"),

@@ -43,10 +43,31 @@ cp /bin/busybox "$w/base/bin/busybox"
 for a in sh true cat ls; do ln -s busybox "$w/base/bin/$a"; done
 printf 'NAME=toolbox-bench\nID=toolbox-bench\n' > "$w/base/etc/os-release"
 py=$(ls -d /usr/lib/python3.[0-9]* | head -n1)
-umoci init --layout "$w/layout" >/dev/null
-umoci new --image "$w/layout:bench" >/dev/null
-umoci insert --image "$w/layout:bench" "$py" "$py" >/dev/null
-umoci insert --image "$w/layout:bench" "$w/base" / >/dev/null
+# The OCI layout is written here with GNU tar + gzip (umoci insert produced a
+# truncated layer from this tree on Debian 12's umoci 0.4.7).
+mkdir -p "$w/layout/blobs/sha256"
+echo '{"imageLayoutVersion":"1.0.0"}' > "$w/layout/oci-layout"
+layers= diffs=
+add_layer() { # tar args...
+  tar --numeric-owner -cf "$w/layer.tar" "$@"
+  local diff; diff=$(sha256sum < "$w/layer.tar" | cut -d' ' -f1)
+  gzip -1 -n < "$w/layer.tar" > "$w/layer.tgz"
+  local d; d=$(sha256sum < "$w/layer.tgz" | cut -d' ' -f1)
+  mv "$w/layer.tgz" "$w/layout/blobs/sha256/$d"
+  rm -f "$w/layer.tar"
+  layers+="${layers:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar+gzip\",\"digest\":\"sha256:$d\",\"size\":$(stat -c %s "$w/layout/blobs/sha256/$d")}"
+  diffs+="${diffs:+,}\"sha256:$diff\""
+}
+blob() { # content -> prints "digest size"
+  local d; d=$(printf '%s' "$1" | sha256sum | cut -d' ' -f1)
+  printf '%s' "$1" > "$w/layout/blobs/sha256/$d"
+  echo "$d ${#1}"
+}
+add_layer -C / "${py#/}"
+add_layer -C "$w/base" .
+read -r cd cs < <(blob "{\"architecture\":\"amd64\",\"os\":\"linux\",\"rootfs\":{\"type\":\"layers\",\"diff_ids\":[$diffs]}}")
+read -r md ms < <(blob "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"config\":{\"mediaType\":\"application/vnd.oci.image.config.v1+json\",\"digest\":\"sha256:$cd\",\"size\":$cs},\"layers\":[$layers]}")
+echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$md\",\"size\":$ms,\"annotations\":{\"org.opencontainers.image.ref.name\":\"bench\"}}]}" > "$w/layout/index.json"
 
 # --- registry ---------------------------------------------------------------
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
@@ -88,7 +109,7 @@ EOF
 for _ in $(seq "$cold_runs"); do
   rm -rf "$w/store" "$w/peer" "$w/bundle"
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
-  t0=$(now); "$bin" pull 2>/dev/null; t1=$(now)
+  t0=$(now); "$bin" pull; t1=$(now)
   echo $((t1 - t0)) >> "$w/cold-ours"
   sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
   t0=$(now)

@@ -62,21 +62,18 @@ pub fn session(
         store.relock(&l, LockMode::Shared)?;
         break l;
     };
-    let mut _machine_lock = None;
-    let reg = if run::machined_available(host_root) {
-        match store.try_machine_lock(&s.name) {
-            Some(l) => {
-                _machine_lock = Some(l);
-                Registration::Machined(s.name.clone())
-            }
-            None => Registration::Machined(config::sanitize_name(&format!(
-                "{}-{}",
-                s.name,
-                std::process::id()
-            ))),
-        }
+    // The first session gets the plain name, later ones NAME-PID: machined
+    // needs unique names, and so does nspawn's /run/systemd/nspawn/propagate/NAME.
+    let machine_lock = store.try_machine_lock(&s.name);
+    let machine = if machine_lock.is_some() {
+        s.name.clone()
     } else {
-        Registration::None(s.name.clone())
+        config::sanitize_name(&format!("{}-{}", s.name, std::process::id()))
+    };
+    let reg = if run::machined_available(host_root) {
+        Registration::Machined(machine)
+    } else {
+        Registration::None(machine)
     };
     let interactive =
         rustix::termios::isatty(std::io::stdin()) && rustix::termios::isatty(std::io::stdout());
@@ -86,6 +83,7 @@ pub fn session(
         path: "systemd-nspawn".into(),
         source: e,
     })?;
+    drop(machine_lock);
     drop(lock);
     Ok(code)
 }

@@ -113,7 +113,9 @@ impl std::fmt::Display for Refusal {
 /// Split a tar path into clean components: no empty or `.` parts; absolute
 /// paths and `..` refused.
 fn clean(raw: &[u8]) -> Result<Vec<&[u8]>, Refusal> {
-    if raw.starts_with(b"/") {
+    // A bare "/" (umoci writes one for the root) names the root itself and
+    // cannot escape; any other absolute path is refused.
+    if raw.starts_with(b"/") && raw.iter().any(|b| *b != b'/') {
         return Err(Refusal::Absolute);
     }
     let mut out = Vec::new();
@@ -829,6 +831,20 @@ pub(crate) mod tests {
                 .mtime(),
             1_700_000_000
         );
+    }
+
+    #[test]
+    fn root_entry_spelled_slash_is_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        unpack(
+            t.path(),
+            &[layer(&[E::Dir("/", 0o751), E::File("f", b"1", 0o644)])],
+        )
+        .unwrap();
+        assert_eq!(std::fs::metadata(t.path()).unwrap().mode() & 0o7777, 0o751);
+        assert_eq!(clean(b"//"), Ok(vec![]));
+        assert_eq!(clean(b"/etc"), Err(Refusal::Absolute));
+        assert_eq!(clean(b"./a//b/."), Ok(vec![&b"a"[..], &b"b"[..]]));
     }
 
     #[test]

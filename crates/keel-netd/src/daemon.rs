@@ -378,6 +378,13 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             match StoredLease::load(&lease_path) {
                 Ok(Some(s)) if s.interface == ctl.link.name && s.remaining(SystemTime::now()).is_some() => {
                     tracing::info!(interface = %ctl.link.name, address = %s.lease.address, "trying stored lease (INIT-REBOOT)");
+                    // The stored lease records what a previous run installed
+                    // (addresses are kept across restarts): it is ours to
+                    // remove if the server NAKs it.
+                    if ctl.dhcp_addr.is_none() {
+                        ctl.dhcp_addr = Some(Cidr { addr: IpAddr::V4(s.lease.address), prefix: s.lease.prefix });
+                        ctl.dhcp_routes = Self::lease_routes(n, &s.lease);
+                    }
                     Some(s.lease)
                 }
                 Ok(_) => None,
@@ -612,23 +619,20 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             .collect();
         let mut out = Vec::new();
         for i in due {
-            let actions = match self.links.get_mut(&i).and_then(|c| c.client.as_mut()) {
-                Some(c) => {
-                    let _span = tracing::info_span!("link", interface = %i).entered();
-                    c.handle_timeout(now)
-                }
-                None => continue,
-            };
+            let Some(ctl) = self.links.get_mut(&i) else { continue };
+            let _span = tracing::info_span!("link", interface = %ctl.link.name).entered();
+            let Some(c) = ctl.client.as_mut() else { continue };
+            let actions = c.handle_timeout(now);
             out.extend(self.apply(i, actions));
         }
         out
     }
 
     pub fn packet(&mut self, index: u32, data: &[u8], now: Instant) -> Vec<Outgoing> {
-        let actions = match self.links.get_mut(&index).and_then(|c| c.client.as_mut()) {
-            Some(c) => c.handle_packet(data, now),
-            None => return Vec::new(),
-        };
+        let Some(ctl) = self.links.get_mut(&index) else { return Vec::new() };
+        let _span = tracing::info_span!("link", interface = %ctl.link.name).entered();
+        let Some(c) = ctl.client.as_mut() else { return Vec::new() };
+        let actions = c.handle_packet(data, now);
         self.apply(index, actions)
     }
 

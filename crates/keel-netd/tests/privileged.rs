@@ -1,1 +1,422 @@
-//! Privileged tests for keel-netd (root, network namespaces, dnsmasq).
+//! Privileged tests for keel-netd: root, network namespaces with veth
+//! pairs, and dnsmasq (Debian's dnsmasq-base) as the DHCP server, started
+//! by each test inside its own server namespace with a log file. Every
+//! fixture is torn down in `Drop` (processes killed, namespaces deleted),
+//! so a failing assertion still cleans up. Waits are bounded.
+//!
+//! Run: `cargo test -p keel-netd --test privileged -- --test-threads=1`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Two namespaces ("server" and "client") joined by veth pairs, a dnsmasq
+/// in the server namespace, and keel-netd in the client namespace.
+struct Net {
+    id: u32,
+    srv: String,
+    cli: String,
+    dir: tempfile::TempDir,
+    dnsmasq: Option<Child>,
+    netd: Option<Child>,
+    /// Next veth pair number.
+    pairs: u32,
+}
+
+impl Net {
+    fn new() -> Net {
+        assert_eq!(nix_uid(), 0, "privileged tests need root");
+        let id = std::process::id() % 10000 * 10 + COUNTER.fetch_add(1, Ordering::SeqCst);
+        let srv = format!("kns{id}");
+        let cli = format!("knc{id}");
+        let dir = tempfile::tempdir().unwrap();
+        for d in ["net", "state", "run"] {
+            std::fs::create_dir_all(dir.path().join(d)).unwrap();
+        }
+        let net = Net { id, srv, cli, dir, dnsmasq: None, netd: None, pairs: 0 };
+        sh(&["ip", "netns", "add", &net.srv]);
+        sh(&["ip", "netns", "add", &net.cli]);
+        sh(&["ip", "-n", &net.srv, "link", "set", "lo", "up"]);
+        sh(&["ip", "-n", &net.cli, "link", "set", "lo", "up"]);
+        net
+    }
+
+    /// Add a veth pair: server end gets 10.<subnet>.0.1/24; returns the
+    /// client-side name. `into_client`: move the client end now.
+    fn pair(&mut self, subnet: u8, into_client: bool) -> String {
+        let n = self.pairs;
+        self.pairs += 1;
+        let s = format!("kt{}s{n}", self.id);
+        let c = format!("kt{}c{n}", self.id);
+        sh(&["ip", "link", "add", &s, "type", "veth", "peer", "name", &c]);
+        sh(&["ip", "link", "set", &s, "netns", &self.srv]);
+        sh(&["ip", "-n", &self.srv, "addr", "add", &format!("10.{subnet}.0.1/24"), "dev", &s]);
+        sh(&["ip", "-n", &self.srv, "link", "set", &s, "up"]);
+        if into_client {
+            sh(&["ip", "link", "set", &c, "netns", &self.cli]);
+        }
+        c
+    }
+
+    fn server_if(&self, n: u32) -> String {
+        format!("kt{}s{n}", self.id)
+    }
+
+    fn path(&self, p: &str) -> PathBuf {
+        self.dir.path().join(p)
+    }
+
+    fn network(&self, name: &str, text: &str) {
+        std::fs::write(self.path("net").join(name), text).unwrap();
+    }
+
+    /// Start dnsmasq on server interface `n` with a range in 10.<subnet>.0.x.
+    fn dnsmasq(&mut self, n: u32, subnet: u8, range: (u8, u8), extra: &[&str]) {
+        let iface = self.server_if(n);
+        let log = self.path("dnsmasq.log");
+        let mut args: Vec<String> = vec![
+            "netns".into(), "exec".into(), self.srv.clone(), "dnsmasq".into(),
+            "--no-daemon".into(), "--conf-file=/dev/null".into(), "--port=0".into(),
+            format!("--interface={iface}"), "--bind-interfaces".into(),
+            format!("--dhcp-range=10.{subnet}.0.{},10.{subnet}.0.{},2m", range.0, range.1),
+            format!("--dhcp-option=option:dns-server,10.{subnet}.0.53"),
+            "--dhcp-option=option:domain-name,keel.test".into(),
+            "--log-dhcp".into(),
+            format!("--log-facility={}", log.display()),
+            format!("--dhcp-leasefile={}", self.path("dnsmasq.leases").display()),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Command::new("ip").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        self.dnsmasq = Some(child);
+        wait_for("dnsmasq to start", Duration::from_secs(10), || {
+            std::fs::read_to_string(&log).is_ok_and(|l| l.contains("DHCP, IP range"))
+        });
+    }
+
+    fn stop_dnsmasq(&mut self) {
+        if let Some(mut c) = self.dnsmasq.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn dnsmasq_log(&self) -> String {
+        std::fs::read_to_string(self.path("dnsmasq.log")).unwrap_or_default()
+    }
+
+    fn count(&self, what: &str) -> usize {
+        self.dnsmasq_log().matches(what).count()
+    }
+
+    fn start_netd(&mut self) {
+        let bin = env!("CARGO_BIN_EXE_keel-netd");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("netd.log")).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.cli, bin])
+            .arg("--network-dir").arg(self.path("net"))
+            .arg("--state-dir").arg(self.path("state"))
+            .arg("--run-dir").arg(self.path("run"))
+            .env("KEEL_LOG", "debug")
+            .env("NO_COLOR", "1")
+            .env_remove("JOURNAL_STREAM")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.netd = Some(child);
+    }
+
+    /// Stop keel-netd with SIGTERM (as systemd does) and wait for it.
+    fn stop_netd(&mut self) {
+        if let Some(mut c) = self.netd.take() {
+            // `ip netns exec` execs the binary, so the child pid is keel-netd.
+            let _ = Command::new("kill").arg(c.id().to_string()).status();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(5) {
+                if let Ok(Some(st)) = c.try_wait() {
+                    assert!(st.success(), "keel-netd exited with {st}");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+            panic!("keel-netd did not stop on SIGTERM");
+        }
+    }
+
+    fn netd_log(&self) -> String {
+        std::fs::read_to_string(self.path("netd.log")).unwrap_or_default()
+    }
+
+    fn ip(&self, args: &[&str]) -> String {
+        let mut a = vec!["ip", "-n", &self.cli];
+        a.extend_from_slice(args);
+        sh(&a)
+    }
+
+    fn addrs(&self, dev: &str) -> String {
+        self.ip(&["-4", "-o", "addr", "show", "dev", dev])
+    }
+
+    fn routes(&self, dev: &str) -> String {
+        self.ip(&["-4", "route", "show", "dev", dev])
+    }
+
+    fn cli_cmd(&self, args: &[&str]) -> (bool, String) {
+        let out = Command::new(env!("CARGO_BIN_EXE_keel-netd"))
+            .arg("--run-dir").arg(self.path("run"))
+            .args(args)
+            .output()
+            .unwrap();
+        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(c) = self.netd.as_mut() {
+            assert!(c.try_wait().unwrap().is_none(), "keel-netd died; log:\n{}", self.netd_log());
+        }
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.netd.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        self.stop_dnsmasq();
+        let _ = Command::new("ip").args(["netns", "del", &self.srv]).status();
+        let _ = Command::new("ip").args(["netns", "del", &self.cli]).status();
+        // A client end never moved into a namespace would stay in the host.
+        for n in 0..self.pairs {
+            let _ = Command::new("ip").args(["link", "del", &format!("kt{}c{n}", self.id)]).stderr(Stdio::null()).status();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- keel-netd log ---\n{}\n--- dnsmasq log ---\n{}", self.netd_log(), self.dnsmasq_log());
+        }
+    }
+}
+
+fn nix_uid() -> u32 {
+    // SAFETY: getuid cannot fail and has no preconditions.
+    unsafe { libc::getuid() }
+}
+
+const DHCP: &str = "[Match]\nName=kt*\n[Network]\nDHCP=yes\n";
+
+fn has_addr_in(net: &Net, dev: &str, prefix: &str) -> bool {
+    net.addrs(dev).contains(&format!("inet {prefix}"))
+}
+
+#[test]
+fn dhcp_lease_with_route_and_dns() {
+    let mut net = Net::new();
+    let c = net.pair(71, true);
+    net.network("50-dhcp.network", DHCP);
+    net.dnsmasq(0, 71, (50, 60), &[]);
+    net.start_netd();
+    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.71.0."));
+    wait_for("the default route", Duration::from_secs(5), || net.routes(&c).contains("default via 10.71.0.1 proto dhcp"));
+    let resolv = std::fs::read_to_string(net.path("run/resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 10.71.0.53\n"), "{resolv}");
+    assert!(resolv.contains("search keel.test\n"), "{resolv}");
+    let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
+    assert!(ok, "wait-online: {out}");
+    let (ok, out) = net.cli_cmd(&["status", &c]);
+    assert!(ok, "{out}");
+    assert!(out.contains("State: routable (configured)"), "{out}");
+    assert!(out.contains("Gateway: 10.71.0.1"), "{out}");
+    assert!(out.contains("DHCPv4 State: bound"), "{out}");
+    assert!(out.contains("Network File:") && out.contains("50-dhcp.network"), "{out}");
+    assert!(net.path(&format!("state/{c}.lease")).exists(), "lease persisted");
+    // The kernel holds the address with the lease's lifetime.
+    assert!(net.addrs(&c).contains("valid_lft"), "{}", net.addrs(&c));
+    assert!(!net.addrs(&c).contains("valid_lft forever"), "{}", net.addrs(&c));
+    net.assert_alive();
+}
+
+#[test]
+fn renews_at_t1() {
+    let mut net = Net::new();
+    let c = net.pair(72, true);
+    net.network("50-dhcp.network", DHCP);
+    net.dnsmasq(0, 72, (50, 60), &["--dhcp-option=58,3", "--dhcp-option=59,6"]);
+    net.start_netd();
+    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.72.0."));
+    let acks = net.count("DHCPACK");
+    let addr = net.addrs(&c);
+    // T1 is 3 s: a renewal REQUEST and its ACK must appear within ~6 s.
+    wait_for("a renewal at T1 in dnsmasq's log", Duration::from_secs(8), || net.count("DHCPACK") > acks);
+    assert_eq!(net.count("DHCPDISCOVER"), 1, "a renewal is not a new discovery");
+    assert!(net.netd_log().contains("to=\"renewing\""), "{}", net.netd_log());
+    assert_eq!(net.addrs(&c).split("valid_lft").next(), addr.split("valid_lft").next(), "same address after renewal");
+    net.assert_alive();
+}
+
+#[test]
+fn server_gone_keeps_address_until_expiry() {
+    let mut net = Net::new();
+    let c = net.pair(73, true);
+    net.network("50-dhcp.network", DHCP);
+    // Lease 2 min (dnsmasq's minimum), T1 5 s, T2 10 s.
+    net.dnsmasq(0, 73, (50, 60), &["--dhcp-option=58,5", "--dhcp-option=59,10"]);
+    net.start_netd();
+    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.73.0."));
+    let bound = Instant::now();
+    net.stop_dnsmasq();
+    // Renewing and rebinding fail; the address stays until the lease ends.
+    while bound.elapsed() < Duration::from_secs(105) {
+        assert!(has_addr_in(&net, &c, "10.73.0."), "address removed early, after {:?}", bound.elapsed());
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let log = net.netd_log();
+    assert!(log.contains("to=\"rebinding\""), "went through REBINDING: {log}");
+    wait_for("the address to go at expiry", Duration::from_secs(30), || !has_addr_in(&net, &c, "10.73.0."));
+    assert!(bound.elapsed() >= Duration::from_secs(110), "removed at {:?}, lease is 120 s", bound.elapsed());
+    assert!(!net.routes(&c).contains("default"), "{}", net.routes(&c));
+    assert!(net.netd_log().contains("lease expired"));
+    assert!(!net.path(&format!("state/{c}.lease")).exists(), "expired lease forgotten");
+    net.assert_alive();
+}
+
+#[test]
+fn restart_uses_init_reboot() {
+    let mut net = Net::new();
+    let c = net.pair(74, true);
+    net.network("50-dhcp.network", DHCP);
+    net.dnsmasq(0, 74, (50, 60), &[]);
+    net.start_netd();
+    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.74.0."));
+    let first = net.addrs(&c);
+    net.stop_netd();
+    assert!(has_addr_in(&net, &c, "10.74.0."), "address kept across a daemon restart");
+    let requests = net.count("DHCPREQUEST");
+    net.start_netd();
+    wait_for("a REQUEST from the restarted daemon", Duration::from_secs(20), || net.count("DHCPREQUEST") > requests);
+    wait_for("the ACK", Duration::from_secs(10), || net.netd_log().matches("lease bound").count() >= 2);
+    assert_eq!(net.count("DHCPDISCOVER"), 1, "INIT-REBOOT sends no DISCOVER:\n{}", net.dnsmasq_log());
+    assert!(net.netd_log().contains("to=\"init-reboot\""), "{}", net.netd_log());
+    assert_eq!(net.addrs(&c).split("valid_lft").next(), first.split("valid_lft").next());
+    net.assert_alive();
+}
+
+#[test]
+fn nak_goes_back_to_init() {
+    let mut net = Net::new();
+    let c = net.pair(75, true);
+    net.network("50-dhcp.network", DHCP);
+    net.dnsmasq(0, 75, (50, 59), &[]);
+    net.start_netd();
+    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.75.0.5"));
+    // An address and a route keel-netd did not add must survive everything below.
+    net.ip(&["addr", "add", "192.0.2.1/24", "dev", &c]);
+    net.ip(&["route", "add", "198.18.0.0/24", "via", "192.0.2.254", "dev", &c]);
+    net.stop_netd();
+    // The server now serves another range and forgets the old lease: it
+    // must NAK the stored lease (authoritative), and the client starts over.
+    net.stop_dnsmasq();
+    std::fs::remove_file(net.path("dnsmasq.leases")).unwrap();
+    net.dnsmasq(0, 75, (200, 209), &["--dhcp-authoritative"]);
+    net.start_netd();
+    wait_for("the new address", Duration::from_secs(30), || has_addr_in(&net, &c, "10.75.0.20"));
+    assert!(net.dnsmasq_log().contains("DHCPNAK"), "{}", net.dnsmasq_log());
+    let log = net.netd_log();
+    assert!(log.contains("server sent NAK"), "{log}");
+    wait_for("the old address to go", Duration::from_secs(5), || !has_addr_in(&net, &c, "10.75.0.5"));
+    assert!(net.routes(&c).contains("198.18.0.0/24 via 192.0.2.254"), "foreign route kept: {}", net.routes(&c));
+    assert!(has_addr_in(&net, &c, "192.0.2.1/24"), "foreign address kept");
+    net.assert_alive();
+}
+
+#[test]
+fn static_addresses_and_routes() {
+    let mut net = Net::new();
+    let c = net.pair(76, true);
+    net.network(
+        "10-static.network",
+        "[Match]\nName=kt*\n[Link]\nMTUBytes=1400\n[Network]\nAddress=10.76.0.10/24\nGateway=10.76.0.1\nDNS=10.76.0.53\nDomains=static.test\n\
+         [Address]\nAddress=10.76.0.11/24\n[Route]\nDestination=198.51.100.0/24\nGateway=10.76.0.254\nMetric=50\n",
+    );
+    net.start_netd();
+    wait_for("static addresses", Duration::from_secs(10), || {
+        let a = net.addrs(&c);
+        a.contains("inet 10.76.0.10/24") && a.contains("inet 10.76.0.11/24")
+    });
+    wait_for("static routes", Duration::from_secs(5), || {
+        let r = net.routes(&c);
+        r.contains("default via 10.76.0.1 proto static") && r.contains("198.51.100.0/24 via 10.76.0.254 proto static metric 50")
+    });
+    assert!(net.ip(&["link", "show", "dev", &c]).contains("mtu 1400"));
+    assert!(net.addrs(&c).contains("valid_lft forever"), "static addresses do not expire");
+    let resolv = std::fs::read_to_string(net.path("run/resolv.conf")).unwrap();
+    assert!(resolv.contains("nameserver 10.76.0.53\n") && resolv.contains("search static.test\n"), "{resolv}");
+    // The kernel routes through what keel-netd installed.
+    let get = net.ip(&["route", "get", "203.0.113.5"]);
+    assert!(get.contains(&format!("via 10.76.0.1 dev {c}")), "{get}");
+    let get = net.ip(&["route", "get", "198.51.100.7"]);
+    assert!(get.contains("via 10.76.0.254"), "{get}");
+    let (ok, out) = net.cli_cmd(&["wait-online", "-i", &format!("{c}:routable"), "--timeout", "5"]);
+    assert!(ok, "{out}");
+    net.assert_alive();
+}
+
+#[test]
+fn two_links_static_and_dhcp() {
+    let mut net = Net::new();
+    let d = net.pair(77, true);
+    let s = net.pair(78, true);
+    net.network("10-static.network", &format!("[Match]\nName={s}\n[Network]\nAddress=10.78.0.10/24\n"));
+    net.network("20-dhcp.network", &format!("[Match]\nName={d}\n[Network]\nDHCP=ipv4\n"));
+    net.dnsmasq(0, 77, (50, 60), &[]);
+    net.start_netd();
+    wait_for("DHCP on the first link", Duration::from_secs(20), || has_addr_in(&net, &d, "10.77.0."));
+    wait_for("static on the second link", Duration::from_secs(5), || has_addr_in(&net, &s, "10.78.0.10/24"));
+    assert!(!has_addr_in(&net, &s, "10.77."), "DHCP stays on its link");
+    let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
+    assert!(ok, "{out}");
+    let (_, out) = net.cli_cmd(&["status"]);
+    assert!(out.contains("10-static.network") && out.contains("20-dhcp.network"), "{out}");
+    net.assert_alive();
+}
+
+#[test]
+fn link_added_after_start_and_wait_online() {
+    let mut net = Net::new();
+    // An unconfigured link with RequiredForOnline=no and no carrier must not block.
+    net.network("05-spare.network", "[Match]\nName=spare0\n[Link]\nRequiredForOnline=no\n[Network]\nDHCP=yes\n");
+    // A veth whose peer stays down: no carrier.
+    net.ip(&["link", "add", "spare0", "type", "veth", "peer", "name", "spare1"]);
+    net.network("50-dhcp.network", DHCP);
+    net.start_netd();
+    std::thread::sleep(Duration::from_millis(500));
+    let (ok, _) = net.cli_cmd(&["wait-online", "--timeout", "1"]);
+    assert!(!ok, "nothing required is online yet");
+    let c = net.pair(79, false);
+    net.dnsmasq(0, 79, (50, 60), &[]);
+    sh(&["ip", "link", "set", &c, "netns", &net.cli]);
+    wait_for("the new link's address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.79.0."));
+    let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
+    assert!(ok, "{out}");
+    net.assert_alive();
+}

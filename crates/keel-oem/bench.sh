@@ -13,13 +13,15 @@ mkdir -p "$out"
 target=x86_64-unknown-linux-musl
 cargo build --release --quiet --target $target -p keel-oem --bin keel-oem --example oem_bench
 rel=$CARGO_TARGET_DIR/$target/release
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# State on disk like /var; run-dir on a tmpfs like /run when there is one.
+work=$(mktemp -d "${TMPDIR:-/var/tmp}/keel-oem-bench.XXXXXX")
+shm=$(mktemp -d /dev/shm/keel-oem-bench.XXXXXX 2>/dev/null || mktemp -d)
+trap 'rm -rf "$work" "$shm"' EXIT
 {
   echo "## keel-oem ($(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -r))"
   echo
   "$rel/examples/oem_bench" "$rel/keel-oem" \
-    "$top/image/oem/qemu" "$work" "${KEEL_BENCH_N:-500}"
+    "$top/image/oem/qemu" "$work" "${KEEL_BENCH_N:-500}" "$shm"
   echo
-  echo "ratio = keel-oem / peer; e2e includes process start, parsing oem.toml, a result file per hook and the status file (state dir: $work)."
+  echo "ratio = keel-oem / peer; e2e includes process start, parsing oem.toml, a result file per hook and the status file (state dir: $work, run dir: $shm); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$out/keel-oem.md"

@@ -2,7 +2,7 @@
 //! versus a plain fork+exec, and the generator's run time versus a systemd
 //! generator, all measured in the same run on the same machine.
 //!
-//! Usage: `oem_bench KEEL_OEM_BINARY OEM_TREE WORK_DIR [ITERATIONS]`
+//! Usage: `oem_bench KEEL_OEM_BINARY OEM_TREE WORK_DIR [ITERATIONS [RUN_DIR]]`
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -39,6 +39,11 @@ fn main() -> anyhow::Result<()> {
     let tree = PathBuf::from(&args[2]);
     let work = PathBuf::from(&args[3]);
     let n: usize = args.get(4).map(|s| s.parse()).transpose()?.unwrap_or(500);
+    // Where `run` keeps this boot's status (a tmpfs, like /run), if given.
+    let run_dir = args
+        .get(5)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| work.join("run"));
 
     // 1. The spawner alone: /bin/true with the full hook machinery (process
     //    group, capability drop, no_new_privs, pipes, pidfd + poll).
@@ -83,7 +88,7 @@ fn main() -> anyhow::Result<()> {
         let s = Command::new(&bin)
             .args(["--oem-dir", &oem.to_string_lossy()])
             .args(["--state-dir", &dir.join("state").to_string_lossy()])
-            .args(["--run-dir", &dir.join("run").to_string_lossy()])
+            .args(["--run-dir", &run_dir.to_string_lossy()])
             .args(["--metadata", &dir.join("metadata").to_string_lossy()])
             .args(["--boot-json", &dir.join("boot.json").to_string_lossy()])
             .arg("--no-journal")
@@ -105,31 +110,45 @@ fn main() -> anyhow::Result<()> {
     });
 
     // 3. Generator: the whole process, as systemd runs it, on the given tree;
-    //    peer: systemd-getty-generator (reads /proc/cmdline and /sys, writes links).
-    let gen_out = work.join("gen");
+    //    peer: systemd-getty-generator (reads /proc/cmdline and /sys, writes
+    //    links). Each run gets a fresh output directory, as at boot.
+    let gen_root = work.join("gen");
+    let mut i = 0;
     let generator = time(n / 5, || {
-        let _ = std::fs::remove_dir_all(&gen_out);
+        i += 1;
         let s = Command::new(&bin)
             .args(["--oem-dir", &tree.to_string_lossy()])
-            .args(["generate", &gen_out.to_string_lossy()])
+            .arg("generate")
+            .arg(gen_root.join(format!("k{i}")))
             .env("KEEL_LOG", "warn")
             .status()
             .expect("run generator");
         assert!(s.success());
     });
     let peer_gen = Path::new("/usr/lib/systemd/system-generators/systemd-getty-generator");
-    let peer_out = work.join("gen-peer");
     let peer = peer_gen.exists().then(|| {
         time(n / 5, || {
-            let _ = std::fs::remove_dir_all(&peer_out);
-            std::fs::create_dir_all(&peer_out).expect("mkdir");
-            let o = peer_out.to_string_lossy();
+            i += 1;
+            let o = gen_root.join(format!("p{i}"));
+            std::fs::create_dir_all(&o).expect("mkdir");
             let _ = Command::new(peer_gen)
-                .args([&*o, &*o, &*o])
+                .args([&o, &o, &o])
                 .stderr(Stdio::null())
                 .status();
         })
     });
+    // The generator's own work (read, plan, write), in process.
+    let paths = keel_oem::state::Paths {
+        oem_dir: tree.clone(),
+        ..Default::default()
+    };
+    let sys = Path::new(keel_oem::generator::SYSTEM_UNIT_DIR);
+    let inproc = time(n, || {
+        i += 1;
+        keel_oem::generator::generate(&paths, sys, &gen_root.join(format!("i{i}")))
+            .expect("generate");
+    });
+    let _ = std::fs::remove_dir_all(&gen_root);
 
     let (hm, hmed) = stats(hook);
     let (pm, pmed) = stats(plain);
@@ -147,6 +166,8 @@ fn main() -> anyhow::Result<()> {
         qmed / hooks as f64,
         em / qm
     );
+    let (im, imed) = stats(inproc);
+    println!("| generator, in process: read + plan + write (n={n}) | {im:.3} | {imed:.3} | - | - | - | - | ≤ 5 ms |");
     match peer.map(stats) {
         Some((xm, xmed)) => println!(
             "| generator, whole process (n={}) | {gm:.3} | {gmed:.3} | systemd-getty-generator | {xm:.3} | {xmed:.3} | {:.2} | ≤ 5 ms |",

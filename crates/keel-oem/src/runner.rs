@@ -177,7 +177,28 @@ fn failure_reason(hook: &Hook, run: &HookRun) -> String {
     reason
 }
 
-/// Run every hook of `stage` in name order and record the results.
+fn stage_status(report: &StageReport, started: u64, clock: Instant, done: bool) -> StageStatus {
+    let state = match (&report.failure, done) {
+        (Some(_), _) => "failed",
+        (None, true) => "ok",
+        (None, false) => "running",
+    };
+    StageStatus {
+        state: state.into(),
+        started,
+        duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        reason: report.failure.clone(),
+        hooks: report
+            .hooks
+            .iter()
+            .map(|(n, o)| (n.clone(), o.word().to_string()))
+            .collect(),
+    }
+}
+
+/// Run every hook of `stage` in name order and record the results: after
+/// each hook in this boot's `status.json` (a tmpfs, cheap), and once at the
+/// end of the stage, durably, in the persistent `results.json`.
 pub fn run_stage(
     ctx: &RunContext,
     manifest: &Manifest,
@@ -191,6 +212,18 @@ pub fn run_stage(
         hooks: Vec::new(),
         failure: None,
     };
+    let mut status = state::read_status(&ctx.paths).unwrap_or_else(|e| {
+        tracing::warn!("{e}; starting a fresh status file");
+        Default::default()
+    });
+    status.first_boot = ctx.first_boot;
+    status.oem_id = ctx.release.id.clone();
+    status.stages.insert(
+        stage.as_str().into(),
+        stage_status(&report, stage_start, clock, false),
+    );
+    state::write_status(&ctx.paths, &status)?;
+    let mut ran: Vec<(String, HookResult)> = Vec::new();
     for hook in manifest.stage(stage) {
         if report.failure.is_some() {
             report.hooks.push((hook.name.clone(), Outcome::NotRun));
@@ -211,21 +244,19 @@ pub fn run_stage(
         tracing::info!(hook = %hook.name, stage = %stage, "starting hook");
         let run = spawner.run(&spec);
         let duration = t.elapsed();
-        state::write_result(
-            &ctx.paths,
-            &hook.name,
-            &HookResult {
-                stage: stage.as_str().into(),
-                started,
-                duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
-                exit: run.exit.clone(),
-                output_bytes: run.output_bytes,
-                output_dropped: run.output_dropped,
-                last_stderr: run.last_stderr.clone(),
-            },
-        )?;
+        let result = HookResult {
+            stage: stage.as_str().into(),
+            started,
+            duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            exit: run.exit.clone(),
+            output_bytes: run.output_bytes,
+            output_dropped: run.output_dropped,
+            last_stderr: run.last_stderr.clone(),
+        };
         if run.exit.success() {
             tracing::info!(hook = %hook.name, ms = duration.as_millis() as u64, "hook succeeded");
+            // The marker is the one record that must survive a power cut:
+            // written (durably) only after success, so a failure is retried.
             if hook.run == RunPolicy::FirstBoot {
                 state::write_marker(&ctx.paths, &hook.name, state::now_unix())?;
             }
@@ -242,33 +273,27 @@ pub fn run_stage(
                 .hooks
                 .push((hook.name.clone(), Outcome::Failed(reason)));
         }
+        status.results.insert(hook.name.clone(), result.clone());
+        status.stages.insert(
+            stage.as_str().into(),
+            stage_status(&report, stage_start, clock, false),
+        );
+        state::write_status(&ctx.paths, &status)?;
+        ran.push((hook.name.clone(), result));
     }
-    let mut status = state::read_status(&ctx.paths).unwrap_or_else(|e| {
-        tracing::warn!("{e}; starting a fresh status file");
-        Default::default()
-    });
-    status.first_boot = ctx.first_boot;
-    status.oem_id = ctx.release.id.clone();
     status.stages.insert(
         stage.as_str().into(),
-        StageStatus {
-            state: if report.failure.is_some() {
-                "failed"
-            } else {
-                "ok"
-            }
-            .into(),
-            started: stage_start,
-            duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
-            reason: report.failure.clone(),
-            hooks: report
-                .hooks
-                .iter()
-                .map(|(n, o)| (n.clone(), o.word().to_string()))
-                .collect(),
-        },
+        stage_status(&report, stage_start, clock, true),
     );
     state::write_status(&ctx.paths, &status)?;
+    if !ran.is_empty() {
+        let mut all = state::read_results(&ctx.paths).unwrap_or_else(|e| {
+            tracing::warn!("{e}; starting a fresh results file");
+            Default::default()
+        });
+        all.extend(ran);
+        state::write_results(&ctx.paths, &all)?;
+    }
     Ok(report)
 }
 
@@ -411,6 +436,29 @@ pub(crate) mod tests {
         let res = state::read_result(&c.paths, "a-opt").unwrap().unwrap();
         assert_eq!(res.exit, FAIL);
         assert_eq!(res.stage, "late");
+    }
+
+    #[test]
+    fn results_persist_across_stages_and_status_shows_each_hook() {
+        let d = tempfile::tempdir().unwrap();
+        let c = ctx(d.path());
+        let m = manifest(&[
+            ("e", "early", "every-boot", false),
+            ("l", "late", "every-boot", false),
+        ]);
+        let mut sp = FakeSpawner::new([OK, FAIL]);
+        run_stage(&c, &m, Stage::Early, &mut sp).unwrap();
+        run_stage(&c, &m, Stage::Late, &mut sp).unwrap();
+        let all = state::read_results(&c.paths).unwrap();
+        assert_eq!(all["e"].exit, OK);
+        assert_eq!(all["l"].exit, FAIL);
+        assert_eq!(all["l"].last_stderr.as_deref(), Some("boom"));
+        let st = state::read_status(&c.paths).unwrap();
+        assert_eq!(st.results.len(), 2);
+        assert_eq!(st.stages["early"].state, "ok");
+        assert_eq!(st.stages["late"].hooks["l"], "failed");
+        assert!(st.first_boot);
+        assert_eq!(st.oem_id, "qemu");
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 pub struct Paths {
     /// The OEM tree (`/oem`): `oem.toml`, `oem-release`, `units/`, `bin/`.
     pub oem_dir: PathBuf,
-    /// Persistent state (`/var/lib/keel/oem`): `done/<hook>`, `results/<hook>.json`.
+    /// Persistent state (`/var/lib/keel/oem`): `done/<hook>`, `results.json`.
     pub state_dir: PathBuf,
     /// Runtime status (`/run/keel/oem`): `status.json`.
     pub run_dir: PathBuf,
@@ -57,9 +57,9 @@ impl Paths {
     pub fn marker(&self, hook: &str) -> PathBuf {
         self.state_dir.join("done").join(hook)
     }
-    /// Last result of a hook.
-    pub fn result(&self, hook: &str) -> PathBuf {
-        self.state_dir.join("results").join(format!("{hook}.json"))
+    /// Every hook's last result, kept across boots.
+    pub fn results(&self) -> PathBuf {
+        self.state_dir.join("results.json")
     }
     /// This boot's status.
     pub fn status(&self) -> PathBuf {
@@ -96,9 +96,7 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
 }
 
 /// Write `data` to `path` atomically (temp file, rename) and, when `durable`,
-/// fsync the file and the directory. Records whose loss after a power cut is
-/// harmless (a hook's last result) skip the two fsyncs, which cost more than
-/// spawning the hook on a slow disk.
+/// fsync the file and the directory. Files on a tmpfs skip the fsyncs.
 fn write_file(path: &Path, data: &[u8], durable: bool) -> Result<(), StateError> {
     let io = |action, source| StateError::Io {
         action,
@@ -207,7 +205,7 @@ impl std::fmt::Display for Exit {
     }
 }
 
-/// The last run of one hook, kept in `results/<hook>.json`.
+/// The last run of one hook (in `status.json` for this boot, `results.json` across boots).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HookResult {
     /// The stage it ran in.
@@ -227,14 +225,26 @@ pub struct HookResult {
     pub last_stderr: Option<String>,
 }
 
-/// Read a hook's last result; `None` when it never ran.
-pub fn read_result(paths: &Paths, hook: &str) -> Result<Option<HookResult>, StateError> {
-    read_json(&paths.result(hook))
+/// Every hook's last result from earlier stage runs (`results.json`).
+pub fn read_results(paths: &Paths) -> Result<BTreeMap<String, HookResult>, StateError> {
+    Ok(read_json(&paths.results())?.unwrap_or_default())
 }
 
-/// Record a hook's last result (atomic, not fsync'd: see [`write_file`]).
-pub fn write_result(paths: &Paths, hook: &str, r: &HookResult) -> Result<(), StateError> {
-    write_json(&paths.result(hook), r, false)
+/// Persist every hook's last result, durably: written once per stage run.
+pub fn write_results(
+    paths: &Paths,
+    results: &BTreeMap<String, HookResult>,
+) -> Result<(), StateError> {
+    write_json(&paths.results(), results, true)
+}
+
+/// A hook's last result: this boot's (`status.json`) if it ran, else the
+/// persisted one; `None` when it never ran.
+pub fn read_result(paths: &Paths, hook: &str) -> Result<Option<HookResult>, StateError> {
+    if let Some(r) = read_status(paths)?.results.remove(hook) {
+        return Ok(Some(r));
+    }
+    Ok(read_results(paths)?.remove(hook))
 }
 
 /// A run-once marker: when the hook first succeeded.
@@ -281,6 +291,9 @@ pub struct RuntimeStatus {
     pub oem_id: String,
     /// Stage name → status.
     pub stages: BTreeMap<String, StageStatus>,
+    /// Hook name → its result in this boot, updated after every hook.
+    #[serde(default)]
+    pub results: BTreeMap<String, HookResult>,
 }
 
 /// Read this boot's status (empty when no stage ran yet).
@@ -288,9 +301,9 @@ pub fn read_status(paths: &Paths) -> Result<RuntimeStatus, StateError> {
     Ok(read_json(&paths.status())?.unwrap_or_default())
 }
 
-/// Write this boot's status.
+/// Write this boot's status (atomic; not fsync'd: `/run` is a tmpfs).
 pub fn write_status(paths: &Paths, s: &RuntimeStatus) -> Result<(), StateError> {
-    write_json(&paths.status(), s, true)
+    write_json(&paths.status(), s, false)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
@@ -381,14 +394,25 @@ mod tests {
             output_dropped: 0,
             last_stderr: None,
         };
-        write_result(&paths, "h", &r).unwrap();
-        assert_eq!(read_result(&paths, "h").unwrap(), Some(r));
+        let mut all = BTreeMap::new();
+        all.insert("h".to_string(), r.clone());
+        write_results(&paths, &all).unwrap();
+        assert_eq!(read_result(&paths, "h").unwrap(), Some(r.clone()));
+        // This boot's result wins over the persisted one.
+        let mut newer = r.clone();
+        newer.exit = Exit::Exited { code: 0 };
+        let mut st = RuntimeStatus::default();
+        st.results.insert("h".into(), newer.clone());
+        write_status(&paths, &st).unwrap();
+        assert_eq!(read_result(&paths, "h").unwrap(), Some(newer));
+        assert_eq!(read_result(&paths, "other").unwrap(), None);
         // No stray temp files left behind.
-        let names: Vec<_> = fs::read_dir(d.path().join("state/results"))
+        let mut names: Vec<_> = fs::read_dir(d.path().join("state"))
             .unwrap()
-            .map(|e| e.unwrap().file_name())
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(names, ["h.json"]);
+        names.sort();
+        assert_eq!(names, ["done", "results.json"]);
     }
 
     #[test]

@@ -148,10 +148,10 @@ mod tests {
             "version = 1\n[[hook]]\nname = \"keys\"\nstage = \"network\"\ncommand = [\"/oem/bin/k\"]\ntimeout = 5\nrun = \"first-boot\"\nrequired = true\n[[hook]]\nname = \"agent\"\nstage = \"late\"\ncommand = [\"/oem/bin/a\"]\ntimeout = 5\n[[hook]]\nname = \"tune\"\nstage = \"early\"\ncommand = [\"/oem/bin/t\"]\ntimeout = 5\nrun = \"first-boot\"\n",
         )
         .unwrap();
-        state::write_result(
-            &paths,
-            "keys",
-            &HookResult {
+        let mut all = std::collections::BTreeMap::new();
+        all.insert(
+            "keys".to_string(),
+            HookResult {
                 stage: "network".into(),
                 started: 1_795_000_000,
                 duration_ms: 12,
@@ -160,13 +160,11 @@ mod tests {
                 output_dropped: 0,
                 last_stderr: None,
             },
-        )
-        .unwrap();
+        );
         state::write_marker(&paths, "keys", 1_795_000_001).unwrap();
-        state::write_result(
-            &paths,
-            "tune",
-            &HookResult {
+        all.insert(
+            "tune".to_string(),
+            HookResult {
                 stage: "early".into(),
                 started: 1_795_000_000,
                 duration_ms: 5000,
@@ -175,8 +173,8 @@ mod tests {
                 output_dropped: 0,
                 last_stderr: None,
             },
-        )
-        .unwrap();
+        );
+        state::write_results(&paths, &all).unwrap();
         let mut rt = RuntimeStatus {
             first_boot: true,
             oem_id: "qemu".into(),

@@ -199,8 +199,8 @@ fn timeout_kills_the_whole_process_group() {
     for p in pids {
         assert!(!pid_alive(p), "process {p} of the hook's group survived");
     }
-    let result: serde_json::Value =
-        serde_json::from_str(&t.read("state/results/hang.json")).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&t.read("state/results.json")).unwrap();
+    let result = &result["hang"];
     assert_eq!(result["exit"]["kind"], "timed-out");
 }
 
@@ -304,7 +304,8 @@ fn run_once_survives_a_failure_then_succeeds_next_run() {
         !t.path("state/done/once").exists(),
         "marker written after a failure"
     );
-    let r: serde_json::Value = serde_json::from_str(&t.read("state/results/once.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&t.read("state/results.json")).unwrap();
+    let r = &r["once"];
     assert_eq!(r["exit"]["code"], 7);
     assert_eq!(r["last_stderr"], "flag missing");
 
@@ -456,7 +457,8 @@ fn output_goes_to_the_journal_tagged_and_bounded() {
         "took {:?}",
         start.elapsed()
     );
-    let r: serde_json::Value = serde_json::from_str(&t.read("state/results/chatty.json")).unwrap();
+    let r: serde_json::Value = serde_json::from_str(&t.read("run/status.json")).unwrap();
+    let r = &r["results"]["chatty"];
     assert_eq!(r["exit"]["code"], 0);
     let forwarded = r["output_bytes"].as_u64().unwrap();
     let dropped = r["output_dropped"].as_u64().unwrap();
@@ -586,9 +588,8 @@ fn qemu_tree_installs_fw_cfg_metadata_and_ssh_keys() {
             "{e}"
         );
         for h in ["10-fw-cfg-metadata", "20-hostname", "30-ssh-keys"] {
-            let r: serde_json::Value =
-                serde_json::from_str(&t.read(&format!("state/results/{h}.json"))).unwrap();
-            assert_eq!(r["exit"]["code"], 0, "{h}: {r} {e}");
+            let r: serde_json::Value = serde_json::from_str(&t.read("state/results.json")).unwrap();
+            assert_eq!(r[h]["exit"]["code"], 0, "{h}: {r} {e}");
         }
     }
     assert_eq!(

@@ -80,7 +80,7 @@ pub fn session(
     let plan = run::plan(s, &store.tree(&s.name), &reg, req, interactive);
     tracing::debug!("running {}", plan.display());
     let code = spawner.run(&plan).map_err(|e| StoreError::Io {
-        path: "systemd-nspawn".into(),
+        path: run::NSPAWN.into(),
         source: e,
     })?;
     drop(machine_lock);

@@ -18,6 +18,9 @@ use std::process::Command;
 
 use crate::config::Settings;
 
+/// systemd-nspawn, from Debian's systemd-container (merged /usr).
+pub const NSPAWN: &str = "/usr/bin/systemd-nspawn";
+
 /// What to run inside.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -121,7 +124,8 @@ pub fn plan(
         }
     }
     Plan {
-        program: "systemd-nspawn".into(),
+        // Absolute: toolbox runs as root, so no PATH lookup.
+        program: NSPAWN.into(),
         args,
         env: vec![("SYSTEMD_NSPAWN_LOCK".into(), "0".into())],
     }
@@ -186,7 +190,7 @@ mod tests {
         );
         assert_eq!(
             p.display(),
-            "systemd-nspawn --quiet --directory=/var/lib/toolbox/t --capability=all --machine=t --register=no --keep-unit --user=core --console=pipe --as-pid2 --bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run --setenv=A=1 -- cat /media/root/etc/os-release"
+            "/usr/bin/systemd-nspawn --quiet --directory=/var/lib/toolbox/t --capability=all --machine=t --register=no --keep-unit --user=core --console=pipe --as-pid2 --bind=/:/media/root --bind=/usr:/media/root/usr --bind=/run:/media/root/run --setenv=A=1 -- cat /media/root/etc/os-release"
         );
         assert_eq!(p.env, vec![("SYSTEMD_NSPAWN_LOCK".into(), "0".into())]);
         let p = plan(

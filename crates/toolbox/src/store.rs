@@ -203,6 +203,16 @@ impl Store {
         rustix::fs::flock(lock._file.as_fd(), op).map_err(|e| io_at(&self.dir)(e.into()))
     }
 
+    /// Whether a session holds the tree. Opens the lock file read-only and
+    /// never creates it, so `toolbox list` works without root.
+    pub fn in_use(&self, name: &str) -> bool {
+        let Ok(f) = File::open(self.hidden(name, "lock")) else {
+            return false;
+        };
+        rustix::fs::flock(&f, FlockOperation::NonBlockingLockExclusive)
+            == Err(rustix::io::Errno::WOULDBLOCK)
+    }
+
     /// Read `.NAME.json`.
     pub fn meta(&self, name: &str) -> Option<Meta> {
         let bytes = std::fs::read(self.hidden(name, "json")).ok()?;
@@ -223,10 +233,7 @@ impl Store {
             if name.starts_with('.') || !e.file_type().is_ok_and(|t| t.is_dir()) {
                 continue;
             }
-            let in_use = matches!(
-                self.lock(&name, LockMode::Exclusive, false),
-                Err(StoreError::InUse { .. })
-            );
+            let in_use = self.in_use(&name);
             out.push(Entry {
                 meta: self.meta(&name),
                 name,

@@ -572,6 +572,8 @@ fn two_concurrent_sessions_and_rm_refused_while_in_use() {
     let rm = env.toolbox(&["rm"]);
     assert!(failed(&rm).contains("toolbox t is in use by a running session; exit it first"));
     assert!(ok(&env.toolbox(&["list"])).contains("in use"));
+    let pull = env.toolbox(&["pull"]);
+    assert!(failed(&pull).contains("toolbox t is in use by a running session; exit it first"));
     let wait = |g: &mut Guard| {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {

@@ -271,6 +271,14 @@ mod tests {
     }
 
     #[test]
+    fn check_accepts_the_vm_test_tree() {
+        let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("test_data/vm-oem");
+        let r = check(&tree);
+        assert_eq!(r.errors, Vec::<String>::new());
+        assert_eq!(r.summary.len(), 6, "{:?}", r.summary);
+    }
+
+    #[test]
     fn check_accepts_the_qemu_tree() {
         let qemu = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../image/oem/qemu");
         let r = check(&qemu);

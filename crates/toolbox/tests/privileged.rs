@@ -542,6 +542,27 @@ fn cat_host_os_release_and_exit_status() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert_eq!(ok(&env.toolbox(&["-c", "echo hi; id -u"])), "hi\n0\n");
+    // No argument: a shell, here reading its commands from a pipe.
+    let mut child = Guard(
+        env.cmd(&[])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    child.0.stdin.take().unwrap().write_all(b"cat /etc/os-release\nexit 3\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "shell session did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stdout = String::new();
+    child.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
+    assert_eq!((status.code(), stdout.as_str()), (Some(3), "NAME=toolbox-test\nID=toolbox-test\n"));
 }
 
 #[test]

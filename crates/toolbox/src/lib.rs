@@ -12,7 +12,26 @@
 //! [`config`]). Uses `/run/systemd/system` to decide whether to register the
 //! container with machined. No units, no kernel arguments.
 //!
-//! Layout: [`config`] (parse → merge → validate), [`reference`] and [`oci`]
+//! Decisions (not in DESIGN.md):
+//! - default image `docker.io/library/debian:bookworm` (Keel's base is
+//!   Debian 12); `TOOLBOX_NAME` names the tree, else CoreOS's
+//!   `USER-IMAGE-TAG` with `[^A-Za-z0-9_.-]` → `_`;
+//! - `TOOLBOX_LOCAL_IMAGE` (Keel's addition): a local source used only when
+//!   the registry cannot be reached (never after a digest or parse error);
+//! - `TOOLBOX_BIND`/`TOOLBOX_ENV` are split into words honouring quotes
+//!   inside the value; only `--bind=`/`--bind-ro=` and `--setenv=`/`KEY=VALUE`
+//!   are accepted; `$NAME` expands variables set earlier, `HOME` and `USER`;
+//! - registries on loopback are spoken to in plain HTTP, all others HTTPS;
+//!   only anonymous Bearer tokens (public images);
+//! - layer paths resolve with `RESOLVE_BENEATH` (refuse, not clamp); device
+//!   nodes are refused; a bare `/` entry is the root;
+//! - a tree without os-release gets an empty `/etc/os-release` (as CoreOS);
+//! - registry blobs are cached until the unpack succeeds, then deleted;
+//! - a second session is a second container on the same tree
+//!   (`SYSTEMD_NSPAWN_LOCK=0`), guarded by toolbox's own flocks;
+//! - exit status: the command's; toolbox's own failures exit 125.
+//!
+//! Layout: [`config`] (parse → merge → validate), [`reference`](crate::reference) and [`oci`]
 //! (image names and documents), [`source`] and [`registry`] (fetching,
 //! verifying), [`unpack`] (safe layer extraction), [`store`] (the toolbox
 //! directory, locks, pull), [`run`] (the nspawn command line and spawner).

@@ -666,3 +666,93 @@ fn owner_names_resolve_through_sysusers_d() {
         .unwrap()
         .contains("core"));
 }
+
+#[test]
+fn plan_edge_cases() {
+    let env = env();
+    let root = &env.fb.sysroot;
+    put(root, "etc/gshadow", "root:*::\nsudo:*::\n");
+    put(root, "etc/existing-file", "old");
+    fs::create_dir_all(root.join("srv/data")).unwrap();
+    put(root, "etc/shared", "same");
+    symlink("/usr/share/zoneinfo/UTC", root.join("etc/localtime")).unwrap();
+    put(
+        root,
+        "usr/lib/systemd/system/getty@.service",
+        "[Service]\nExecStart=/sbin/agetty %I\n[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n",
+    );
+    fs::create_dir_all(root.join("etc/systemd/system/multi-user.target.wants")).unwrap();
+    symlink(
+        "/usr/lib/systemd/system/old.service",
+        root.join("etc/systemd/system/multi-user.target.wants/old.service"),
+    )
+    .unwrap();
+    symlink("/dev/null", root.join("etc/systemd/system/masked.service")).unwrap();
+    let cfg = r#"{"ignition":{"version":"3.4.0"},
+      "passwd":{"users":[{"name":"bob","system":true,"groups":["sudo","docker"],"noCreateHome":true}],
+                "groups":[{"name":"ops","gid":4000},{"name":"sys2","system":true}]},
+      "storage":{
+        "directories":[{"path":"/srv/data","mode":488,"group":{"name":"ops"}},
+                       {"path":"/etc/existing-file","overwrite":true}],
+        "files":[{"path":"/etc/shared","contents":{"source":"data:,same"}},
+                 {"path":"/srv/data/big","contents":{"source":"data:;base64,H4sIAAAAAAAAA8tIzcnJBwCGphA2BQAAAA==","compression":"gzip"}}],
+        "links":[{"path":"/etc/localtime","target":"/usr/share/zoneinfo/UTC"},
+                 {"path":"/srv/hard","target":"/srv/data/big","hard":true}]},
+      "systemd":{"units":[{"name":"getty@.service","enabled":true},
+                          {"name":"old.service","enabled":false},
+                          {"name":"masked.service","mask":false}]}}"#;
+    let (c, _) = crate::ignition::parse(cfg.as_bytes()).unwrap();
+    let plan = crate::plan::plan(&c, root).unwrap();
+    let text: String = plan
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with("write /etc/"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(
+        text,
+        "remove /etc/existing-file\n\
+         mkdir /etc/existing-file 0755 0:0\n\
+         setattrs /srv/data 0750 -:4000\n\
+         write /srv/data/big 0644 0:0 5 bytes\n\
+         hardlink /srv/hard -> /srv/data/big\n\
+         mkdir /etc/systemd/system/getty.target.wants 0755 0:0\n\
+         symlink /etc/systemd/system/getty.target.wants/getty@tty1.service -> /usr/lib/systemd/system/getty@.service 0:0\n\
+         remove /etc/systemd/system/multi-user.target.wants/old.service\n\
+         remove /etc/systemd/system/masked.service\n"
+    );
+    let ws = |p: &str| {
+        plan.steps
+            .iter()
+            .find(|s| s.action.path() == p)
+            .map(|s| match &s.action {
+                crate::plan::Action::Write { contents, .. } => {
+                    String::from_utf8_lossy(contents).to_string()
+                }
+                _ => String::new(),
+            })
+    };
+    // /etc/shared has the same contents already: rewritten, not an error;
+    // the existing symlink with the same target is left alone
+    assert_eq!(ws("/etc/shared").as_deref(), Some("same"));
+    assert!(!plan
+        .steps
+        .iter()
+        .any(|s| s.action.path() == "/etc/localtime"));
+    // system user: uid from the top of 100..999, its user group the next
+    // free system gid (999 went to the system group sys2);
+    // groups from the config (fixed and system), docker from sysusers.d
+    assert!(ws("/etc/passwd")
+        .unwrap()
+        .ends_with("bob:x:999:998::/home/bob:/bin/bash\n"));
+    assert_eq!(
+        ws("/etc/group").unwrap(),
+        "root:x:0:\ndaemon:x:1:\nsudo:x:27:bob\nops:x:4000:\nsys2:x:999:\nbob:x:998:\ndocker:x:233:bob\n"
+    );
+    assert_eq!(
+        ws("/etc/gshadow").unwrap(),
+        "root:*::\nsudo:*::bob\nops:!::\nsys2:!::\nbob:!::\ndocker:!::bob\n"
+    );
+    // noCreateHome and no keys: no home directory
+    assert!(!plan.steps.iter().any(|s| s.action.path() == "/home/bob"));
+}

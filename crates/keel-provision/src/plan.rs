@@ -989,13 +989,18 @@ impl Planner<'_> {
                     gid,
                 }
             };
+            // An identical symlink already there (a re-run) is left alone.
+            let mut same = false;
             match self.kind(&path) {
                 Kind::Missing => self.parents(Place::Root, &path),
                 Kind::Dir => return Err(e(&at, format!("{path} is a directory"))),
                 Kind::Symlink
                     if !l.hard
                         && fs::read_link(self.host(&path)).ok().as_deref()
-                            == Some(Path::new(&l.target)) => {}
+                            == Some(Path::new(&l.target)) =>
+                {
+                    same = true
+                }
                 _ if l.node.overwrite == Some(true) => {}
                 _ => {
                     return Err(e(
@@ -1004,7 +1009,9 @@ impl Planner<'_> {
                     ))
                 }
             }
-            self.push(Place::Root, action);
+            if !same {
+                self.push(Place::Root, action);
+            }
             self.claim(Place::Root, &path, Kind::Symlink, &l.node.at)?;
             self.plan.summary.links.push(path);
         }

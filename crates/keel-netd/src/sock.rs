@@ -154,9 +154,10 @@ impl PacketSocket {
             // SAFETY: msghdr is plain old data; zeroed is valid.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
             msg.msg_iov = &mut iov;
-            msg.msg_iovlen = 1;
+            msg.msg_iovlen = 1 as _;
             msg.msg_control = cmsg.as_mut_ptr().cast();
-            msg.msg_controllen = std::mem::size_of_val(&cmsg);
+            // The field is usize on glibc and u32 on musl; 128 bytes fit both.
+            msg.msg_controllen = std::mem::size_of_val(&cmsg) as _;
             // SAFETY: msg points at iov/cmsg buffers that outlive the call.
             let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, libc::MSG_TRUNC) };
             if n < 0 {

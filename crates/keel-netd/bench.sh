@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# keel-netd benchmark: time from "link up" to "address configured and
+# default route installed" for keel-netd, dhclient and dhcpcd against the
+# same dnsmasq in the same netns + veth setup; keel-netd's RSS after many
+# short-lease renewals; binary size. Writes $1/keel-netd.md.
+#
+# Each run uses fresh namespaces and fresh lease state, so every client does
+# a full DISCOVER/OFFER/REQUEST/ACK. The clock starts just before the client
+# is started with the link down (each client brings the link up itself) and
+# stops when `ip route` shows the default route and the address is present
+# (polled every 5 ms). /etc/resolv.conf writes by dhclient-script and
+# dhcpcd hooks land in /etc/netns/<ns>/resolv.conf (ip netns exec bind-mounts
+# it), never the host's.
+set -euo pipefail
+out=${1:-/tmp/keel-netd-bench}
+mkdir -p "$out"
+top=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+[ "$(id -u)" = 0 ] || { echo "bench.sh: needs root (network namespaces)" >&2; exit 1; }
+RUNS=${RUNS:-7}
+RENEW_SECS=${RENEW_SECS:-90}
+
+BIN=${KEEL_NETD_BIN:-$top/target/x86_64-unknown-linux-musl/release/keel-netd}
+if [ ! -x "$BIN" ]; then
+  (cd "$top" && cargo build --release --target x86_64-unknown-linux-musl -p keel-netd)
+fi
+
+work=$(mktemp -d /tmp/keel-netd-bench.XXXXXX)
+SRV=knb-srv-$$ CLI=knb-cli-$$
+pids=()
+cleanup() {
+  for p in "${pids[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.2
+  ip netns del "$SRV" 2>/dev/null || true
+  ip netns del "$CLI" 2>/dev/null || true
+  rm -rf "/etc/netns/$CLI" "$work"
+}
+trap cleanup EXIT
+
+now_ms() { date +%s%3N; }
+
+setup() { # $1: dnsmasq extra args
+  ip netns del "$SRV" 2>/dev/null || true
+  ip netns del "$CLI" 2>/dev/null || true
+  ip netns add "$SRV"; ip netns add "$CLI"
+  mkdir -p "/etc/netns/$CLI"; : > "/etc/netns/$CLI/resolv.conf"
+  ip link add knbs type veth peer name knbc
+  ip link set knbs netns "$SRV"; ip link set knbc netns "$CLI"
+  ip -n "$SRV" addr add 10.98.0.1/24 dev knbs
+  ip -n "$SRV" link set knbs up; ip -n "$SRV" link set lo up; ip -n "$CLI" link set lo up
+  rm -f "$work/dnsmasq.leases" "$work/dnsmasq.log"
+  # shellcheck disable=SC2086
+  ip netns exec "$SRV" dnsmasq --no-daemon --conf-file=/dev/null --port=0 --interface=knbs \
+    --bind-interfaces --dhcp-range=10.98.0.50,10.98.0.150,2m --dhcp-option=option:dns-server,10.98.0.53 \
+    --log-dhcp --log-facility="$work/dnsmasq.log" --dhcp-leasefile="$work/dnsmasq.leases" $1 &
+  DNSMASQ=$!; pids+=("$DNSMASQ")
+  for _ in $(seq 100); do grep -q "DHCP, IP range" "$work/dnsmasq.log" 2>/dev/null && break; sleep 0.05; done
+}
+
+teardown() {
+  kill "$CLIENT" 2>/dev/null || true; wait "$CLIENT" 2>/dev/null || true
+  kill "$DNSMASQ" 2>/dev/null || true; wait "$DNSMASQ" 2>/dev/null || true
+  ip netns del "$CLI"; ip netns del "$SRV"
+  rm -f /var/lib/dhcpcd/knbc*.lease /var/lib/dhcpcd/duid 2>/dev/null || true
+}
+
+configured() {
+  ip -n "$CLI" -4 route show default dev knbc 2>/dev/null | grep -q "via 10.98.0.1" &&
+    ip -n "$CLI" -4 addr show dev knbc 2>/dev/null | grep -q "inet 10.98.0."
+}
+
+start_client() { # $1: name
+  rm -rf "$work/state" "$work/run" "$work/net"; mkdir -p "$work/state" "$work/run" "$work/net"
+  printf '[Match]\nName=knbc\n[Network]\nDHCP=yes\n' > "$work/net/50-bench.network"
+  case $1 in
+    keel-netd) ip netns exec "$CLI" "$BIN" --network-dir "$work/net" --state-dir "$work/state" --run-dir "$work/run" 2>"$work/client.log" & ;;
+    dhclient) ip netns exec "$CLI" dhclient -4 -d -lf "$work/dhclient.leases" -pf "$work/dhclient.pid" knbc 2>"$work/client.log" & ;;
+    dhcpcd) ip netns exec "$CLI" dhcpcd -4 -B -q knbc 2>"$work/client.log" & ;;
+    dhcpcd-noarp) ip netns exec "$CLI" dhcpcd -4 -B -q --noarp knbc 2>"$work/client.log" & ;;
+  esac
+  CLIENT=$!; pids+=("$CLIENT")
+}
+
+time_one() { # $1: client; prints ms
+  setup ""
+  rm -f "$work/dhclient.leases"
+  local t0 t1
+  t0=$(now_ms)
+  start_client "$1"
+  local deadline=$((t0 + 30000))
+  until configured; do
+    [ "$(now_ms)" -lt $deadline ] || { echo "bench.sh: $1 got no lease in 30 s" >&2; cat "$work/client.log" >&2; teardown; echo 30000; return; }
+    sleep 0.005
+  done
+  t1=$(now_ms)
+  teardown
+  echo $((t1 - t0))
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
+
+declare -A MED
+for c in keel-netd dhclient dhcpcd dhcpcd-noarp; do
+  command -v "${c%-noarp}" >/dev/null || [ "$c" = keel-netd ] || { echo "bench.sh: $c not installed, skipping" >&2; continue; }
+  samples=()
+  for _ in $(seq "$RUNS"); do samples+=("$(time_one "$c")"); done
+  MED[$c]=$(printf '%s\n' "${samples[@]}" | median)
+  echo "$c: ${samples[*]} ms (median ${MED[$c]})" >&2
+done
+
+# RSS after many renewals: T1 = 1 s, T2 = 2 s, lease 2 min.
+setup "--dhcp-option=58,1 --dhcp-option=59,2"
+start_client keel-netd
+netd=$CLIENT
+sleep "$RENEW_SECS"
+renewals=$(grep -c "DHCPACK" "$work/dnsmasq.log" || true)
+rss_kib=$(awk '/VmRSS/ {print $2}' "/proc/$netd/status")
+hwm_kib=$(awk '/VmHWM/ {print $2}' "/proc/$netd/status")
+teardown
+
+size=$(stat -c %s "$BIN")
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "n/a" }'; }
+{
+  echo "## keel-netd ($(date -u +%Y-%m-%dT%H:%MZ), $RUNS runs each, median)"
+  echo
+  echo "| client | link up → address + default route (ms) | ratio vs dhclient |"
+  echo "|---|---:|---:|"
+  for c in keel-netd dhclient dhcpcd dhcpcd-noarp; do
+    [ -n "${MED[$c]:-}" ] || continue
+    echo "| $c | ${MED[$c]} | $(ratio "${MED[$c]}" "${MED[dhclient]:-0}") |"
+  done
+  echo
+  echo "| measure | value | target |"
+  echo "|---|---:|---:|"
+  echo "| keel-netd RSS after $((renewals - 1)) renewals (T1 = 1 s, ${RENEW_SECS} s) | $((rss_kib)) KiB (peak $hwm_kib KiB) | ≤ 4096 KiB |"
+  echo "| keel-netd binary (static musl, stripped) | $size bytes ($(awk -v s="$size" 'BEGIN{printf "%.2f", s/1048576}') MiB) | ≤ 3 MiB |"
+} | tee "$out/keel-netd.md"

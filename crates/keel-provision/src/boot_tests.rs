@@ -756,3 +756,35 @@ fn plan_edge_cases() {
     // noCreateHome and no keys: no home directory
     assert!(!plan.steps.iter().any(|s| s.action.path() == "/home/bob"));
 }
+
+#[test]
+fn io_failure_while_applying_leaves_no_trace() {
+    let env = env();
+    let cfg = ign_fixture().replace(
+        r#",
+                       {"path":"/lib/modules-load.d/x.conf","overwrite":false}"#,
+        "",
+    );
+    fw_cfg(&env, "opt/keel/config", &cfg);
+    let before = snapshot(&env.fb.sysroot);
+    // the unit file is one of the last steps: accounts, homes, files and
+    // directories are staged by then
+    let sys = Recording {
+        fail_chown: Some(".hello.service.keel-tmp".into()),
+        ..Default::default()
+    };
+    let err = first_boot(&env.fb, &sys).unwrap_err().to_string();
+    let tmp = env
+        .fb
+        .sysroot
+        .join("etc/systemd/system/.hello.service.keel-tmp");
+    assert_eq!(
+        err,
+        format!(
+            "applying the config: writing {}: injected failure",
+            tmp.display()
+        )
+    );
+    assert!(sys.calls().len() > 5, "the failure came late");
+    assert_eq!(snapshot(&env.fb.sysroot), before);
+}

@@ -77,6 +77,8 @@ pub struct Recording {
     pub calls: Mutex<Vec<Call>>,
     /// Device path → directory whose files the "mounted" drive shows.
     pub drives: Vec<(PathBuf, PathBuf)>,
+    /// Make `lchown` fail (as an I/O error would) for paths containing this.
+    pub fail_chown: Option<String>,
 }
 
 impl Recording {
@@ -130,6 +132,11 @@ impl System for Recording {
 
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> std::io::Result<()> {
         self.record(Call::Chown(path.into(), uid, gid));
-        Ok(())
+        match &self.fail_chown {
+            Some(f) if path.to_string_lossy().contains(f.as_str()) => {
+                Err(std::io::Error::other("injected failure"))
+            }
+            _ => Ok(()),
+        }
     }
 }

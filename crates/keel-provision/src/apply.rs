@@ -12,7 +12,7 @@
 //!
 //! Durability is batched: instead of fsyncing every file and directory (two
 //! fsyncs per step made a 50-file config take ~400 ms here, four times the
-//! budget), one sync(2) after the commit makes everything durable, before
+//! budget), one syncfs(2) after the commit makes everything durable, before
 //! the result and the run-once marker are written with a full fsync each.
 //! A crash before the marker is durable means the next boot is still a
 //! first boot and provisions again. Ownership goes through [`System`].
@@ -81,8 +81,14 @@ pub fn apply(plan: &Plan, root: &Path, run: &Path, sys: &dyn System) -> Result<(
         let host = host_of(step.place, step.action.path());
         commit(&step.action, s, &host, sys)?;
     }
-    if !plan.steps.is_empty() {
-        rustix::fs::sync();
+    if plan.steps.iter().any(|s| s.place == Place::Root) {
+        // syncfs(2) on ROOT and on the /etc overlay (which syncs its upper
+        // layer), not a global sync(2): only provisioning's own writes.
+        for dir in [root.to_path_buf(), root.join("etc")] {
+            if let Ok(f) = fs::File::open(&dir) {
+                rustix::fs::syncfs(&f).map_err(|e| err("syncing", &dir)(e.into()))?;
+            }
+        }
     }
     Ok(())
 }

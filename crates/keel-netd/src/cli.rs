@@ -35,7 +35,10 @@ pub fn status(run_dir: &Path, iface: Option<&str>) -> Result<String, CliError> {
         }
         None => links,
     };
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
     Ok(state::render_status(&links, now))
 }
 
@@ -43,8 +46,15 @@ pub fn status(run_dir: &Path, iface: Option<&str>) -> Result<String, CliError> {
 pub fn parse_spec(s: &str) -> Result<(String, Option<String>), CliError> {
     match s.split_once(':') {
         None if !s.is_empty() => Ok((s.to_string(), None)),
-        Some((n, st)) if !n.is_empty() && crate::config::OperState::parse(st.split(':').next().unwrap_or(st)).is_some() => {
-            Ok((n.to_string(), Some(st.split(':').next().unwrap_or(st).to_string())))
+        Some((n, st))
+            if !n.is_empty()
+                && crate::config::OperState::parse(st.split(':').next().unwrap_or(st))
+                    .is_some() =>
+        {
+            Ok((
+                n.to_string(),
+                Some(st.split(':').next().unwrap_or(st).to_string()),
+            ))
         }
         _ => Err(CliError::BadSpec(s.to_string())),
     }
@@ -78,8 +88,14 @@ mod tests {
     #[test]
     fn specs() {
         assert_eq!(parse_spec("eth0").unwrap(), ("eth0".into(), None));
-        assert_eq!(parse_spec("eth0:routable").unwrap(), ("eth0".into(), Some("routable".into())));
-        assert_eq!(parse_spec("eth0:degraded:routable").unwrap(), ("eth0".into(), Some("degraded".into())));
+        assert_eq!(
+            parse_spec("eth0:routable").unwrap(),
+            ("eth0".into(), Some("routable".into()))
+        );
+        assert_eq!(
+            parse_spec("eth0:degraded:routable").unwrap(),
+            ("eth0".into(), Some("degraded".into()))
+        );
         assert_eq!(
             parse_spec("eth0:up").unwrap_err().to_string(),
             "invalid interface spec 'eth0:up': expected NAME or NAME:STATE (STATE one of no-carrier, carrier, degraded, routable)"
@@ -91,7 +107,10 @@ mod tests {
     fn wait_times_out_and_succeeds() {
         let t = tempfile::tempdir().unwrap();
         let e = wait_online(t.path(), &[], false, Duration::from_millis(250)).unwrap_err();
-        assert_eq!(e.to_string(), "timed out after 0s waiting for the network to be online");
+        assert_eq!(
+            e.to_string(),
+            "timed out after 0s waiting for the network to be online"
+        );
         let s = state::LinkStatus {
             index: 2,
             name: "eth0".into(),
@@ -103,7 +122,12 @@ mod tests {
         };
         state::write_link(t.path(), &s).unwrap();
         wait_online(t.path(), &[], false, Duration::from_secs(2)).unwrap();
-        assert!(status(t.path(), Some("eth0")).unwrap().contains("State: routable (configured)"));
-        assert!(matches!(status(t.path(), Some("eth9")), Err(CliError::NoSuchLink(..))));
+        assert!(status(t.path(), Some("eth0"))
+            .unwrap()
+            .contains("State: routable (configured)"));
+        assert!(matches!(
+            status(t.path(), Some("eth9")),
+            Err(CliError::NoSuchLink(..))
+        ));
     }
 }

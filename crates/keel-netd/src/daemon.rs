@@ -32,7 +32,10 @@ pub struct Paths {
 impl Default for Paths {
     fn default() -> Self {
         Paths {
-            network_dirs: config::load::DEFAULT_DIRS.iter().map(PathBuf::from).collect(),
+            network_dirs: config::load::DEFAULT_DIRS
+                .iter()
+                .map(PathBuf::from)
+                .collect(),
             state_dir: "/var/lib/keel/netd".into(),
             run_dir: "/run/keel".into(),
             hostname_file: "/etc/hostname".into(),
@@ -84,10 +87,12 @@ impl Host for RealHost {
         let driver = std::fs::read_link(base.join("device/driver"))
             .ok()
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-        let devtype = std::fs::read_to_string(base.join("uevent")).ok().and_then(|u| {
-            u.lines()
-                .find_map(|l| l.strip_prefix("DEVTYPE=").map(|s| s.trim().to_string()))
-        });
+        let devtype = std::fs::read_to_string(base.join("uevent"))
+            .ok()
+            .and_then(|u| {
+                u.lines()
+                    .find_map(|l| l.strip_prefix("DEVTYPE=").map(|s| s.trim().to_string()))
+            });
         (driver, devtype)
     }
     fn set_hostname(&mut self, name: &str) -> std::io::Result<()> {
@@ -109,7 +114,9 @@ pub struct Manager<N: Netlink, H: Host> {
 }
 
 fn unix(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl<N: Netlink, H: Host> Manager<N, H> {
@@ -137,7 +144,10 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         for e in &loaded.errors {
             tracing::error!("{e}; file ignored");
         }
-        tracing::info!(files = loaded.networks.len(), "loaded network configuration");
+        tracing::info!(
+            files = loaded.networks.len(),
+            "loaded network configuration"
+        );
         self.networks = loaded.networks;
     }
 
@@ -162,7 +172,12 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             }
         };
         let present: Vec<u32> = links.iter().map(|l| l.index).collect();
-        let gone: Vec<u32> = self.links.keys().filter(|i| !present.contains(i)).copied().collect();
+        let gone: Vec<u32> = self
+            .links
+            .keys()
+            .filter(|i| !present.contains(i))
+            .copied()
+            .collect();
         for i in gone {
             self.removed(i);
         }
@@ -197,7 +212,10 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         let name = link.name.clone();
         let _span = tracing::info_span!("link", interface = %name).entered();
         let is_new = !self.links.contains_key(&index);
-        let renamed = self.links.get(&index).is_some_and(|c| c.link.name != link.name);
+        let renamed = self
+            .links
+            .get(&index)
+            .is_some_and(|c| c.link.name != link.name);
         if renamed {
             self.removed(index);
         }
@@ -208,8 +226,12 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 config::find(&self.networks, &self.facts(&link)).cloned()
             };
             match &network {
-                Some(n) if n.unmanaged() => tracing::info!(interface = %name, file = %n.path.display(), "link unmanaged by configuration"),
-                Some(n) => tracing::info!(interface = %name, file = %n.path.display(), "link matched"),
+                Some(n) if n.unmanaged() => {
+                    tracing::info!(interface = %name, file = %n.path.display(), "link unmanaged by configuration")
+                }
+                Some(n) => {
+                    tracing::info!(interface = %name, file = %n.path.display(), "link matched")
+                }
                 None => tracing::debug!(interface = %name, "no network file matches"),
             }
             self.links.insert(
@@ -231,7 +253,9 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             );
             self.bring_up(index);
         }
-        let Some(ctl) = self.links.get_mut(&index) else { return Vec::new() };
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return Vec::new();
+        };
         let carrier_gained = link.carrier && !ctl.link.carrier;
         let carrier_lost = !link.carrier && ctl.link.carrier;
         ctl.link = link;
@@ -254,7 +278,9 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     }
 
     fn bring_up(&mut self, index: u32) {
-        let Some(ctl) = self.links.get(&index) else { return };
+        let Some(ctl) = self.links.get(&index) else {
+            return;
+        };
         let Some(n) = ctl.network.clone() else { return };
         let link = ctl.link.clone();
         let mut err = None;
@@ -303,7 +329,11 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                     _ => (IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
                 },
             };
-            let scope = r.scope.unwrap_or(if gateway.is_none() && prefix > 0 { Scope::Link } else { Scope::Global });
+            let scope = r.scope.unwrap_or(if gateway.is_none() && prefix > 0 {
+                Scope::Link
+            } else {
+                Scope::Global
+            });
             out.push(Route {
                 destination,
                 prefix,
@@ -318,7 +348,9 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     }
 
     fn apply_static(&mut self, index: u32) {
-        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return;
+        };
         let Some(n) = ctl.network.clone() else { return };
         let name = ctl.link.name.clone();
         let mut errors = Vec::new();
@@ -341,7 +373,10 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                         ctl.owned_routes.push(r);
                     }
                 }
-                Err(e) => errors.push(format!("adding route to {}/{}: {e}", r.destination, r.prefix)),
+                Err(e) => errors.push(format!(
+                    "adding route to {}/{}: {e}",
+                    r.destination, r.prefix
+                )),
             }
         }
         for e in &errors {
@@ -357,9 +392,19 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     }
 
     fn maybe_start_dhcp(&mut self, index: u32, now: Instant, reconnect: bool) -> Vec<Outgoing> {
-        let lease_path = self.lease_path(&self.links.get(&index).map(|c| c.link.name.clone()).unwrap_or_default());
-        let Some(ctl) = self.links.get_mut(&index) else { return Vec::new() };
-        let Some(n) = &ctl.network else { return Vec::new() };
+        let lease_path = self.lease_path(
+            &self
+                .links
+                .get(&index)
+                .map(|c| c.link.name.clone())
+                .unwrap_or_default(),
+        );
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return Vec::new();
+        };
+        let Some(n) = &ctl.network else {
+            return Vec::new();
+        };
         if !n.dhcp.v4() || !ctl.link.carrier || !ctl.link.up {
             return Vec::new();
         }
@@ -376,13 +421,18 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             ctl.lease.as_ref().map(|(l, _)| l.clone())
         } else {
             match StoredLease::load(&lease_path) {
-                Ok(Some(s)) if s.interface == ctl.link.name && s.remaining(SystemTime::now()).is_some() => {
+                Ok(Some(s))
+                    if s.interface == ctl.link.name && s.remaining(SystemTime::now()).is_some() =>
+                {
                     tracing::info!(interface = %ctl.link.name, address = %s.lease.address, "trying stored lease (INIT-REBOOT)");
                     // The stored lease records what a previous run installed
                     // (addresses are kept across restarts): it is ours to
                     // remove if the server NAKs it.
                     if ctl.dhcp_addr.is_none() {
-                        ctl.dhcp_addr = Some(Cidr { addr: IpAddr::V4(s.lease.address), prefix: s.lease.prefix });
+                        ctl.dhcp_addr = Some(Cidr {
+                            addr: IpAddr::V4(s.lease.address),
+                            prefix: s.lease.prefix,
+                        });
                         ctl.dhcp_routes = Self::lease_routes(n, &s.lease);
                     }
                     Some(s.lease)
@@ -404,7 +454,11 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         };
         let cfg = ClientConfig {
             mac: mac.0,
-            client_id: crate::dhcp::client_id(n.dhcp4.client_identifier, mac.0, self.machine_id.as_deref()),
+            client_id: crate::dhcp::client_id(
+                n.dhcp4.client_identifier,
+                mac.0,
+                self.machine_id.as_deref(),
+            ),
             hostname,
             broadcast_flag: false,
         };
@@ -420,16 +474,26 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         let mut out = Vec::new();
         for a in actions {
             match a {
-                Action::Send { dest, kind, payload } => {
+                Action::Send {
+                    dest,
+                    kind,
+                    payload,
+                } => {
                     tracing::debug!("sending {kind:?}");
-                    out.push(Outgoing { index, dest, payload });
+                    out.push(Outgoing {
+                        index,
+                        dest,
+                        payload,
+                    });
                 }
                 Action::Configure { lease, .. } => self.configure_lease(index, lease),
                 Action::Deconfigure(_) => self.deconfigure_lease(index),
                 Action::Persist(lease) => {
                     if let Some(ctl) = self.links.get(&index) {
                         let p = self.lease_path(&ctl.link.name);
-                        if let Err(e) = StoredLease::new(&ctl.link.name, lease, SystemTime::now()).store(&p) {
+                        if let Err(e) =
+                            StoredLease::new(&ctl.link.name, lease, SystemTime::now()).store(&p)
+                        {
                             tracing::error!("{e}");
                         }
                     }
@@ -459,7 +523,11 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 prefix: r.prefix,
                 gateway: (!r.gateway.is_unspecified()).then_some(IpAddr::V4(r.gateway)),
                 metric: n.dhcp4.route_metric,
-                scope: if r.gateway.is_unspecified() { Scope::Link } else { Scope::Global },
+                scope: if r.gateway.is_unspecified() {
+                    Scope::Link
+                } else {
+                    Scope::Global
+                },
                 source: Some(IpAddr::V4(lease.address)),
                 dhcp: true,
             })
@@ -467,10 +535,15 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     }
 
     fn configure_lease(&mut self, index: u32, lease: Lease) {
-        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return;
+        };
         let Some(n) = ctl.network.clone() else { return };
         let name = ctl.link.name.clone();
-        let addr = Cidr { addr: IpAddr::V4(lease.address), prefix: lease.prefix };
+        let addr = Cidr {
+            addr: IpAddr::V4(lease.address),
+            prefix: lease.prefix,
+        };
         let routes = Self::lease_routes(&n, &lease);
         // Remove what the previous lease installed and this one does not.
         if let Some(old) = ctl.dhcp_addr.filter(|a| *a != addr) {
@@ -490,7 +563,12 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         for r in routes {
             match self.nl.add_route(index, &r) {
                 Ok(()) => ctl.dhcp_routes.push(r),
-                Err(e) => err = Some(format!("adding DHCP route to {}/{}: {e}", r.destination, r.prefix)),
+                Err(e) => {
+                    err = Some(format!(
+                        "adding DHCP route to {}/{}: {e}",
+                        r.destination, r.prefix
+                    ))
+                }
             }
         }
         if n.dhcp4.use_mtu {
@@ -509,7 +587,10 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         ctl.error = err;
         ctl.lease = Some((lease.clone(), SystemTime::now()));
         // Static routes through the DHCP gateway (Gateway=_dhcp4).
-        if n.all_routes().iter().any(|r| r.gateway == Some(Gateway::Dhcp4)) {
+        if n.all_routes()
+            .iter()
+            .any(|r| r.gateway == Some(Gateway::Dhcp4))
+        {
             for r in Self::static_routes(&n, Some(&lease)) {
                 if self.nl.add_route(index, &r).is_ok() && !ctl.owned_routes.contains(&r) {
                     ctl.owned_routes.push(r);
@@ -525,19 +606,33 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     }
 
     fn deconfigure_lease(&mut self, index: u32) {
-        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return;
+        };
         for r in std::mem::take(&mut ctl.dhcp_routes) {
             if let Err(e) = self.nl.del_route(index, &r) {
                 tracing::debug!("removing route {}/{}: {e}", r.destination, r.prefix);
             }
         }
         // Static routes through the lease's gateway go with it.
-        let dhcp_gw = ctl.lease.as_ref().and_then(|(l, _)| l.gateway()).map(IpAddr::V4);
+        let dhcp_gw = ctl
+            .lease
+            .as_ref()
+            .and_then(|(l, _)| l.gateway())
+            .map(IpAddr::V4);
         if let Some(n) = &ctl.network {
-            if n.all_routes().iter().any(|r| r.gateway == Some(Gateway::Dhcp4)) {
+            if n.all_routes()
+                .iter()
+                .any(|r| r.gateway == Some(Gateway::Dhcp4))
+            {
                 let nl = &mut self.nl;
                 ctl.owned_routes.retain(|r| {
-                    if r.gateway.is_some() && r.gateway == dhcp_gw && !n.all_routes().iter().any(|c| matches!(c.gateway, Some(Gateway::Addr(a)) if Some(a) == dhcp_gw)) {
+                    if r.gateway.is_some()
+                        && r.gateway == dhcp_gw
+                        && !n.all_routes().iter().any(
+                            |c| matches!(c.gateway, Some(Gateway::Addr(a)) if Some(a) == dhcp_gw),
+                        )
+                    {
                         let _ = nl.del_route(index, r);
                         false
                     } else {
@@ -559,13 +654,18 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     /// Set the hostname from DHCP unless the admin set one in /etc/hostname.
     fn maybe_set_hostname(&mut self, h: &str) {
         let admin = std::fs::read_to_string(&self.paths.hostname_file)
-            .map(|s| s.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')))
+            .map(|s| {
+                s.lines()
+                    .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+            })
             .unwrap_or(false);
         if admin {
             tracing::debug!("hostname set by the admin, ignoring DHCP hostname {h}");
             return;
         }
-        let current = nix::unistd::gethostname().ok().and_then(|s| s.into_string().ok());
+        let current = nix::unistd::gethostname()
+            .ok()
+            .and_then(|s| s.into_string().ok());
         if current.as_deref() == Some(h) {
             return;
         }
@@ -579,7 +679,9 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         if !self.sockets {
             return;
         }
-        let Some(ctl) = self.links.get_mut(&index) else { return };
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return;
+        };
         let (want_pkt, want_udp) = match &ctl.client {
             Some(c) if ctl.link.carrier => (!c.state().has_address(), c.state().has_address()),
             _ => (false, false),
@@ -614,14 +716,23 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         let due: Vec<u32> = self
             .links
             .iter()
-            .filter(|(_, c)| c.client.as_ref().and_then(|c| c.deadline()).is_some_and(|d| d <= now))
+            .filter(|(_, c)| {
+                c.client
+                    .as_ref()
+                    .and_then(|c| c.deadline())
+                    .is_some_and(|d| d <= now)
+            })
             .map(|(i, _)| *i)
             .collect();
         let mut out = Vec::new();
         for i in due {
-            let Some(ctl) = self.links.get_mut(&i) else { continue };
+            let Some(ctl) = self.links.get_mut(&i) else {
+                continue;
+            };
             let _span = tracing::info_span!("link", interface = %ctl.link.name).entered();
-            let Some(c) = ctl.client.as_mut() else { continue };
+            let Some(c) = ctl.client.as_mut() else {
+                continue;
+            };
             let actions = c.handle_timeout(now);
             out.extend(self.apply(i, actions));
         }
@@ -629,9 +740,13 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     }
 
     pub fn packet(&mut self, index: u32, data: &[u8], now: Instant) -> Vec<Outgoing> {
-        let Some(ctl) = self.links.get_mut(&index) else { return Vec::new() };
+        let Some(ctl) = self.links.get_mut(&index) else {
+            return Vec::new();
+        };
         let _span = tracing::info_span!("link", interface = %ctl.link.name).entered();
-        let Some(c) = ctl.client.as_mut() else { return Vec::new() };
+        let Some(c) = ctl.client.as_mut() else {
+            return Vec::new();
+        };
         let actions = c.handle_packet(data, now);
         self.apply(index, actions)
     }
@@ -761,7 +876,9 @@ impl<N: Netlink, H: Host> Manager<N, H> {
     /// Send queued messages on the links' sockets.
     pub fn send(&mut self, out: Vec<Outgoing>) {
         for o in out {
-            let Some(ctl) = self.links.get(&o.index) else { continue };
+            let Some(ctl) = self.links.get(&o.index) else {
+                continue;
+            };
             let r = match (o.dest, &ctl.packet, &ctl.udp) {
                 (Dest::Unicast { server, .. }, _, Some(u)) => u.send(server, &o.payload),
                 (Dest::Broadcast { .. }, _, Some(u)) => u.send(Ipv4Addr::BROADCAST, &o.payload),
@@ -790,14 +907,18 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         mask.add(s);
     }
     mask.thread_block().context("blocking signals")?;
-    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).context("creating signalfd")?;
+    let sfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .context("creating signalfd")?;
     let mut events = crate::netlink::Events::open().context("opening rtnetlink event socket")?;
     let nl = crate::netlink::Rtnl::open().context("opening rtnetlink socket")?;
     let mut m = Manager::new(nl, RealHost, paths);
     let out = m.sync(Instant::now());
     m.send(out);
     m.write_resolv();
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("managing links")]);
+    let _ = sd_notify::notify(&[
+        sd_notify::NotifyState::Ready,
+        sd_notify::NotifyState::Status("managing links"),
+    ]);
     tracing::info!("keel-netd started");
 
     loop {
@@ -848,7 +969,9 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
                         m.send(out);
                     }
                     _ => {
-                        tracing::info!("stopping; addresses and leases are kept for the next start");
+                        tracing::info!(
+                            "stopping; addresses and leases are kept for the next start"
+                        );
                         let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
                         return Ok(());
                     }
@@ -877,8 +1000,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
             .map(|(i, _)| *i)
             .collect();
         for index in readable {
-            loop {
-                let Some(ctl) = m.links.get(&index) else { break };
+            while let Some(ctl) = m.links.get(&index) {
                 let r = match (&ctl.packet, &ctl.udp) {
                     (Some(p), _) => p.recv(),
                     (None, Some(u)) => u.recv(),

@@ -14,11 +14,11 @@
 //! `/run/keel/resolv.conf`. Units: `keel-netd.service` (Type=notify) and
 //! `keel-netd-wait-online.service`. No kernel arguments.
 
+pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod dhcp;
 pub mod fsutil;
 pub mod netlink;
 pub mod sock;
 pub mod state;
-pub mod daemon;
-pub mod cli;

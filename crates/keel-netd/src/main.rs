@@ -9,7 +9,11 @@ use clap::{Parser, Subcommand};
 use keel_netd::{cli, daemon};
 
 #[derive(Debug, Parser)]
-#[command(name = "keel-netd", version, about = "Keel's network configurator: links, addresses, routes, DHCPv4, DNS")]
+#[command(
+    name = "keel-netd",
+    version,
+    about = "Keel's network configurator: links, addresses, routes, DHCPv4, DNS"
+)]
 struct Args {
     /// Directory with .network files, lowest priority first (repeatable;
     /// default /usr/lib/keel/network, /run/keel/network, /etc/keel/network).
@@ -72,7 +76,11 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             print!("{}", cli::status(&args.run_dir, iface.as_deref())?);
             Ok(())
         }
-        Some(Cmd::WaitOnline { any, interfaces, timeout }) => {
+        Some(Cmd::WaitOnline {
+            any,
+            interfaces,
+            timeout,
+        }) => {
             let specs = interfaces
                 .iter()
                 .map(|s| cli::parse_spec(s))

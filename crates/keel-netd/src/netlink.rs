@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_REPLACE,
-    NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
+    NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, CacheInfo};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage};
@@ -210,7 +210,11 @@ impl Rtnl {
 
     /// Send a request and collect replies until ACK/DONE; returns the
     /// inner messages (for dumps).
-    fn request(&mut self, msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<RouteNetlinkMessage>> {
+    fn request(
+        &mut self,
+        msg: RouteNetlinkMessage,
+        flags: u16,
+    ) -> io::Result<Vec<RouteNetlinkMessage>> {
         self.seq = self.seq.wrapping_add(1);
         let seq = self.seq;
         let mut hdr = NetlinkHeader::default();
@@ -280,8 +284,13 @@ fn address_message(index: u32, addr: Cidr, lifetime: Option<u32>) -> AddressMess
     m.attributes.push(AddressAttribute::Address(addr.addr));
     if let IpAddr::V4(v4) = addr.addr {
         if addr.prefix < 31 {
-            let mask = u32::MAX.checked_shl(32 - u32::from(addr.prefix)).unwrap_or(0);
-            m.attributes.push(AddressAttribute::Broadcast(Ipv4Addr::from(u32::from(v4) | !mask)));
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(addr.prefix))
+                .unwrap_or(0);
+            m.attributes
+                .push(AddressAttribute::Broadcast(Ipv4Addr::from(
+                    u32::from(v4) | !mask,
+                )));
         }
     }
     if let Some(l) = lifetime {
@@ -299,7 +308,11 @@ pub fn route_message(index: u32, r: &Route) -> RouteMessage {
     m.header.address_family = family(r.destination);
     m.header.destination_prefix_length = r.prefix;
     m.header.table = 254; // RT_TABLE_MAIN
-    m.header.protocol = if r.dhcp { RouteProtocol::Dhcp } else { RouteProtocol::Static };
+    m.header.protocol = if r.dhcp {
+        RouteProtocol::Dhcp
+    } else {
+        RouteProtocol::Static
+    };
     m.header.scope = match r.scope {
         crate::config::Scope::Global => RouteScope::Universe,
         crate::config::Scope::Site => RouteScope::Site,
@@ -308,7 +321,8 @@ pub fn route_message(index: u32, r: &Route) -> RouteMessage {
     };
     m.header.kind = RouteType::Unicast;
     if r.prefix > 0 {
-        m.attributes.push(RouteAttribute::Destination(route_addr(r.destination)));
+        m.attributes
+            .push(RouteAttribute::Destination(route_addr(r.destination)));
     }
     if let Some(g) = r.gateway {
         m.attributes.push(RouteAttribute::Gateway(route_addr(g)));
@@ -323,7 +337,10 @@ pub fn route_message(index: u32, r: &Route) -> RouteMessage {
 
 impl Netlink for Rtnl {
     fn links(&mut self) -> io::Result<Vec<Link>> {
-        let msgs = self.request(RouteNetlinkMessage::GetLink(LinkMessage::default()), NLM_F_DUMP)?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetLink(LinkMessage::default()),
+            NLM_F_DUMP,
+        )?;
         Ok(msgs
             .iter()
             .filter_map(|m| match m {
@@ -337,30 +354,37 @@ impl Netlink for Rtnl {
         let mut m = Self::link_msg(index);
         m.header.flags = LinkFlags::Up;
         m.header.change_mask = LinkFlags::Up;
-        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(drop)
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
     }
 
     fn set_mtu(&mut self, index: u32, mtu: u32) -> io::Result<()> {
         let mut m = Self::link_msg(index);
         m.attributes.push(LinkAttribute::Mtu(mtu));
-        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(drop)
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
     }
 
     fn set_mac(&mut self, index: u32, mac: Mac) -> io::Result<()> {
         let mut m = Self::link_msg(index);
         m.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
-        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK).map(drop)
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
     }
 
     fn add_address(&mut self, index: u32, addr: Cidr, lifetime: Option<u32>) -> io::Result<()> {
         let m = address_message(index, addr, lifetime);
-        self.request(RouteNetlinkMessage::NewAddress(m), NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE)
-            .map(drop)
+        self.request(
+            RouteNetlinkMessage::NewAddress(m),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
+        )
+        .map(drop)
     }
 
     fn del_address(&mut self, index: u32, addr: Cidr) -> io::Result<()> {
         let m = address_message(index, addr, None);
-        self.request(RouteNetlinkMessage::DelAddress(m), NLM_F_ACK).map(drop)
+        self.request(RouteNetlinkMessage::DelAddress(m), NLM_F_ACK)
+            .map(drop)
     }
 
     fn add_route(&mut self, index: u32, r: &Route) -> io::Result<()> {
@@ -372,15 +396,23 @@ impl Netlink for Rtnl {
     }
 
     fn del_route(&mut self, index: u32, r: &Route) -> io::Result<()> {
-        self.request(RouteNetlinkMessage::DelRoute(route_message(index, r)), NLM_F_ACK)
-            .map(drop)
+        self.request(
+            RouteNetlinkMessage::DelRoute(route_message(index, r)),
+            NLM_F_ACK,
+        )
+        .map(drop)
     }
 
     fn addresses(&mut self, index: u32) -> io::Result<Vec<Cidr>> {
-        let msgs = self.request(RouteNetlinkMessage::GetAddress(AddressMessage::default()), NLM_F_DUMP)?;
+        let msgs = self.request(
+            RouteNetlinkMessage::GetAddress(AddressMessage::default()),
+            NLM_F_DUMP,
+        )?;
         let mut out = Vec::new();
         for m in msgs {
-            let RouteNetlinkMessage::NewAddress(a) = m else { continue };
+            let RouteNetlinkMessage::NewAddress(a) = m else {
+                continue;
+            };
             if a.header.index != index {
                 continue;
             }
@@ -395,7 +427,10 @@ impl Netlink for Rtnl {
                 })
             });
             if let Some(ip) = addr {
-                out.push(Cidr { addr: ip, prefix: a.header.prefix_len });
+                out.push(Cidr {
+                    addr: ip,
+                    prefix: a.header.prefix_len,
+                });
             }
         }
         Ok(out)
@@ -422,7 +457,10 @@ pub mod fake {
         }
         fn set_up(&mut self, index: u32) -> io::Result<()> {
             self.log.push(format!("up {index}"));
-            let l = self.links.get_mut(&index).ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
+            let l = self
+                .links
+                .get_mut(&index)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
             l.up = true;
             Ok(())
         }
@@ -446,18 +484,27 @@ pub mod fake {
         }
         fn del_address(&mut self, index: u32, addr: Cidr) -> io::Result<()> {
             self.log.push(format!("addr- {index} {addr}"));
-            self.addrs.entry(index).or_default().retain(|(a, _)| *a != addr.to_string());
+            self.addrs
+                .entry(index)
+                .or_default()
+                .retain(|(a, _)| *a != addr.to_string());
             Ok(())
         }
         fn add_route(&mut self, index: u32, r: &Route) -> io::Result<()> {
-            self.log.push(format!("route+ {index} {}/{} via {:?}", r.destination, r.prefix, r.gateway));
+            self.log.push(format!(
+                "route+ {index} {}/{} via {:?}",
+                r.destination, r.prefix, r.gateway
+            ));
             let v = self.routes.entry(index).or_default();
             v.retain(|x| x != r);
             v.push(*r);
             Ok(())
         }
         fn del_route(&mut self, index: u32, r: &Route) -> io::Result<()> {
-            self.log.push(format!("route- {index} {}/{} via {:?}", r.destination, r.prefix, r.gateway));
+            self.log.push(format!(
+                "route- {index} {}/{} via {:?}",
+                r.destination, r.prefix, r.gateway
+            ));
             let v = self.routes.entry(index).or_default();
             let before = v.len();
             v.retain(|x| x != r);
@@ -488,9 +535,13 @@ mod tests {
         m.header.flags = LinkFlags::Up | LinkFlags::LowerUp;
         m.header.link_layer_type = LinkLayerType::Ether;
         m.attributes.push(LinkAttribute::IfName("veth0".into()));
-        m.attributes.push(LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]));
+        m.attributes
+            .push(LinkAttribute::Address(vec![2, 0, 0, 0, 0, 1]));
         m.attributes.push(LinkAttribute::Mtu(1500));
-        m.attributes.push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(InfoKind::Veth)]));
+        m.attributes
+            .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
+                InfoKind::Veth,
+            )]));
         let l = link_from_message(&m).unwrap();
         assert_eq!(l.name, "veth0");
         assert!(l.up && l.carrier && !l.loopback);
@@ -498,14 +549,20 @@ mod tests {
         assert_eq!(l.kind.as_deref(), Some("veth"));
         assert_eq!(l.mac.unwrap().to_string(), "02:00:00:00:00:01");
         // Serialise and split it back, as the kernel would deliver it.
-        let mut packet = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(RouteNetlinkMessage::NewLink(m)));
+        let mut packet = NetlinkMessage::new(
+            NetlinkHeader::default(),
+            NetlinkPayload::from(RouteNetlinkMessage::NewLink(m)),
+        );
         packet.finalize();
         let mut buf = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buf[..]);
         let mut two = buf.clone();
         two.extend_from_slice(&buf);
         assert_eq!(split(&two).len(), 2);
-        assert!(split(&two[..20]).is_empty(), "truncated datagram yields nothing");
+        assert!(
+            split(&two[..20]).is_empty(),
+            "truncated datagram yields nothing"
+        );
         // Without a name there is no link.
         assert!(link_from_message(&LinkMessage::default()).is_none());
     }
@@ -524,10 +581,17 @@ mod tests {
         let m = route_message(4, &r);
         assert_eq!(m.header.protocol, RouteProtocol::Dhcp);
         assert_eq!(m.header.table, 254);
-        assert!(!m.attributes.iter().any(|a| matches!(a, RouteAttribute::Destination(_))), "default route has no RTA_DST");
+        assert!(
+            !m.attributes
+                .iter()
+                .any(|a| matches!(a, RouteAttribute::Destination(_))),
+            "default route has no RTA_DST"
+        );
         assert!(m.attributes.contains(&RouteAttribute::Oif(4)));
         assert!(m.attributes.contains(&RouteAttribute::Priority(1024)));
         let a = address_message(4, "10.0.0.5/24".parse().unwrap(), Some(120));
-        assert!(a.attributes.contains(&AddressAttribute::Broadcast("10.0.0.255".parse().unwrap())));
+        assert!(a
+            .attributes
+            .contains(&AddressAttribute::Broadcast("10.0.0.255".parse().unwrap())));
     }
 }

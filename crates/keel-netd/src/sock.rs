@@ -51,21 +51,22 @@ fn filter() -> Vec<libc::sock_filter> {
     const JSET: u16 = 0x45; // BPF_JMP|BPF_JSET|BPF_K
     const RET: u16 = 0x06; // BPF_RET|BPF_K
     vec![
-        s(LD_B_ABS, 0, 0, 9),          // 0: A = ip proto
-        s(JEQ, 0, 5, 17),              // 1: UDP? else drop (7)
-        s(LD_H_ABS, 0, 0, 6),          // 2: A = flags/frag offset
-        s(JSET, 3, 0, 0x1fff),         // 3: fragment? drop (7)
-        s(LDX_MSH, 0, 0, 0),           // 4: X = IHL*4
-        s(LD_H_IND, 0, 0, 2),          // 5: A = udp dport
+        s(LD_B_ABS, 0, 0, 9),                        // 0: A = ip proto
+        s(JEQ, 0, 5, 17),                            // 1: UDP? else drop (7)
+        s(LD_H_ABS, 0, 0, 6),                        // 2: A = flags/frag offset
+        s(JSET, 3, 0, 0x1fff),                       // 3: fragment? drop (7)
+        s(LDX_MSH, 0, 0, 0),                         // 4: X = IHL*4
+        s(LD_H_IND, 0, 0, 2),                        // 5: A = udp dport
         s(JEQ, 1, 0, u32::from(frame::CLIENT_PORT)), // 6: 68? accept (8)
-        s(RET, 0, 0, 0),               // 7: drop
-        s(RET, 0, 0, 0x0004_0000),     // 8: accept
+        s(RET, 0, 0, 0),                             // 7: drop
+        s(RET, 0, 0, 0x0004_0000),                   // 8: accept
     ]
 }
 
 impl PacketSocket {
     pub fn open(ifindex: u32) -> io::Result<PacketSocket> {
-        let ifindex = i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+        let ifindex =
+            i32::try_from(ifindex).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         // SAFETY: socket(2) with constant arguments; the result is checked.
         let raw = unsafe {
             libc::socket(
@@ -80,7 +81,10 @@ impl PacketSocket {
         // SAFETY: raw is a fresh, valid descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let prog = filter();
-        let fprog = libc::sock_fprog { len: prog.len() as u16, filter: prog.as_ptr() as *mut _ };
+        let fprog = libc::sock_fprog {
+            len: prog.len() as u16,
+            filter: prog.as_ptr() as *mut _,
+        };
         // SAFETY: fprog points at `prog`, alive for the call; the kernel copies it.
         let r = unsafe {
             libc::setsockopt(
@@ -149,7 +153,10 @@ impl PacketSocket {
     pub fn recv(&self) -> io::Result<Option<Vec<u8>>> {
         let mut buf = vec![0u8; 2048];
         loop {
-            let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+            let mut iov = libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            };
             let mut cmsg = [0u64; 16];
             // SAFETY: msghdr is plain old data; zeroed is valid.
             let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
@@ -178,8 +185,10 @@ impl PacketSocket {
             unsafe {
                 let mut c = libc::CMSG_FIRSTHDR(&msg);
                 while !c.is_null() {
-                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
-                        let aux: libc::tpacket_auxdata = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                    if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA
+                    {
+                        let aux: libc::tpacket_auxdata =
+                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                         if aux.tp_status & libc::TP_STATUS_CSUMNOTREADY != 0 {
                             csum_ready = false;
                         }
@@ -210,7 +219,11 @@ pub struct UdpSocket {
 impl UdpSocket {
     pub fn open(ifname: &str) -> io::Result<UdpSocket> {
         use socket2::{Domain, Protocol, Socket, Type};
-        let sock = Socket::new(Domain::IPV4, Type::DGRAM.nonblocking().cloexec(), Some(Protocol::UDP))?;
+        let sock = Socket::new(
+            Domain::IPV4,
+            Type::DGRAM.nonblocking().cloexec(),
+            Some(Protocol::UDP),
+        )?;
         sock.set_reuse_address(true)?;
         sock.set_broadcast(true)?;
         sock.bind_device(Some(ifname.as_bytes()))?;

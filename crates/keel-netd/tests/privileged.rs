@@ -14,8 +14,15 @@ use std::time::{Duration, Instant};
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn sh(args: &[&str]) -> String {
-    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("running {args:?}: {e}"));
-    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -53,7 +60,15 @@ impl Net {
         for d in ["net", "state", "run"] {
             std::fs::create_dir_all(dir.path().join(d)).unwrap();
         }
-        let net = Net { id, srv, cli, dir, dnsmasq: None, netd: None, pairs: 0 };
+        let net = Net {
+            id,
+            srv,
+            cli,
+            dir,
+            dnsmasq: None,
+            netd: None,
+            pairs: 0,
+        };
         sh(&["ip", "netns", "add", &net.srv]);
         sh(&["ip", "netns", "add", &net.cli]);
         sh(&["ip", "-n", &net.srv, "link", "set", "lo", "up"]);
@@ -70,7 +85,16 @@ impl Net {
         let c = format!("kt{}c{n}", self.id);
         sh(&["ip", "link", "add", &s, "type", "veth", "peer", "name", &c]);
         sh(&["ip", "link", "set", &s, "netns", &self.srv]);
-        sh(&["ip", "-n", &self.srv, "addr", "add", &format!("10.{subnet}.0.1/24"), "dev", &s]);
+        sh(&[
+            "ip",
+            "-n",
+            &self.srv,
+            "addr",
+            "add",
+            &format!("10.{subnet}.0.1/24"),
+            "dev",
+            &s,
+        ]);
         sh(&["ip", "-n", &self.srv, "link", "set", &s, "up"]);
         if into_client {
             sh(&["ip", "link", "set", &c, "netns", &self.cli]);
@@ -95,10 +119,19 @@ impl Net {
         let iface = self.server_if(n);
         let log = self.path("dnsmasq.log");
         let mut args: Vec<String> = vec![
-            "netns".into(), "exec".into(), self.srv.clone(), "dnsmasq".into(),
-            "--no-daemon".into(), "--conf-file=/dev/null".into(), "--port=0".into(),
-            format!("--interface={iface}"), "--bind-interfaces".into(),
-            format!("--dhcp-range=10.{subnet}.0.{},10.{subnet}.0.{},2m", range.0, range.1),
+            "netns".into(),
+            "exec".into(),
+            self.srv.clone(),
+            "dnsmasq".into(),
+            "--no-daemon".into(),
+            "--conf-file=/dev/null".into(),
+            "--port=0".into(),
+            format!("--interface={iface}"),
+            "--bind-interfaces".into(),
+            format!(
+                "--dhcp-range=10.{subnet}.0.{},10.{subnet}.0.{},2m",
+                range.0, range.1
+            ),
             format!("--dhcp-option=option:dns-server,10.{subnet}.0.53"),
             "--dhcp-option=option:domain-name,keel.test".into(),
             "--log-dhcp".into(),
@@ -106,7 +139,12 @@ impl Net {
             format!("--dhcp-leasefile={}", self.path("dnsmasq.leases").display()),
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let child = Command::new("ip").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+        let child = Command::new("ip")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
         self.dnsmasq = Some(child);
         wait_for("dnsmasq to start", Duration::from_secs(10), || {
             std::fs::read_to_string(&log).is_ok_and(|l| l.contains("DHCP, IP range"))
@@ -130,12 +168,19 @@ impl Net {
 
     fn start_netd(&mut self) {
         let bin = env!("CARGO_BIN_EXE_keel-netd");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.path("netd.log")).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("netd.log"))
+            .unwrap();
         let child = Command::new("ip")
             .args(["netns", "exec", &self.cli, bin])
-            .arg("--network-dir").arg(self.path("net"))
-            .arg("--state-dir").arg(self.path("state"))
-            .arg("--run-dir").arg(self.path("run"))
+            .arg("--network-dir")
+            .arg(self.path("net"))
+            .arg("--state-dir")
+            .arg(self.path("state"))
+            .arg("--run-dir")
+            .arg(self.path("run"))
             .env("KEEL_LOG", "debug")
             .env("NO_COLOR", "1")
             .env_remove("JOURNAL_STREAM")
@@ -185,16 +230,28 @@ impl Net {
 
     fn cli_cmd(&self, args: &[&str]) -> (bool, String) {
         let out = Command::new(env!("CARGO_BIN_EXE_keel-netd"))
-            .arg("--run-dir").arg(self.path("run"))
+            .arg("--run-dir")
+            .arg(self.path("run"))
             .args(args)
             .output()
             .unwrap();
-        (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
     }
 
     fn assert_alive(&mut self) {
         if let Some(c) = self.netd.as_mut() {
-            assert!(c.try_wait().unwrap().is_none(), "keel-netd died; log:\n{}", self.netd_log());
+            assert!(
+                c.try_wait().unwrap().is_none(),
+                "keel-netd died; log:\n{}",
+                self.netd_log()
+            );
         }
     }
 }
@@ -206,14 +263,25 @@ impl Drop for Net {
             let _ = c.wait();
         }
         self.stop_dnsmasq();
-        let _ = Command::new("ip").args(["netns", "del", &self.srv]).status();
-        let _ = Command::new("ip").args(["netns", "del", &self.cli]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.srv])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.cli])
+            .status();
         // A client end never moved into a namespace would stay in the host.
         for n in 0..self.pairs {
-            let _ = Command::new("ip").args(["link", "del", &format!("kt{}c{n}", self.id)]).stderr(Stdio::null()).status();
+            let _ = Command::new("ip")
+                .args(["link", "del", &format!("kt{}c{n}", self.id)])
+                .stderr(Stdio::null())
+                .status();
         }
         if std::thread::panicking() {
-            eprintln!("--- keel-netd log ---\n{}\n--- dnsmasq log ---\n{}", self.netd_log(), self.dnsmasq_log());
+            eprintln!(
+                "--- keel-netd log ---\n{}\n--- dnsmasq log ---\n{}",
+                self.netd_log(),
+                self.dnsmasq_log()
+            );
         }
     }
 }
@@ -236,8 +304,12 @@ fn dhcp_lease_with_route_and_dns() {
     net.network("50-dhcp.network", DHCP);
     net.dnsmasq(0, 71, (50, 60), &[]);
     net.start_netd();
-    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.71.0."));
-    wait_for("the default route", Duration::from_secs(5), || net.routes(&c).contains("default via 10.71.0.1 proto dhcp"));
+    wait_for("a DHCP address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.71.0.")
+    });
+    wait_for("the default route", Duration::from_secs(5), || {
+        net.routes(&c).contains("default via 10.71.0.1 proto dhcp")
+    });
     let resolv = std::fs::read_to_string(net.path("run/resolv.conf")).unwrap();
     assert!(resolv.contains("nameserver 10.71.0.53\n"), "{resolv}");
     assert!(resolv.contains("search keel.test\n"), "{resolv}");
@@ -248,11 +320,21 @@ fn dhcp_lease_with_route_and_dns() {
     assert!(out.contains("State: routable (configured)"), "{out}");
     assert!(out.contains("Gateway: 10.71.0.1"), "{out}");
     assert!(out.contains("DHCPv4 State: bound"), "{out}");
-    assert!(out.contains("Network File:") && out.contains("50-dhcp.network"), "{out}");
-    assert!(net.path(&format!("state/{c}.lease")).exists(), "lease persisted");
+    assert!(
+        out.contains("Network File:") && out.contains("50-dhcp.network"),
+        "{out}"
+    );
+    assert!(
+        net.path(&format!("state/{c}.lease")).exists(),
+        "lease persisted"
+    );
     // The kernel holds the address with the lease's lifetime.
     assert!(net.addrs(&c).contains("valid_lft"), "{}", net.addrs(&c));
-    assert!(!net.addrs(&c).contains("valid_lft forever"), "{}", net.addrs(&c));
+    assert!(
+        !net.addrs(&c).contains("valid_lft forever"),
+        "{}",
+        net.addrs(&c)
+    );
     net.assert_alive();
 }
 
@@ -261,16 +343,39 @@ fn renews_at_t1() {
     let mut net = Net::new();
     let c = net.pair(72, true);
     net.network("50-dhcp.network", DHCP);
-    net.dnsmasq(0, 72, (50, 60), &["--dhcp-option=58,3", "--dhcp-option=59,6"]);
+    net.dnsmasq(
+        0,
+        72,
+        (50, 60),
+        &["--dhcp-option=58,3", "--dhcp-option=59,6"],
+    );
     net.start_netd();
-    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.72.0."));
+    wait_for("a DHCP address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.72.0.")
+    });
     let acks = net.count("DHCPACK");
     let addr = net.addrs(&c);
     // T1 is 3 s: a renewal REQUEST and its ACK must appear within ~6 s.
-    wait_for("a renewal at T1 in dnsmasq's log", Duration::from_secs(8), || net.count("DHCPACK") > acks);
-    assert_eq!(net.count("DHCPDISCOVER"), 1, "a renewal is not a new discovery");
-    assert!(net.netd_log().contains("to=\"renewing\""), "{}", net.netd_log());
-    assert_eq!(net.addrs(&c).split("valid_lft").next(), addr.split("valid_lft").next(), "same address after renewal");
+    wait_for(
+        "a renewal at T1 in dnsmasq's log",
+        Duration::from_secs(8),
+        || net.count("DHCPACK") > acks,
+    );
+    assert_eq!(
+        net.count("DHCPDISCOVER"),
+        1,
+        "a renewal is not a new discovery"
+    );
+    assert!(
+        net.netd_log().contains("to=\"renewing\""),
+        "{}",
+        net.netd_log()
+    );
+    assert_eq!(
+        net.addrs(&c).split("valid_lft").next(),
+        addr.split("valid_lft").next(),
+        "same address after renewal"
+    );
     net.assert_alive();
 }
 
@@ -280,23 +385,48 @@ fn server_gone_keeps_address_until_expiry() {
     let c = net.pair(73, true);
     net.network("50-dhcp.network", DHCP);
     // Lease 2 min (dnsmasq's minimum), T1 5 s, T2 10 s.
-    net.dnsmasq(0, 73, (50, 60), &["--dhcp-option=58,5", "--dhcp-option=59,10"]);
+    net.dnsmasq(
+        0,
+        73,
+        (50, 60),
+        &["--dhcp-option=58,5", "--dhcp-option=59,10"],
+    );
     net.start_netd();
-    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.73.0."));
+    wait_for("a DHCP address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.73.0.")
+    });
     let bound = Instant::now();
     net.stop_dnsmasq();
     // Renewing and rebinding fail; the address stays until the lease ends.
     while bound.elapsed() < Duration::from_secs(105) {
-        assert!(has_addr_in(&net, &c, "10.73.0."), "address removed early, after {:?}", bound.elapsed());
+        assert!(
+            has_addr_in(&net, &c, "10.73.0."),
+            "address removed early, after {:?}",
+            bound.elapsed()
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     let log = net.netd_log();
-    assert!(log.contains("to=\"rebinding\""), "went through REBINDING: {log}");
-    wait_for("the address to go at expiry", Duration::from_secs(30), || !has_addr_in(&net, &c, "10.73.0."));
-    assert!(bound.elapsed() >= Duration::from_secs(110), "removed at {:?}, lease is 120 s", bound.elapsed());
+    assert!(
+        log.contains("to=\"rebinding\""),
+        "went through REBINDING: {log}"
+    );
+    wait_for(
+        "the address to go at expiry",
+        Duration::from_secs(30),
+        || !has_addr_in(&net, &c, "10.73.0."),
+    );
+    assert!(
+        bound.elapsed() >= Duration::from_secs(110),
+        "removed at {:?}, lease is 120 s",
+        bound.elapsed()
+    );
     assert!(!net.routes(&c).contains("default"), "{}", net.routes(&c));
     assert!(net.netd_log().contains("lease expired"));
-    assert!(!net.path(&format!("state/{c}.lease")).exists(), "expired lease forgotten");
+    assert!(
+        !net.path(&format!("state/{c}.lease")).exists(),
+        "expired lease forgotten"
+    );
     net.assert_alive();
 }
 
@@ -307,17 +437,40 @@ fn restart_uses_init_reboot() {
     net.network("50-dhcp.network", DHCP);
     net.dnsmasq(0, 74, (50, 60), &[]);
     net.start_netd();
-    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.74.0."));
+    wait_for("a DHCP address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.74.0.")
+    });
     let first = net.addrs(&c);
     net.stop_netd();
-    assert!(has_addr_in(&net, &c, "10.74.0."), "address kept across a daemon restart");
+    assert!(
+        has_addr_in(&net, &c, "10.74.0."),
+        "address kept across a daemon restart"
+    );
     let requests = net.count("DHCPREQUEST");
     net.start_netd();
-    wait_for("a REQUEST from the restarted daemon", Duration::from_secs(20), || net.count("DHCPREQUEST") > requests);
-    wait_for("the ACK", Duration::from_secs(10), || net.netd_log().matches("lease bound").count() >= 2);
-    assert_eq!(net.count("DHCPDISCOVER"), 1, "INIT-REBOOT sends no DISCOVER:\n{}", net.dnsmasq_log());
-    assert!(net.netd_log().contains("to=\"init-reboot\""), "{}", net.netd_log());
-    assert_eq!(net.addrs(&c).split("valid_lft").next(), first.split("valid_lft").next());
+    wait_for(
+        "a REQUEST from the restarted daemon",
+        Duration::from_secs(20),
+        || net.count("DHCPREQUEST") > requests,
+    );
+    wait_for("the ACK", Duration::from_secs(10), || {
+        net.netd_log().matches("lease bound").count() >= 2
+    });
+    assert_eq!(
+        net.count("DHCPDISCOVER"),
+        1,
+        "INIT-REBOOT sends no DISCOVER:\n{}",
+        net.dnsmasq_log()
+    );
+    assert!(
+        net.netd_log().contains("to=\"init-reboot\""),
+        "{}",
+        net.netd_log()
+    );
+    assert_eq!(
+        net.addrs(&c).split("valid_lft").next(),
+        first.split("valid_lft").next()
+    );
     net.assert_alive();
 }
 
@@ -328,10 +481,20 @@ fn nak_goes_back_to_init() {
     net.network("50-dhcp.network", DHCP);
     net.dnsmasq(0, 75, (50, 59), &[]);
     net.start_netd();
-    wait_for("a DHCP address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.75.0.5"));
+    wait_for("a DHCP address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.75.0.5")
+    });
     // An address and a route keel-netd did not add must survive everything below.
     net.ip(&["addr", "add", "192.0.2.1/24", "dev", &c]);
-    net.ip(&["route", "add", "198.18.0.0/24", "via", "192.0.2.254", "dev", &c]);
+    net.ip(&[
+        "route",
+        "add",
+        "198.18.0.0/24",
+        "via",
+        "192.0.2.254",
+        "dev",
+        &c,
+    ]);
     net.stop_netd();
     // The server now serves another range and forgets the old lease: it
     // must NAK the stored lease (authoritative), and the client starts over.
@@ -339,13 +502,28 @@ fn nak_goes_back_to_init() {
     std::fs::remove_file(net.path("dnsmasq.leases")).unwrap();
     net.dnsmasq(0, 75, (200, 209), &["--dhcp-authoritative"]);
     net.start_netd();
-    wait_for("the new address", Duration::from_secs(30), || has_addr_in(&net, &c, "10.75.0.20"));
-    assert!(net.dnsmasq_log().contains("DHCPNAK"), "{}", net.dnsmasq_log());
+    wait_for("the new address", Duration::from_secs(30), || {
+        has_addr_in(&net, &c, "10.75.0.20")
+    });
+    assert!(
+        net.dnsmasq_log().contains("DHCPNAK"),
+        "{}",
+        net.dnsmasq_log()
+    );
     let log = net.netd_log();
     assert!(log.contains("server sent NAK"), "{log}");
-    wait_for("the old address to go", Duration::from_secs(5), || !has_addr_in(&net, &c, "10.75.0.5"));
-    assert!(net.routes(&c).contains("198.18.0.0/24 via 192.0.2.254"), "foreign route kept: {}", net.routes(&c));
-    assert!(has_addr_in(&net, &c, "192.0.2.1/24"), "foreign address kept");
+    wait_for("the old address to go", Duration::from_secs(5), || {
+        !has_addr_in(&net, &c, "10.75.0.5")
+    });
+    assert!(
+        net.routes(&c).contains("198.18.0.0/24 via 192.0.2.254"),
+        "foreign route kept: {}",
+        net.routes(&c)
+    );
+    assert!(
+        has_addr_in(&net, &c, "192.0.2.1/24"),
+        "foreign address kept"
+    );
     net.assert_alive();
 }
 
@@ -365,18 +543,31 @@ fn static_addresses_and_routes() {
     });
     wait_for("static routes", Duration::from_secs(5), || {
         let r = net.routes(&c);
-        r.contains("default via 10.76.0.1 proto static") && r.contains("198.51.100.0/24 via 10.76.0.254 proto static metric 50")
+        r.contains("default via 10.76.0.1 proto static")
+            && r.contains("198.51.100.0/24 via 10.76.0.254 proto static metric 50")
     });
     assert!(net.ip(&["link", "show", "dev", &c]).contains("mtu 1400"));
-    assert!(net.addrs(&c).contains("valid_lft forever"), "static addresses do not expire");
+    assert!(
+        net.addrs(&c).contains("valid_lft forever"),
+        "static addresses do not expire"
+    );
     let resolv = std::fs::read_to_string(net.path("run/resolv.conf")).unwrap();
-    assert!(resolv.contains("nameserver 10.76.0.53\n") && resolv.contains("search static.test\n"), "{resolv}");
+    assert!(
+        resolv.contains("nameserver 10.76.0.53\n") && resolv.contains("search static.test\n"),
+        "{resolv}"
+    );
     // The kernel routes through what keel-netd installed.
     let get = net.ip(&["route", "get", "203.0.113.5"]);
     assert!(get.contains(&format!("via 10.76.0.1 dev {c}")), "{get}");
     let get = net.ip(&["route", "get", "198.51.100.7"]);
     assert!(get.contains("via 10.76.0.254"), "{get}");
-    let (ok, out) = net.cli_cmd(&["wait-online", "-i", &format!("{c}:routable"), "--timeout", "5"]);
+    let (ok, out) = net.cli_cmd(&[
+        "wait-online",
+        "-i",
+        &format!("{c}:routable"),
+        "--timeout",
+        "5",
+    ]);
     assert!(ok, "{out}");
     net.assert_alive();
 }
@@ -386,17 +577,30 @@ fn two_links_static_and_dhcp() {
     let mut net = Net::new();
     let d = net.pair(77, true);
     let s = net.pair(78, true);
-    net.network("10-static.network", &format!("[Match]\nName={s}\n[Network]\nAddress=10.78.0.10/24\n"));
-    net.network("20-dhcp.network", &format!("[Match]\nName={d}\n[Network]\nDHCP=ipv4\n"));
+    net.network(
+        "10-static.network",
+        &format!("[Match]\nName={s}\n[Network]\nAddress=10.78.0.10/24\n"),
+    );
+    net.network(
+        "20-dhcp.network",
+        &format!("[Match]\nName={d}\n[Network]\nDHCP=ipv4\n"),
+    );
     net.dnsmasq(0, 77, (50, 60), &[]);
     net.start_netd();
-    wait_for("DHCP on the first link", Duration::from_secs(20), || has_addr_in(&net, &d, "10.77.0."));
-    wait_for("static on the second link", Duration::from_secs(5), || has_addr_in(&net, &s, "10.78.0.10/24"));
+    wait_for("DHCP on the first link", Duration::from_secs(20), || {
+        has_addr_in(&net, &d, "10.77.0.")
+    });
+    wait_for("static on the second link", Duration::from_secs(5), || {
+        has_addr_in(&net, &s, "10.78.0.10/24")
+    });
     assert!(!has_addr_in(&net, &s, "10.77."), "DHCP stays on its link");
     let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
     assert!(ok, "{out}");
     let (_, out) = net.cli_cmd(&["status"]);
-    assert!(out.contains("10-static.network") && out.contains("20-dhcp.network"), "{out}");
+    assert!(
+        out.contains("10-static.network") && out.contains("20-dhcp.network"),
+        "{out}"
+    );
     net.assert_alive();
 }
 
@@ -404,9 +608,14 @@ fn two_links_static_and_dhcp() {
 fn link_added_after_start_and_wait_online() {
     let mut net = Net::new();
     // An unconfigured link with RequiredForOnline=no and no carrier must not block.
-    net.network("05-spare.network", "[Match]\nName=spare0\n[Link]\nRequiredForOnline=no\n[Network]\nDHCP=yes\n");
+    net.network(
+        "05-spare.network",
+        "[Match]\nName=spare0\n[Link]\nRequiredForOnline=no\n[Network]\nDHCP=yes\n",
+    );
     // A veth whose peer stays down: no carrier.
-    net.ip(&["link", "add", "spare0", "type", "veth", "peer", "name", "spare1"]);
+    net.ip(&[
+        "link", "add", "spare0", "type", "veth", "peer", "name", "spare1",
+    ]);
     net.network("50-dhcp.network", DHCP);
     net.start_netd();
     std::thread::sleep(Duration::from_millis(500));
@@ -415,7 +624,9 @@ fn link_added_after_start_and_wait_online() {
     let c = net.pair(79, false);
     net.dnsmasq(0, 79, (50, 60), &[]);
     sh(&["ip", "link", "set", &c, "netns", &net.cli]);
-    wait_for("the new link's address", Duration::from_secs(20), || has_addr_in(&net, &c, "10.79.0."));
+    wait_for("the new link's address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.79.0.")
+    });
     let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
     assert!(ok, "{out}");
     net.assert_alive();

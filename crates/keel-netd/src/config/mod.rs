@@ -17,15 +17,8 @@ pub use syntax::Warning;
 pub enum ConfigError {
     #[error(transparent)]
     Syntax(#[from] syntax::SyntaxError),
-    #[error("{file}:{line}: invalid value '{value}' for {section}.{key}: {reason}")]
-    Value {
-        file: PathBuf,
-        line: usize,
-        section: String,
-        key: String,
-        value: String,
-        reason: String,
-    },
+    #[error(transparent)]
+    Value(Box<ValueError>),
     #[error("{file}:{line}: [{section}] section is missing {key}=")]
     Missing {
         file: PathBuf,
@@ -35,6 +28,18 @@ pub enum ConfigError {
     },
     #[error("reading {file}: {reason}")]
     Read { file: PathBuf, reason: String },
+}
+
+/// An invalid value: names the file, line, section and key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}: invalid value '{value}' for {section}.{key}: {reason}")]
+pub struct ValueError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub section: String,
+    pub key: String,
+    pub value: String,
+    pub reason: String,
 }
 
 /// An Ethernet hardware address.
@@ -369,14 +374,14 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn bad(&self, reason: impl Into<String>) -> ConfigError {
-        ConfigError::Value {
+        ConfigError::Value(Box::new(ValueError {
             file: self.section.file.clone(),
             line: self.entry.line,
             section: self.section.name.clone(),
             key: self.entry.key.clone(),
             value: self.entry.value.clone(),
             reason: reason.into(),
-        }
+        }))
     }
     fn boolean(&self) -> Result<bool, ConfigError> {
         parse_bool(&self.entry.value).ok_or_else(|| self.bad("expected a boolean (yes/no)"))

@@ -78,10 +78,17 @@ pub enum Dest {
 /// What the daemon must do.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Send { dest: Dest, kind: MessageType, payload: Vec<u8> },
+    Send {
+        dest: Dest,
+        kind: MessageType,
+        payload: Vec<u8>,
+    },
     /// Install the lease's address and routes; remove `previous`'s first
     /// when it differs.
-    Configure { lease: Lease, previous: Option<Lease> },
+    Configure {
+        lease: Lease,
+        previous: Option<Lease>,
+    },
     /// Remove the lease's address and routes (expiry, NAK).
     Deconfigure(Lease),
     /// Store the lease for INIT-REBOOT.
@@ -166,7 +173,10 @@ impl Client {
     pub fn stop(&mut self) -> Vec<Action> {
         self.deadline = None;
         self.state = State::Init;
-        self.bound.take().map(|(l, _)| vec![Action::Deconfigure(l)]).unwrap_or_default()
+        self.bound
+            .take()
+            .map(|(l, _)| vec![Action::Deconfigure(l)])
+            .unwrap_or_default()
     }
 
     fn enter(&mut self, s: State, now: Instant) {
@@ -194,11 +204,17 @@ impl Client {
         self.enter(State::Selecting, now);
         let mut m = self.message(MessageType::Discover, now);
         if let Some(r) = &self.reboot {
-            m.opts_mut().insert(DhcpOption::RequestedIpAddress(r.address));
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress(r.address));
         }
         let d = self.backoff();
         self.deadline = Some(now + d);
-        vec![self.send(m, Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED })]
+        vec![self.send(
+            m,
+            Dest::Broadcast {
+                source: Ipv4Addr::UNSPECIFIED,
+            },
+        )]
     }
 
     fn message(&self, kind: MessageType, now: Instant) -> Message {
@@ -206,7 +222,11 @@ impl Client {
         m.set_opcode(Opcode::BootRequest)
             .set_xid(self.xid)
             .set_chaddr(&self.cfg.mac)
-            .set_secs(now.saturating_duration_since(self.started).as_secs().min(u16::MAX as u64) as u16);
+            .set_secs(
+                now.saturating_duration_since(self.started)
+                    .as_secs()
+                    .min(u16::MAX as u64) as u16,
+            );
         if self.cfg.broadcast_flag && !self.state.has_address() {
             m.set_flags(Flags::default().set_broadcast());
         }
@@ -226,7 +246,11 @@ impl Client {
         // Encoding into a Vec only fails on values over the option size
         // limits, which our own messages never contain.
         let payload = m.to_vec().unwrap_or_default();
-        Action::Send { dest, kind, payload }
+        Action::Send {
+            dest,
+            kind,
+            payload,
+        }
     }
 
     /// The REQUEST for the current state (RFC 2131 table 4).
@@ -235,16 +259,23 @@ impl Client {
         let dest = match self.state {
             State::Requesting => {
                 if let Some(o) = &self.offered {
-                    m.opts_mut().insert(DhcpOption::ServerIdentifier(o.server_id));
-                    m.opts_mut().insert(DhcpOption::RequestedIpAddress(o.address));
+                    m.opts_mut()
+                        .insert(DhcpOption::ServerIdentifier(o.server_id));
+                    m.opts_mut()
+                        .insert(DhcpOption::RequestedIpAddress(o.address));
                 }
-                Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED }
+                Dest::Broadcast {
+                    source: Ipv4Addr::UNSPECIFIED,
+                }
             }
             State::InitReboot => {
                 if let Some(o) = &self.offered {
-                    m.opts_mut().insert(DhcpOption::RequestedIpAddress(o.address));
+                    m.opts_mut()
+                        .insert(DhcpOption::RequestedIpAddress(o.address));
                 }
-                Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED }
+                Dest::Broadcast {
+                    source: Ipv4Addr::UNSPECIFIED,
+                }
             }
             State::Renewing | State::Rebinding => {
                 let (addr, server) = self
@@ -254,12 +285,17 @@ impl Client {
                     .unwrap_or((Ipv4Addr::UNSPECIFIED, Ipv4Addr::BROADCAST));
                 m.set_ciaddr(addr);
                 if self.state == State::Renewing {
-                    Dest::Unicast { server, source: addr }
+                    Dest::Unicast {
+                        server,
+                        source: addr,
+                    }
                 } else {
                     Dest::Broadcast { source: addr }
                 }
             }
-            _ => Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED },
+            _ => Dest::Broadcast {
+                source: Ipv4Addr::UNSPECIFIED,
+            },
         };
         self.send(m, dest)
     }
@@ -302,7 +338,10 @@ impl Client {
                     Vec::new()
                 }
             },
-            (State::Requesting | State::InitReboot | State::Renewing | State::Rebinding, MessageType::Ack) => {
+            (
+                State::Requesting | State::InitReboot | State::Renewing | State::Rebinding,
+                MessageType::Ack,
+            ) => {
                 let lease = match Lease::from_reply(&msg) {
                     Ok(l) => l,
                     Err(e) => {
@@ -311,14 +350,20 @@ impl Client {
                     }
                 };
                 if self.state == State::Requesting
-                    && self.offered.as_ref().is_some_and(|o| o.server_id != lease.server_id)
+                    && self
+                        .offered
+                        .as_ref()
+                        .is_some_and(|o| o.server_id != lease.server_id)
                 {
                     tracing::debug!(server = %lease.server_id, "ignoring ack from a server we did not select");
                     return Vec::new();
                 }
                 self.bind(lease, now)
             }
-            (State::Requesting | State::InitReboot | State::Renewing | State::Rebinding, MessageType::Nak) => {
+            (
+                State::Requesting | State::InitReboot | State::Renewing | State::Rebinding,
+                MessageType::Nak,
+            ) => {
                 let expected = match self.state {
                     State::Requesting => self.offered.as_ref().map(|o| o.server_id),
                     State::Renewing => self.bound.as_ref().map(|(l, _)| l.server_id),
@@ -355,9 +400,14 @@ impl Client {
         self.deadline = Some(now + Duration::from_secs(lease.t1_secs.into()));
         self.bound = Some((lease.clone(), now));
         self.offered = None;
-        let previous = previous.filter(|p| p.address != lease.address || p.prefix != lease.prefix || p.routes != lease.routes);
+        let previous = previous.filter(|p| {
+            p.address != lease.address || p.prefix != lease.prefix || p.routes != lease.routes
+        });
         vec![
-            Action::Configure { lease: lease.clone(), previous },
+            Action::Configure {
+                lease: lease.clone(),
+                previous,
+            },
             Action::Persist(lease),
         ]
     }
@@ -390,16 +440,25 @@ impl Client {
                 self.attempt += 1;
                 let mut m = self.message(MessageType::Discover, now);
                 if let Some(r) = &self.reboot {
-                    m.opts_mut().insert(DhcpOption::RequestedIpAddress(r.address));
+                    m.opts_mut()
+                        .insert(DhcpOption::RequestedIpAddress(r.address));
                 }
                 let d = self.backoff();
                 self.deadline = Some(now + d);
-                vec![self.send(m, Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED })]
+                vec![self.send(
+                    m,
+                    Dest::Broadcast {
+                        source: Ipv4Addr::UNSPECIFIED,
+                    },
+                )]
             }
             State::Requesting | State::InitReboot => {
                 self.attempt += 1;
                 if self.attempt >= MAX_REQUEST_TRIES {
-                    tracing::info!(state = self.state.as_str(), "no answer to REQUEST, restarting discovery");
+                    tracing::info!(
+                        state = self.state.as_str(),
+                        "no answer to REQUEST, restarting discovery"
+                    );
                     self.reboot = None;
                     return self.discover(now);
                 }
@@ -447,7 +506,10 @@ impl Client {
 fn check_reply(data: &[u8], xid: u32, mac: &[u8; 6]) -> Result<Message, String> {
     const MAGIC_AT: usize = 236;
     if data.len() < MAGIC_AT + 4 {
-        return Err(format!("truncated ({} bytes, need at least 240)", data.len()));
+        return Err(format!(
+            "truncated ({} bytes, need at least 240)",
+            data.len()
+        ));
     }
     if data.len() > 65507 {
         return Err("oversized".into());
@@ -511,7 +573,9 @@ fn sanitize(data: &[u8]) -> Result<Vec<u8>, String> {
         };
         let len = usize::from(len);
         let Some(body) = data.get(i + 2..i + 2 + len) else {
-            return Err(format!("option {code} at offset {i} runs past the end ({len} bytes)"));
+            return Err(format!(
+                "option {code} at offset {i} runs past the end ({len} bytes)"
+            ));
         };
         match option_len_ok(code, len) {
             Some(true) if !seen[usize::from(code)] => {
@@ -536,7 +600,10 @@ pub fn decode_for_fuzz(data: &[u8]) {
     if let Some(m) = data.get(28..34) {
         mac.copy_from_slice(m);
     }
-    let xid = data.get(4..8).map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]])).unwrap_or(0);
+    let xid = data
+        .get(4..8)
+        .map(|x| u32::from_be_bytes([x[0], x[1], x[2], x[3]]))
+        .unwrap_or(0);
     if let Ok(m) = check_reply(data, xid, &mac) {
         let _ = Lease::from_reply(&m);
         let _ = m.opts().msg_type();

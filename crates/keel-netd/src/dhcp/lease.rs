@@ -128,7 +128,9 @@ impl Lease {
         lease.lease_secs = secs;
         lease.prefix = prefix.unwrap_or_else(|| classful_prefix(address));
         // RFC 2131 4.4.5 defaults; keep T1 <= T2 <= lease.
-        let t2v = t2.filter(|&t| t <= secs).unwrap_or((secs as u64 * 7 / 8) as u32);
+        let t2v = t2
+            .filter(|&t| t <= secs)
+            .unwrap_or((secs as u64 * 7 / 8) as u32);
         let t1v = t1.filter(|&t| t <= t2v).unwrap_or((secs / 2).min(t2v));
         lease.t1_secs = t1v;
         lease.t2_secs = t2v;
@@ -162,7 +164,9 @@ fn valid_hostname(h: &str) -> Option<String> {
     let ok = !h.is_empty()
         && h.len() <= 253
         && h.split('.').all(|l| {
-            !l.is_empty() && l.len() <= 63 && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
         });
     ok.then(|| h.to_ascii_lowercase())
 }
@@ -182,11 +186,20 @@ pub struct StoredLease {
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("reading lease {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("parsing lease {path}: {source}")]
-    Parse { path: String, source: serde_json::Error },
+    Parse {
+        path: String,
+        source: serde_json::Error,
+    },
     #[error("writing lease {path}: {source}")]
-    Write { path: String, source: std::io::Error },
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl StoredLease {
@@ -194,14 +207,18 @@ impl StoredLease {
         StoredLease {
             version: 1,
             interface: interface.to_string(),
-            acquired_unix: acquired.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+            acquired_unix: acquired
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
             lease,
         }
     }
 
     /// Time left at `now`, or None when expired.
     pub fn remaining(&self, now: SystemTime) -> Option<Duration> {
-        let end = UNIX_EPOCH + Duration::from_secs(self.acquired_unix + u64::from(self.lease.lease_secs));
+        let end =
+            UNIX_EPOCH + Duration::from_secs(self.acquired_unix + u64::from(self.lease.lease_secs));
         end.duration_since(now).ok().filter(|d| !d.is_zero())
     }
 
@@ -216,10 +233,12 @@ impl StoredLease {
                 })
             }
         };
-        serde_json::from_str(&text).map(Some).map_err(|source| StoreError::Parse {
-            path: path.display().to_string(),
-            source,
-        })
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|source| StoreError::Parse {
+                path: path.display().to_string(),
+                source,
+            })
     }
 
     pub fn store(&self, path: &Path) -> Result<(), StoreError> {

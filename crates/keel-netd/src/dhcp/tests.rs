@@ -34,7 +34,12 @@ struct Server {
 
 impl Server {
     fn new() -> Self {
-        Server { lease: 3600, t1: None, t2: None, extra: Vec::new() }
+        Server {
+            lease: 3600,
+            t1: None,
+            t2: None,
+            extra: Vec::new(),
+        }
     }
 
     fn reply(&self, req: &Message, kind: MessageType, yiaddr: Ipv4Addr) -> Vec<u8> {
@@ -49,7 +54,9 @@ impl Server {
         if kind != MessageType::Nak {
             o.insert(DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)));
             o.insert(DhcpOption::Router(vec![SERVER]));
-            o.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 53)]));
+            o.insert(DhcpOption::DomainNameServer(vec![Ipv4Addr::new(
+                10, 0, 0, 53,
+            )]));
             o.insert(DhcpOption::DomainName("example.test".into()));
             o.insert(DhcpOption::AddressLeaseTime(self.lease));
             if let Some(t) = self.t1 {
@@ -70,7 +77,11 @@ fn sent(actions: &[Action]) -> Vec<(Dest, MessageType, Message)> {
     actions
         .iter()
         .filter_map(|a| match a {
-            Action::Send { dest, kind, payload } => Some((*dest, *kind, Message::from_bytes(payload).unwrap())),
+            Action::Send {
+                dest,
+                kind,
+                payload,
+            } => Some((*dest, *kind, Message::from_bytes(payload).unwrap())),
             _ => None,
         })
         .collect()
@@ -88,20 +99,38 @@ fn bound(server: &Server) -> (Client, Instant) {
     let mut c = Client::new(cfg(), None, 7, t0);
     let (dest, kind, disc) = one_sent(&c.start(t0));
     assert_eq!(kind, MessageType::Discover);
-    assert_eq!(dest, Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED });
+    assert_eq!(
+        dest,
+        Dest::Broadcast {
+            source: Ipv4Addr::UNSPECIFIED
+        }
+    );
     assert_eq!(c.state(), State::Selecting);
     let a = c.handle_packet(&server.reply(&disc, MessageType::Offer, ADDR), t0);
     let (_, kind, req) = one_sent(&a);
     assert_eq!(kind, MessageType::Request);
     assert_eq!(c.state(), State::Requesting);
-    assert_eq!(req.xid(), disc.xid(), "REQUEST answers the OFFER's transaction");
-    assert_eq!(req.opts().get(OptionCode::ServerIdentifier), Some(&DhcpOption::ServerIdentifier(SERVER)));
-    assert_eq!(req.opts().get(OptionCode::RequestedIpAddress), Some(&DhcpOption::RequestedIpAddress(ADDR)));
+    assert_eq!(
+        req.xid(),
+        disc.xid(),
+        "REQUEST answers the OFFER's transaction"
+    );
+    assert_eq!(
+        req.opts().get(OptionCode::ServerIdentifier),
+        Some(&DhcpOption::ServerIdentifier(SERVER))
+    );
+    assert_eq!(
+        req.opts().get(OptionCode::RequestedIpAddress),
+        Some(&DhcpOption::RequestedIpAddress(ADDR))
+    );
     assert_eq!(req.ciaddr(), Ipv4Addr::UNSPECIFIED);
     let a = c.handle_packet(&server.reply(&req, MessageType::Ack, ADDR), t0);
     assert_eq!(c.state(), State::Bound);
     match &a[..] {
-        [Action::Configure { lease, previous: None }, Action::Persist(p)] => {
+        [Action::Configure {
+            lease,
+            previous: None,
+        }, Action::Persist(p)] => {
             assert_eq!(lease.address, ADDR);
             assert_eq!(lease.prefix, 24);
             assert!(lease.gateway().is_some());
@@ -128,26 +157,57 @@ fn client_messages_carry_identity_and_requests() {
     let (_, _, m) = one_sent(&c.start(t0));
     assert_eq!(m.opcode(), Opcode::BootRequest);
     assert_eq!(&m.chaddr()[..6], &MAC);
-    assert_eq!(m.opts().get(OptionCode::ClientIdentifier), Some(&DhcpOption::ClientIdentifier(vec![1, 0x52, 0x54, 0, 0x12, 0x34, 0x56])));
-    assert_eq!(m.opts().get(OptionCode::Hostname), Some(&DhcpOption::Hostname("node1".into())));
-    let Some(DhcpOption::ParameterRequestList(l)) = m.opts().get(OptionCode::ParameterRequestList) else { panic!() };
+    assert_eq!(
+        m.opts().get(OptionCode::ClientIdentifier),
+        Some(&DhcpOption::ClientIdentifier(vec![
+            1, 0x52, 0x54, 0, 0x12, 0x34, 0x56
+        ]))
+    );
+    assert_eq!(
+        m.opts().get(OptionCode::Hostname),
+        Some(&DhcpOption::Hostname("node1".into()))
+    );
+    let Some(DhcpOption::ParameterRequestList(l)) = m.opts().get(OptionCode::ParameterRequestList)
+    else {
+        panic!()
+    };
     for code in [1u8, 3, 6, 12, 15, 26, 28, 51, 54, 58, 59, 121] {
-        assert!(l.contains(&OptionCode::from(code)), "option {code} requested");
+        assert!(
+            l.contains(&OptionCode::from(code)),
+            "option {code} requested"
+        );
     }
 }
 
 #[test]
 fn renew_at_t1_unicast_then_ack() {
-    let s = Server { t1: Some(100), t2: Some(175), lease: 200, extra: vec![] };
+    let s = Server {
+        t1: Some(100),
+        t2: Some(175),
+        lease: 200,
+        extra: vec![],
+    };
     let (mut c, t0) = bound(&s);
-    assert!(c.handle_timeout(t0 + Duration::from_secs(99)).is_empty(), "nothing before T1");
+    assert!(
+        c.handle_timeout(t0 + Duration::from_secs(99)).is_empty(),
+        "nothing before T1"
+    );
     let t1 = t0 + Duration::from_secs(100);
     let (dest, kind, req) = one_sent(&c.handle_timeout(t1));
     assert_eq!(c.state(), State::Renewing);
     assert_eq!(kind, MessageType::Request);
-    assert_eq!(dest, Dest::Unicast { server: SERVER, source: ADDR });
+    assert_eq!(
+        dest,
+        Dest::Unicast {
+            server: SERVER,
+            source: ADDR
+        }
+    );
     assert_eq!(req.ciaddr(), ADDR);
-    assert!(req.opts().get(OptionCode::ServerIdentifier).is_none(), "no server id while renewing");
+    assert!(
+        req.opts().get(OptionCode::ServerIdentifier).is_none(),
+        "no server id while renewing"
+    );
     assert!(req.opts().get(OptionCode::RequestedIpAddress).is_none());
     let a = c.handle_packet(&s.reply(&req, MessageType::Ack, ADDR), t1);
     assert_eq!(c.state(), State::Bound);
@@ -157,7 +217,12 @@ fn renew_at_t1_unicast_then_ack() {
 
 #[test]
 fn silent_server_rebinding_then_expiry() {
-    let s = Server { t1: Some(100), t2: Some(175), lease: 200, extra: vec![] };
+    let s = Server {
+        t1: Some(100),
+        t2: Some(175),
+        lease: 200,
+        extra: vec![],
+    };
     let (mut c, t0) = bound(&s);
     let mut now;
     let mut kinds = Vec::new();
@@ -172,37 +237,64 @@ fn silent_server_rebinding_then_expiry() {
         }
         if a.iter().any(|a| matches!(a, Action::Deconfigure(_))) {
             assert!(a.contains(&Action::Forget));
-            assert_eq!(now, t0 + Duration::from_secs(200), "removed exactly at expiry");
+            assert_eq!(
+                now,
+                t0 + Duration::from_secs(200),
+                "removed exactly at expiry"
+            );
             assert_eq!(c.state(), State::Selecting);
             break;
         }
     }
-    assert!(kinds.iter().any(|(s, d)| *s == State::Renewing && matches!(d, Dest::Unicast { .. })));
-    assert!(kinds.iter().any(|(s, d)| *s == State::Rebinding && *d == Dest::Broadcast { source: ADDR }));
+    assert!(kinds
+        .iter()
+        .any(|(s, d)| *s == State::Renewing && matches!(d, Dest::Unicast { .. })));
+    assert!(kinds
+        .iter()
+        .any(|(s, d)| *s == State::Rebinding && *d == Dest::Broadcast { source: ADDR }));
     assert_eq!(c.state(), State::Selecting, "back to discovery: {kinds:?}");
 }
 
 #[test]
 fn rebinding_ack_from_any_server_binds() {
-    let s = Server { t1: Some(10), t2: Some(20), lease: 200, extra: vec![] };
+    let s = Server {
+        t1: Some(10),
+        t2: Some(20),
+        lease: 200,
+        extra: vec![],
+    };
     let (mut c, t0) = bound(&s);
     c.handle_timeout(t0 + Duration::from_secs(10));
     let a = c.handle_timeout(t0 + Duration::from_secs(20));
     let (_, _, req) = one_sent(&a);
     assert_eq!(c.state(), State::Rebinding);
-    c.handle_packet(&s.reply(&req, MessageType::Ack, ADDR), t0 + Duration::from_secs(21));
+    c.handle_packet(
+        &s.reply(&req, MessageType::Ack, ADDR),
+        t0 + Duration::from_secs(21),
+    );
     assert_eq!(c.state(), State::Bound);
 }
 
 #[test]
 fn address_change_on_renew_reports_previous() {
-    let s = Server { t1: Some(10), t2: Some(20), lease: 200, extra: vec![] };
+    let s = Server {
+        t1: Some(10),
+        t2: Some(20),
+        lease: 200,
+        extra: vec![],
+    };
     let (mut c, t0) = bound(&s);
     let (_, _, req) = one_sent(&c.handle_timeout(t0 + Duration::from_secs(10)));
     let other = Ipv4Addr::new(10, 0, 0, 99);
-    let a = c.handle_packet(&s.reply(&req, MessageType::Ack, other), t0 + Duration::from_secs(10));
+    let a = c.handle_packet(
+        &s.reply(&req, MessageType::Ack, other),
+        t0 + Duration::from_secs(10),
+    );
     match &a[0] {
-        Action::Configure { lease, previous: Some(p) } => {
+        Action::Configure {
+            lease,
+            previous: Some(p),
+        } => {
             assert_eq!(lease.address, other);
             assert_eq!(p.address, ADDR);
         }
@@ -241,7 +333,8 @@ fn stored() -> Lease {
     let s = Server::new();
     let mut req = Message::default();
     req.set_chaddr(&MAC);
-    Lease::from_reply(&Message::from_bytes(&s.reply(&req, MessageType::Ack, ADDR)).unwrap()).unwrap()
+    Lease::from_reply(&Message::from_bytes(&s.reply(&req, MessageType::Ack, ADDR)).unwrap())
+        .unwrap()
 }
 
 #[test]
@@ -252,10 +345,21 @@ fn init_reboot_with_stored_lease() {
     let (dest, kind, req) = one_sent(&c.start(t0));
     assert_eq!(c.state(), State::InitReboot);
     assert_eq!(kind, MessageType::Request);
-    assert_eq!(dest, Dest::Broadcast { source: Ipv4Addr::UNSPECIFIED });
+    assert_eq!(
+        dest,
+        Dest::Broadcast {
+            source: Ipv4Addr::UNSPECIFIED
+        }
+    );
     assert_eq!(req.ciaddr(), Ipv4Addr::UNSPECIFIED);
-    assert_eq!(req.opts().get(OptionCode::RequestedIpAddress), Some(&DhcpOption::RequestedIpAddress(ADDR)));
-    assert!(req.opts().get(OptionCode::ServerIdentifier).is_none(), "INIT-REBOOT has no server id");
+    assert_eq!(
+        req.opts().get(OptionCode::RequestedIpAddress),
+        Some(&DhcpOption::RequestedIpAddress(ADDR))
+    );
+    assert!(
+        req.opts().get(OptionCode::ServerIdentifier).is_none(),
+        "INIT-REBOOT has no server id"
+    );
     c.handle_packet(&s.reply(&req, MessageType::Ack, ADDR), t0);
     assert_eq!(c.state(), State::Bound);
 }
@@ -270,7 +374,10 @@ fn init_reboot_nak_goes_to_init() {
     assert_eq!(a[0], Action::Forget);
     let (_, kind, d) = one_sent(&a);
     assert_eq!(kind, MessageType::Discover);
-    assert!(d.opts().get(OptionCode::RequestedIpAddress).is_none(), "NAKed address not asked for again");
+    assert!(
+        d.opts().get(OptionCode::RequestedIpAddress).is_none(),
+        "NAKed address not asked for again"
+    );
     assert_eq!(c.state(), State::Selecting);
 }
 
@@ -284,7 +391,15 @@ fn init_reboot_silence_falls_back_to_discover() {
         let d = c.deadline().unwrap();
         kinds.push(one_sent(&c.handle_timeout(d)).1);
     }
-    assert_eq!(kinds, [MessageType::Request, MessageType::Request, MessageType::Request, MessageType::Discover]);
+    assert_eq!(
+        kinds,
+        [
+            MessageType::Request,
+            MessageType::Request,
+            MessageType::Request,
+            MessageType::Discover
+        ]
+    );
     assert_eq!(c.state(), State::Selecting);
 }
 
@@ -311,7 +426,12 @@ fn retransmission_backoff_with_jitter() {
             "gap {i} = {g:?}, want {base}±1 s"
         );
     }
-    assert!(gaps.windows(2).any(|w| w[0] != w[1] && w[0].as_secs() == w[1].as_secs()) || gaps.iter().any(|g| g.subsec_millis() != 0), "jitter present: {gaps:?}");
+    assert!(
+        gaps.windows(2)
+            .any(|w| w[0] != w[1] && w[0].as_secs() == w[1].as_secs())
+            || gaps.iter().any(|g| g.subsec_millis() != 0),
+        "jitter present: {gaps:?}"
+    );
     assert_eq!(xids.len(), 1, "retransmissions keep the xid");
     // Early timeouts do nothing.
     assert!(c.handle_timeout(now).is_empty());
@@ -330,7 +450,10 @@ fn requesting_gives_up_after_retries() {
         kinds.push(one_sent(&c.handle_timeout(d)).1);
     }
     assert_eq!(kinds.last(), Some(&MessageType::Discover));
-    assert_eq!(kinds.iter().filter(|k| **k == MessageType::Request).count(), 3);
+    assert_eq!(
+        kinds.iter().filter(|k| **k == MessageType::Request).count(),
+        3
+    );
 }
 
 #[test]
@@ -348,8 +471,16 @@ fn classless_routes_override_router() {
     assert_eq!(
         l.routes,
         vec![
-            LeaseRoute { destination: Ipv4Addr::UNSPECIFIED, prefix: 0, gateway: Ipv4Addr::new(10, 0, 0, 254) },
-            LeaseRoute { destination: Ipv4Addr::new(192, 168, 7, 0), prefix: 24, gateway: Ipv4Addr::new(10, 0, 0, 7) },
+            LeaseRoute {
+                destination: Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+                gateway: Ipv4Addr::new(10, 0, 0, 254)
+            },
+            LeaseRoute {
+                destination: Ipv4Addr::new(192, 168, 7, 0),
+                prefix: 24,
+                gateway: Ipv4Addr::new(10, 0, 0, 7)
+            },
         ]
     );
     assert_eq!(l.gateway(), Some(Ipv4Addr::new(10, 0, 0, 254)));
@@ -358,7 +489,11 @@ fn classless_routes_override_router() {
 #[test]
 fn lease_options_and_defaults() {
     let s = Server {
-        extra: vec![DhcpOption::InterfaceMtu(1400), DhcpOption::Hostname("Node-7.".into()), DhcpOption::BroadcastAddr(Ipv4Addr::new(10, 0, 0, 255))],
+        extra: vec![
+            DhcpOption::InterfaceMtu(1400),
+            DhcpOption::Hostname("Node-7.".into()),
+            DhcpOption::BroadcastAddr(Ipv4Addr::new(10, 0, 0, 255)),
+        ],
         lease: 1000,
         ..Server::new()
     };
@@ -400,19 +535,31 @@ fn bad_packets_are_ignored() {
         ("bad magic", bad_magic),
         ("oversized", oversized),
         ("wrong xid", s.reply(&wrong_xid, MessageType::Offer, ADDR)),
-        ("wrong chaddr", s.reply(&wrong_mac, MessageType::Offer, ADDR)),
+        (
+            "wrong chaddr",
+            s.reply(&wrong_mac, MessageType::Offer, ADDR),
+        ),
         ("no lease time", no_lease.to_vec().unwrap()),
         ("bootrequest", as_request.to_vec().unwrap()),
         ("bad option length", bad_option),
         ("ack while selecting", s.reply(&d, MessageType::Ack, ADDR)),
-        ("offer of 0.0.0.0", s.reply(&d, MessageType::Offer, Ipv4Addr::UNSPECIFIED)),
+        (
+            "offer of 0.0.0.0",
+            s.reply(&d, MessageType::Offer, Ipv4Addr::UNSPECIFIED),
+        ),
     ];
     for (name, pkt) in cases {
-        assert!(c.handle_packet(&pkt, t0).is_empty(), "{name}: must be ignored");
+        assert!(
+            c.handle_packet(&pkt, t0).is_empty(),
+            "{name}: must be ignored"
+        );
         assert_eq!(c.state(), State::Selecting, "{name}");
     }
     // The good one still works afterwards.
-    assert_eq!(one_sent(&c.handle_packet(&good, t0)).1, MessageType::Request);
+    assert_eq!(
+        one_sent(&c.handle_packet(&good, t0)).1,
+        MessageType::Request
+    );
 }
 
 #[test]
@@ -429,19 +576,40 @@ fn stored_lease_roundtrip_and_expiry() {
     assert!(back.remaining(now + Duration::from_secs(3601)).is_none());
     std::fs::write(&p, "{\"version\":1}").unwrap();
     let e = StoredLease::load(&p).unwrap_err().to_string();
-    assert!(e.starts_with(&format!("parsing lease {}: missing field", p.display())), "{e}");
+    assert!(
+        e.starts_with(&format!("parsing lease {}: missing field", p.display())),
+        "{e}"
+    );
 }
 
 #[test]
 fn client_id_is_stable() {
     use crate::config::ClientId;
-    let a = super::client_id(ClientId::Duid, MAC, Some("0123456789abcdef0123456789abcdef\n"));
-    let b = super::client_id(ClientId::Duid, MAC, Some("0123456789abcdef0123456789abcdef"));
+    let a = super::client_id(
+        ClientId::Duid,
+        MAC,
+        Some("0123456789abcdef0123456789abcdef\n"),
+    );
+    let b = super::client_id(
+        ClientId::Duid,
+        MAC,
+        Some("0123456789abcdef0123456789abcdef"),
+    );
     assert_eq!(a, b);
     assert_eq!(a.len(), 1 + 4 + 2 + 4 + 8);
     assert_eq!(a[0], 0xff);
-    assert_ne!(a, super::client_id(ClientId::Duid, MAC, Some("ffffffffffffffffffffffffffffffff")));
-    assert_eq!(super::client_id(ClientId::Duid, MAC, None), super::client_id(ClientId::Mac, MAC, None));
+    assert_ne!(
+        a,
+        super::client_id(
+            ClientId::Duid,
+            MAC,
+            Some("ffffffffffffffffffffffffffffffff")
+        )
+    );
+    assert_eq!(
+        super::client_id(ClientId::Duid, MAC, None),
+        super::client_id(ClientId::Mac, MAC, None)
+    );
 }
 
 #[test]
@@ -456,13 +624,28 @@ fn frame_roundtrip_and_rejects() {
     assert_eq!(frame::parse(&pkt, true), Err(frame::FrameError::Port(67)));
     let mut bad_ip = reply.clone();
     bad_ip[8] = 1;
-    assert_eq!(frame::parse(&bad_ip, true), Err(frame::FrameError::IpChecksum));
+    assert_eq!(
+        frame::parse(&bad_ip, true),
+        Err(frame::FrameError::IpChecksum)
+    );
     let mut bad_udp = reply.clone();
     bad_udp[30] ^= 0xff;
-    assert_eq!(frame::parse(&bad_udp, true), Err(frame::FrameError::UdpChecksum));
-    assert_eq!(frame::parse(&bad_udp, false).map(|p| p.len()), Ok(payload.len()));
-    assert_eq!(frame::parse(&reply[..10], true), Err(frame::FrameError::Truncated(10)));
-    assert_eq!(frame::parse(&reply[..30], true), Err(frame::FrameError::Length));
+    assert_eq!(
+        frame::parse(&bad_udp, true),
+        Err(frame::FrameError::UdpChecksum)
+    );
+    assert_eq!(
+        frame::parse(&bad_udp, false).map(|p| p.len()),
+        Ok(payload.len())
+    );
+    assert_eq!(
+        frame::parse(&reply[..10], true),
+        Err(frame::FrameError::Truncated(10))
+    );
+    assert_eq!(
+        frame::parse(&reply[..30], true),
+        Err(frame::FrameError::Length)
+    );
     let mut frag = reply.clone();
     frag[6] = 0x20;
     assert_eq!(frame::parse(&frag, true), Err(frame::FrameError::Fragment));

@@ -788,3 +788,25 @@ fn io_failure_while_applying_leaves_no_trace() {
     assert!(sys.calls().len() > 5, "the failure came late");
     assert_eq!(snapshot(&env.fb.sysroot), before);
 }
+
+#[test]
+fn cloud_config_sudo_and_locked_password() {
+    let env = env();
+    fw_cfg(
+        &env,
+        "opt/keel/config",
+        "#cloud-config\nusers:\n  - name: ops\n    passwd: \"$6$s$h\"\n    lock_passwd: true\n    sudo: ['ALL=(ALL) NOPASSWD:ALL', 'ALL=(root) /bin/true']\n",
+    );
+    let sys = Recording::default();
+    first_boot(&env.fb, &sys).unwrap();
+    let root = &env.fb.sysroot;
+    let sudoers = root.join("etc/sudoers.d/keel-provision-ops");
+    assert_eq!(
+        fs::read_to_string(&sudoers).unwrap(),
+        "ops ALL=(ALL) NOPASSWD:ALL\nops ALL=(root) /bin/true\n"
+    );
+    assert_eq!(mode(&sudoers), 0o440);
+    assert!(fs::read_to_string(root.join("etc/shadow"))
+        .unwrap()
+        .contains("\nops:!$6$s$h::0:99999:7:::\n"));
+}

@@ -272,10 +272,22 @@ fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
                     _ => return Err(err(kat, format!("expected an integer, found {}", kind(v)))),
                 })
             }
-            "sudo"
-            | "lock_passwd"
-            | "lock-passwd"
-            | "ssh-import-id"
+            "sudo" => {
+                // a rule, a list of rules, or false/null for none
+                let rules: Vec<String> = match v {
+                    Yaml::Boolean(false) | Yaml::Null => Vec::new(),
+                    Yaml::String(s) => vec![s.clone()],
+                    _ => strs(v, &kat)?,
+                };
+                for r in &rules {
+                    if r.trim().is_empty() || r.contains(['\n', '\r', '\0']) {
+                        return Err(err(&kat, "a sudo rule must be one non-empty line"));
+                    }
+                }
+                out.sudo = rules;
+            }
+            "lock_passwd" | "lock-passwd" => out.lock_password = as_bool(v, &kat)?,
+            "ssh-import-id"
             | "ssh_import_id"
             | "inactive"
             | "expiredate"

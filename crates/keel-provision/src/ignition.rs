@@ -181,6 +181,8 @@ fn user(u: &mut Obj, i: usize) -> Result<User, ConfigError> {
         groups,
         shell,
         system: u.bool("system")?.unwrap_or(false),
+        sudo: Vec::new(),
+        lock_password: false,
     })
 }
 

@@ -9,7 +9,8 @@
 //! - the files, units, links, account entries (`/etc/passwd`, `group`,
 //!   `shadow`, `gshadow`) and `~/.ssh/authorized_keys` a config asks for;
 //! - runtime `multi-user.target.wants` links under `/run/systemd/system` for
-//!   cloud-config units with `command: start`.
+//!   cloud-config units with `command: start`;
+//! - `/etc/sudoers.d/keel-provision-NAME` for cloud-config users with `sudo`.
 //!
 //! # What it reads
 //! In order, the first that has a config wins:
@@ -32,7 +33,9 @@
 //! # Contract with keel-init
 //! keel-init (static, in the initramfs) mounts ROOT at `/sysroot`, USR at
 //! `/sysroot/usr`, OEM read-only at `/sysroot/oem`, assembles the `/etc`
-//! overlay, loads `qemu_fw_cfg`, `isofs` and `vfat`, then calls
+//! overlay, loads the modules the sources need (`qemu_fw_cfg`; `isofs`;
+//! `vfat` with `nls_cp437` and `nls_ascii`/`nls_utf8`; `sr_mod`/`cdrom`
+//! and the disk controller a `-cdrom` drive hangs off), then calls
 //! [`first_boot`] with [`FirstBoot::standard`] and [`sys::Real`]. On `Err`
 //! it prints the error's `Display` (the whole console message: source and
 //! JSON path / YAML key / file) and stops the boot; nothing was written to

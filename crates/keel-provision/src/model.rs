@@ -43,6 +43,12 @@ pub struct User {
     pub shell: Option<String>,
     /// Allocate the uid from the system range.
     pub system: bool,
+    /// sudoers rules (cloud-config `sudo`), written as
+    /// `/etc/sudoers.d/keel-provision-NAME`.
+    pub sudo: Vec<String>,
+    /// Lock the password (cloud-config `lock_passwd: true`): a given hash
+    /// is stored with a `!` prefix.
+    pub lock_password: bool,
 }
 
 /// A group to create.
@@ -239,6 +245,10 @@ impl Config {
 
 fn merge_user(b: &mut User, u: User) {
     b.at = u.at;
+    if !u.sudo.is_empty() {
+        b.sudo = u.sudo;
+    }
+    b.lock_password |= u.lock_password;
     b.uid = u.uid.or(b.uid);
     if u.password_hash.is_some() {
         b.password_hash = u.password_hash;

@@ -212,6 +212,8 @@ users:
   - name: bob
     groups: [sudo, docker]
     passwd: "$6$abc$def"
+    lock_passwd: true
+    sudo: ALL=(ALL) NOPASSWD:ALL
   - name: carol
     groups: "adm, users"
     ssh-authorized-keys:
@@ -255,6 +257,8 @@ fn cloud_config_full() {
     let bob = cfg.users.iter().find(|u| u.name == "bob").unwrap();
     assert_eq!(bob.groups, vec!["sudo", "docker"]);
     assert_eq!(bob.password_hash.as_deref(), Some("$6$abc$def"));
+    assert!(bob.lock_password);
+    assert_eq!(bob.sudo, vec!["ALL=(ALL) NOPASSWD:ALL"]);
     let carol = cfg.users.iter().find(|u| u.name == "carol").unwrap();
     assert_eq!(carol.groups, vec!["adm", "users"]);
     assert_eq!(carol.ssh_authorized_keys, vec!["ssh-rsa BBBB carol@x"]);
@@ -293,7 +297,9 @@ fn cloud_config_negative_fixtures() {
         ("#cloud-config\nssh_authorized_keys: [\"\"]\n", "ssh_authorized_keys[0]: an SSH key must be one non-empty line"),
         ("#cloud-config\nusers:\n  - groups: [a]\n", "users[0].name: missing"),
         ("#cloud-config\nusers:\n  - name: Bob\n", "users[0].name: invalid name \"Bob\""),
-        ("#cloud-config\nusers:\n  - name: bob\n    sudo: ALL\n", "users[0].sudo: not supported by keel"),
+        ("#cloud-config\nusers:\n  - name: bob\n    ssh_import_id: [gh:bob]\n", "users[0].ssh_import_id: not supported by keel"),
+        ("#cloud-config\nusers:\n  - name: bob\n    sudo: [\"\"]\n", "users[0].sudo: a sudo rule must be one non-empty line"),
+        ("#cloud-config\nusers:\n  - name: bob\n    lock_passwd: 1\n", "users[0].lock_passwd: expected true or false, found an integer"),
         ("#cloud-config\nusers:\n  - name: bob\n    colour: red\n", "users[0].colour: unknown key"),
         ("#cloud-config\nusers:\n  - name: bob\n    passwd: \"a:b\"\n", "users[0].passwd: passwd must not contain ':', NUL or a newline"),
         ("#cloud-config\nwrite_files:\n  - content: x\n", "write_files[0].path: missing"),

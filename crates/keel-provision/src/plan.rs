@@ -733,7 +733,10 @@ impl Planner<'_> {
             if let Some(s) = &u.shell {
                 passwd.set(&u.name, 6, s);
             }
-            let hash = u.password_hash.clone();
+            let hash = match &u.password_hash {
+                Some(h) if u.lock_password && !h.starts_with('!') => Some(format!("!{h}")),
+                h => h.clone(),
+            };
             if shadow.get(&u.name).is_none() {
                 // "*": no password can match, but the account is not locked,
                 // so key-based SSH logins still work.
@@ -1018,8 +1021,29 @@ impl Planner<'_> {
         Ok(())
     }
 
-    /// Home directories of new users, `~/.ssh` and `authorized_keys`.
+    /// Home directories of new users, `~/.ssh` and `authorized_keys`,
+    /// sudoers drop-ins.
     fn homes(&mut self, cfg: &Config, acc: &Accounts) -> Result<(), PlanError> {
+        for u in cfg.users.iter().filter(|u| !u.sudo.is_empty()) {
+            let path = format!("/etc/sudoers.d/keel-provision-{}", u.name);
+            let text: String = u
+                .sudo
+                .iter()
+                .map(|r| format!("{} {}\n", u.name, r.trim()))
+                .collect();
+            self.parents(Place::Root, &path);
+            self.claim(Place::Root, &path, Kind::File, &u.at)?;
+            self.push(
+                Place::Root,
+                Action::Write {
+                    path,
+                    mode: 0o440,
+                    uid: 0,
+                    gid: 0,
+                    contents: text.into_bytes(),
+                },
+            );
+        }
         for u in &cfg.users {
             let User { at, name, .. } = u;
             let Some(f) = acc.passwd.get(name) else {

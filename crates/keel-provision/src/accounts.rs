@@ -174,16 +174,17 @@ impl Table {
     }
 }
 
-/// A `u` or `g` line of a `sysusers.d` file.
+/// A `u`, `g` or `m` line of a `sysusers.d` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Declared {
-    /// `u` (user, with a same-named group) or `g` (group).
+    /// `u` (user, with a same-named group), `g` (group) or `m` (`name` is
+    /// a member of `group`).
     pub kind: char,
     /// Account name.
     pub name: String,
     /// Fixed uid (`u`) or gid (`g`); `None` for dynamic (`-`) or a path.
     pub id: Option<u32>,
-    /// For `u NAME UID:GID`: the gid, or a group name.
+    /// For `u NAME UID:GID`: the gid, or a group name; for `m`: the group.
     pub group: Option<String>,
     /// GECOS (`u` only).
     pub gecos: Option<String>,
@@ -193,8 +194,8 @@ pub struct Declared {
     pub shell: Option<String>,
 }
 
-/// Parse one `sysusers.d` file. Only `u` and `g` lines matter here; `m` and
-/// `r` lines are left to systemd-sysusers.
+/// Parse one `sysusers.d` file. `u`, `g` and `m` lines matter here; `r`
+/// lines are left to systemd-sysusers.
 pub fn parse_sysusers(file: &str, text: &str) -> Result<Vec<Declared>, AccountsError> {
     let mut out = Vec::new();
     for (i, line) in text.lines().enumerate() {
@@ -212,9 +213,23 @@ pub fn parse_sysusers(file: &str, text: &str) -> Result<Vec<Declared>, AccountsE
         let kind = match words[0].as_str() {
             "u" | "u!" => 'u',
             "g" => 'g',
+            "m" => 'm',
             _ => continue,
         };
         let name = words.get(1).ok_or_else(|| e("missing name"))?.clone();
+        if kind == 'm' {
+            let group = words.get(2).ok_or_else(|| e("missing group"))?.clone();
+            out.push(Declared {
+                kind,
+                name,
+                id: None,
+                group: Some(group),
+                gecos: None,
+                home: None,
+                shell: None,
+            });
+            continue;
+        }
         let (id, group) = match opt(2) {
             None => (None, None),
             Some(f) => {
@@ -357,7 +372,7 @@ mod tests {
             "# Keel\nu core 500 \"Core User\" /home/core /bin/bash\ng docker 233\nu dyn - -\nm core docker\nu svc 600:docker\n",
         )
         .unwrap();
-        assert_eq!(d.len(), 4);
+        assert_eq!(d.len(), 5);
         assert_eq!(d[0].name, "core");
         assert_eq!(d[0].id, Some(500));
         assert_eq!(d[0].gecos.as_deref(), Some("Core User"));
@@ -365,7 +380,11 @@ mod tests {
         assert_eq!(d[0].shell.as_deref(), Some("/bin/bash"));
         assert_eq!((d[1].kind, d[1].id), ('g', Some(233)));
         assert_eq!(d[2].id, None);
-        assert_eq!(d[3].group.as_deref(), Some("docker"));
+        assert_eq!(
+            (d[3].kind, d[3].name.as_str(), d[3].group.as_deref()),
+            ('m', "core", Some("docker"))
+        );
+        assert_eq!(d[4].group.as_deref(), Some("docker"));
     }
 
     proptest! {

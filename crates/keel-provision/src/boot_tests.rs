@@ -41,7 +41,13 @@ fn env() -> Env {
     put(
         &root,
         "usr/lib/sysusers.d/keel.conf",
-        "u core 500 \"Core user\" /home/core /bin/bash\ng docker 233\n",
+        "u core 500 \"Core user\" /home/core /bin/bash\ng docker 233\nm core adm\nm core dialout\n",
+    );
+    // adm has a fixed gid in sysusers.d; dialout is dynamic (sysusers adds it)
+    put(
+        &root,
+        "usr/lib/sysusers.d/basic.conf",
+        "g adm 4\ng dialout -\n",
     );
     put(
         &root,
@@ -192,7 +198,7 @@ fn ignition_from_fw_cfg_golden() {
     );
     assert_eq!(
         rd("etc/group"),
-        "root:x:0:\ndaemon:x:1:\nsudo:x:27:core\ncore:x:500:\ndocker:x:233:core\nalice:x:1000:\n"
+        "root:x:0:\ndaemon:x:1:\nsudo:x:27:core\ncore:x:500:\nadm:x:4:core\ndocker:x:233:core\nalice:x:1000:\n"
     );
     assert_eq!(
         rd("etc/shadow"),

@@ -722,6 +722,31 @@ impl Planner<'_> {
                     home,
                     shell,
                 ]);
+                // The memberships sysusers.d gives a user it declares (`m`
+                // lines): systemd-sysusers skips a user that already exists,
+                // so a user materialised here gets them here.
+                if d.is_some() {
+                    for m in declared
+                        .iter()
+                        .filter(|m| m.kind == 'm' && m.name == u.name)
+                    {
+                        let Some(g) = &m.group else { continue };
+                        if group.get(g).is_none() {
+                            match decl('g', g).and_then(|d| d.id) {
+                                Some(gid) => add_group(&mut group, &mut gshadow, g, gid),
+                                // a dynamic gid: sysusers creates the group
+                                // and its members later
+                                None => continue,
+                            }
+                        }
+                        group.add_member(g, 3, &u.name);
+                        if let Some(gs) = gshadow.as_mut() {
+                            if gs.get(g).is_some() {
+                                gs.add_member(g, 3, &u.name);
+                            }
+                        }
+                    }
+                }
                 created.push(u.name.clone());
             }
             if let Some(h) = &u.gecos {

@@ -38,7 +38,7 @@ pub const MAX_CONFIG: u64 = 1024 * 1024;
 /// Errors of the top-level operations; each names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A file could not be read.
+    /// A file could not be read (or the run lock taken).
     #[error("reading {}: {source}", path.display())]
     Read {
         /// The file.
@@ -115,6 +115,10 @@ pub fn run_stage(
         });
     };
     let release = load_release(paths)?;
+    // One stage run at a time (the unit and an admin's `keel-oem run` must
+    // not both see a first-boot hook as pending): an exclusive flock on
+    // /run/keel/oem/lock, released when the file closes.
+    let _lock = lock(paths)?;
     let ctx = runner::RunContext {
         first_boot: state::first_boot(paths),
         paths: paths.clone(),
@@ -130,6 +134,27 @@ pub fn run_stage(
         });
     }
     Ok(report)
+}
+
+fn lock(paths: &Paths) -> Result<std::fs::File, Error> {
+    let path = paths.run_dir.join("lock");
+    let err = |source| Error::Read {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&paths.run_dir).map_err(err)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(err)?;
+    if rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
+        tracing::info!("another keel-oem run holds {}; waiting", path.display());
+        rustix::fs::flock(&f, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| err(e.into()))?;
+    }
+    Ok(f)
 }
 
 /// Findings of `keel-oem check DIR`.

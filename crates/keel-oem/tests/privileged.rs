@@ -618,3 +618,45 @@ fn qemu_tree_installs_fw_cfg_metadata_and_ssh_keys() {
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
+
+#[test]
+fn concurrent_runs_do_not_run_a_first_boot_hook_twice() {
+    let t = Tree::new(&format!(
+        "version = 1\n{}",
+        hook("once", "late", "run = \"first-boot\"")
+    ));
+    t.script(
+        "once",
+        &format!("echo run >> {}\nsleep 1", t.path("count").display()),
+    );
+    let spawn = || {
+        let mut cmd = Command::new(BIN);
+        cmd.args(t.args())
+            .args(["run", "late"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        cmd.spawn().unwrap()
+    };
+    let mut children = vec![spawn(), spawn()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !children.is_empty() {
+        if Instant::now() > deadline {
+            for c in &mut children {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+            panic!("concurrent runs did not finish");
+        }
+        let mut i = 0;
+        while i < children.len() {
+            if let Some(s) = children[i].try_wait().unwrap() {
+                assert!(s.success());
+                children.remove(i);
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(t.read("count"), "run\n");
+}

@@ -28,6 +28,8 @@ if [ ! -x "$BIN" ]; then
 fi
 
 work=$(mktemp -d /tmp/keel-netd-bench.XXXXXX)
+# keel-netd's runtime state goes to tmpfs, as /run/keel does on a host.
+rundir=$(mktemp -d /run/keel-netd-bench.XXXXXX)
 SRV=knb-srv-$$ CLI=knb-cli-$$
 pids=()
 cleanup() {
@@ -35,7 +37,7 @@ cleanup() {
   sleep 0.2
   ip netns del "$SRV" 2>/dev/null || true
   ip netns del "$CLI" 2>/dev/null || true
-  rm -rf "/etc/netns/$CLI" "$work"
+  rm -rf "/etc/netns/$CLI" "$work" "$rundir"
 }
 trap cleanup EXIT
 trap "exit 1" INT TERM
@@ -62,6 +64,8 @@ setup() { # $1: dnsmasq extra args
 }
 
 teardown() {
+  # dhcpcd runs privilege-separated helpers: ask it to exit properly.
+  ip netns exec "$CLI" dhcpcd -x knbc >/dev/null 2>&1 || true
   kill "$CLIENT" 2>/dev/null || true; wait "$CLIENT" 2>/dev/null || true
   kill "$DNSMASQ" 2>/dev/null || true; wait "$DNSMASQ" 2>/dev/null || true
   ip netns del "$CLI"; ip netns del "$SRV"
@@ -74,13 +78,13 @@ configured() {
 }
 
 start_client() { # $1: name
-  rm -rf "$work/state" "$work/run" "$work/net"; mkdir -p "$work/state" "$work/run" "$work/net"
+  rm -rf "$work/state" "$rundir/run" "$work/net"; mkdir -p "$work/state" "$rundir/run" "$work/net"
   printf '[Match]\nName=knbc\n[Network]\nDHCP=yes\n' > "$work/net/50-bench.network"
   case $1 in
-    keel-netd) ip netns exec "$CLI" "$BIN" --network-dir "$work/net" --state-dir "$work/state" --run-dir "$work/run" 2>"$work/client.log" & ;;
-    dhclient) ip netns exec "$CLI" dhclient -4 -d -lf "$work/dhclient.leases" -pf "$work/dhclient.pid" knbc 2>"$work/client.log" & ;;
-    dhcpcd) ip netns exec "$CLI" dhcpcd -4 -B -q knbc 2>"$work/client.log" & ;;
-    dhcpcd-noarp) ip netns exec "$CLI" dhcpcd -4 -B -q --noarp knbc 2>"$work/client.log" & ;;
+    keel-netd) ip netns exec "$CLI" "$BIN" --network-dir "$work/net" --state-dir "$work/state" --run-dir "$rundir/run" >/dev/null 2>"$work/client.log" & ;;
+    dhclient) ip netns exec "$CLI" dhclient -4 -d -lf "$work/dhclient.leases" -pf "$work/dhclient.pid" knbc >/dev/null 2>"$work/client.log" & ;;
+    dhcpcd) ip netns exec "$CLI" dhcpcd -4 -B -q knbc >/dev/null 2>"$work/client.log" & ;;
+    dhcpcd-noarp) ip netns exec "$CLI" dhcpcd -4 -B -q --noarp knbc >/dev/null 2>"$work/client.log" & ;;
   esac
   CLIENT=$!; pids+=("$CLIENT")
 }

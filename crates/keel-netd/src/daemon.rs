@@ -111,6 +111,12 @@ pub struct Manager<N: Netlink, H: Host> {
     machine_id: Option<String>,
     /// Whether to open real sockets (false in unit tests).
     pub sockets: bool,
+    /// Links whose state file must be rewritten by [`Manager::flush`];
+    /// deferred so DHCP messages go out before any file is written.
+    dirty: std::collections::BTreeSet<u32>,
+    resolv_dirty: bool,
+    /// Last state written per link, to skip identical rewrites.
+    written: BTreeMap<u32, LinkStatus>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -130,6 +136,9 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             links: BTreeMap::new(),
             machine_id,
             sockets: true,
+            dirty: Default::default(),
+            resolv_dirty: true,
+            written: BTreeMap::new(),
         };
         m.load_config();
         m
@@ -202,6 +211,8 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         if let Some(ctl) = self.links.remove(&index) {
             tracing::info!(interface = %ctl.link.name, "link removed");
             state::remove_link(&self.paths.run_dir, &ctl.link.name);
+            self.written.remove(&index);
+            self.dirty.remove(&index);
             self.write_resolv();
         }
     }
@@ -852,23 +863,40 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         })
     }
 
-    /// Write the link's state file.
+    /// Mark the link's state file for rewriting at the next [`Manager::flush`].
     pub fn publish(&mut self, index: u32) {
-        if let Some(s) = self.status(index) {
-            if let Err(e) = state::write_link(&self.paths.run_dir, &s) {
-                tracing::warn!("writing state for {}: {e}", s.name);
-            }
-        }
+        self.dirty.insert(index);
+        self.resolv_dirty = true;
     }
 
     pub fn write_resolv(&mut self) {
-        let idx: Vec<u32> = self.links.keys().copied().collect();
-        let links: Vec<LinkStatus> = idx.into_iter().filter_map(|i| self.status(i)).collect();
-        let text = state::render_resolv(&links);
-        let p = self.paths.run_dir.join("resolv.conf");
-        if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
-            if let Err(e) = crate::fsutil::write_atomic(&p, text.as_bytes()) {
-                tracing::warn!("writing {}: {e}", p.display());
+        self.resolv_dirty = true;
+    }
+
+    /// Write changed link state files and resolv.conf.
+    pub fn flush(&mut self) {
+        for index in std::mem::take(&mut self.dirty) {
+            let Some(s) = self.status(index) else {
+                continue;
+            };
+            if self.written.get(&index) == Some(&s) {
+                continue;
+            }
+            match state::write_link(&self.paths.run_dir, &s) {
+                Ok(()) => {
+                    self.written.insert(index, s);
+                }
+                Err(e) => tracing::warn!("writing state for {}: {e}", s.name),
+            }
+        }
+        if std::mem::take(&mut self.resolv_dirty) {
+            let links: Vec<LinkStatus> = self.written.values().cloned().collect();
+            let text = state::render_resolv(&links);
+            let p = self.paths.run_dir.join("resolv.conf");
+            if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+                if let Err(e) = crate::fsutil::write_atomic(&p, text.as_bytes()) {
+                    tracing::warn!("writing {}: {e}", p.display());
+                }
             }
         }
     }
@@ -914,7 +942,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
     let mut m = Manager::new(nl, RealHost, paths);
     let out = m.sync(Instant::now());
     m.send(out);
-    m.write_resolv();
+    m.flush();
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("managing links"),
@@ -1021,6 +1049,7 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         }
         let out = m.timeouts(Instant::now());
         m.send(out);
+        m.flush();
     }
 }
 
@@ -1028,4 +1057,218 @@ fn borrow<T: AsRawFd>(t: &T) -> BorrowedFd<'_> {
     // SAFETY: the descriptor belongs to `t`, which outlives the returned
     // borrow (the lifetime ties them together).
     unsafe { BorrowedFd::borrow_raw(t.as_raw_fd()) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netlink::fake::Fake;
+
+    #[derive(Debug, Default)]
+    struct FakeHost {
+        hostnames: Vec<String>,
+    }
+
+    impl Host for FakeHost {
+        fn facts(&self, _name: &str) -> (Option<String>, Option<String>) {
+            (Some("virtio_net".into()), None)
+        }
+        fn set_hostname(&mut self, name: &str) -> std::io::Result<()> {
+            self.hostnames.push(name.into());
+            Ok(())
+        }
+    }
+
+    fn link(index: u32, name: &str, up: bool, carrier: bool) -> Link {
+        Link {
+            index,
+            name: name.into(),
+            mac: Some(crate::config::Mac([2, 0, 0, 0, 0, index as u8])),
+            up,
+            carrier,
+            mtu: 1500,
+            loopback: false,
+            arphrd: "ether",
+            kind: None,
+        }
+    }
+
+    fn manager(files: &[(&str, &str)]) -> (Manager<Fake, FakeHost>, tempfile::TempDir) {
+        let t = tempfile::tempdir().unwrap();
+        let net = t.path().join("net");
+        std::fs::create_dir_all(&net).unwrap();
+        for (n, text) in files {
+            std::fs::write(net.join(n), text).unwrap();
+        }
+        let paths = Paths {
+            network_dirs: vec![net],
+            state_dir: t.path().join("state"),
+            run_dir: t.path().join("run"),
+            hostname_file: t.path().join("hostname"),
+            machine_id_file: t.path().join("machine-id"),
+        };
+        let mut m = Manager::new(Fake::default(), FakeHost::default(), paths);
+        m.sockets = false;
+        (m, t)
+    }
+
+    fn lease() -> Lease {
+        Lease {
+            address: "10.0.0.50".parse().unwrap(),
+            prefix: 24,
+            server_id: "10.0.0.1".parse().unwrap(),
+            routes: vec![crate::dhcp::lease::LeaseRoute {
+                destination: Ipv4Addr::UNSPECIFIED,
+                prefix: 0,
+                gateway: "10.0.0.1".parse().unwrap(),
+            }],
+            dns: vec!["10.0.0.53".parse().unwrap()],
+            hostname: Some("node7".into()),
+            domain: Some("lab.test".into()),
+            mtu: Some(1400),
+            broadcast: None,
+            lease_secs: 120,
+            t1_secs: 60,
+            t2_secs: 105,
+        }
+    }
+
+    #[test]
+    fn static_configuration_is_applied_once_up() {
+        let (mut m, t) = manager(&[(
+            "10-s.network",
+            "[Match]\nName=eth0\n[Link]\nMTUBytes=9000\n[Network]\nAddress=10.1.0.2/24\nGateway=10.1.0.1\nDNS=10.1.0.53\n",
+        )]);
+        m.nl.links.insert(2, link(2, "eth0", false, false));
+        let now = Instant::now();
+        assert!(m.sync(now).is_empty());
+        assert_eq!(
+            m.nl.log[..2],
+            ["mtu 2 9000".to_string(), "up 2".to_string()]
+        );
+        // The kernel reports the link up with carrier: static config goes on.
+        m.event(Event::Changed(link(2, "eth0", true, true)), now);
+        assert!(m.nl.addrs[&2]
+            .iter()
+            .any(|(a, l)| a == "10.1.0.2/24" && l.is_none()));
+        let r = &m.nl.routes[&2][0];
+        assert_eq!(
+            (r.prefix, r.gateway, r.dhcp),
+            (0, Some("10.1.0.1".parse().unwrap()), false)
+        );
+        m.flush();
+        let s = state::read_links(&t.path().join("run"));
+        assert_eq!(s[0].setup, "configured");
+        assert_eq!(s[0].oper, "routable");
+        let resolv = std::fs::read_to_string(t.path().join("run/resolv.conf")).unwrap();
+        assert!(resolv.contains("nameserver 10.1.0.53"), "{resolv}");
+    }
+
+    #[test]
+    fn unmatched_and_unmanaged_links_are_left_alone() {
+        let (mut m, _t) = manager(&[(
+            "10-u.network",
+            "[Match]\nName=docker*\n[Link]\nUnmanaged=yes\n",
+        )]);
+        m.nl.links.insert(3, link(3, "docker0", false, false));
+        m.nl.links.insert(4, link(4, "eth9", false, false));
+        m.sync(Instant::now());
+        assert!(m.nl.log.is_empty(), "{:?}", m.nl.log);
+        assert!(m.links[&3].network.is_none());
+    }
+
+    #[test]
+    fn lease_routes_are_owned_and_foreign_routes_survive() {
+        let (mut m, t) = manager(&[(
+            "50-d.network",
+            "[Match]\nName=eth0\n[Network]\nDHCP=yes\n[DHCPv4]\nUseMTU=yes\n",
+        )]);
+        m.nl.links.insert(2, link(2, "eth0", true, true));
+        let now = Instant::now();
+        let out = m.sync(now);
+        assert_eq!(out.len(), 1, "a DISCOVER goes out");
+        assert_eq!(
+            m.links[&2].client.as_ref().unwrap().state(),
+            crate::dhcp::client::State::Selecting
+        );
+        // A route somebody else added on the same link.
+        let foreign = Route {
+            destination: "192.0.2.0".parse().unwrap(),
+            prefix: 24,
+            gateway: None,
+            metric: 0,
+            scope: Scope::Link,
+            source: None,
+            dhcp: false,
+        };
+        m.nl.add_route(2, &foreign).unwrap();
+        m.apply(
+            2,
+            vec![
+                Action::Configure {
+                    lease: lease(),
+                    previous: None,
+                },
+                Action::Persist(lease()),
+            ],
+        );
+        assert!(
+            m.nl.addrs[&2]
+                .iter()
+                .any(|(a, l)| a == "10.0.0.50/24" && *l == Some(120)),
+            "address with lease lifetime"
+        );
+        assert!(m.nl.routes[&2]
+            .iter()
+            .any(|r| r.dhcp && r.gateway == Some("10.0.0.1".parse().unwrap()) && r.metric == 1024));
+        assert!(
+            m.nl.log.contains(&"mtu 2 1400".to_string()),
+            "UseMTU=yes applies option 26"
+        );
+        assert!(t.path().join("state/eth0.lease").exists());
+        assert_eq!(
+            m.host.hostnames,
+            ["node7"],
+            "no /etc/hostname: DHCP hostname used"
+        );
+        m.apply(2, vec![Action::Deconfigure(lease()), Action::Forget]);
+        assert!(!m.nl.addrs[&2].iter().any(|(a, _)| a == "10.0.0.50/24"));
+        assert_eq!(
+            m.nl.routes[&2],
+            vec![foreign],
+            "only keel-netd's routes are removed"
+        );
+        assert!(!t.path().join("state/eth0.lease").exists());
+    }
+
+    #[test]
+    fn admin_hostname_wins() {
+        let (mut m, t) = manager(&[("50-d.network", "[Match]\nName=eth0\n[Network]\nDHCP=yes\n")]);
+        std::fs::write(t.path().join("hostname"), "admin-set\n").unwrap();
+        m.nl.links.insert(2, link(2, "eth0", true, true));
+        m.sync(Instant::now());
+        m.apply(
+            2,
+            vec![Action::Configure {
+                lease: lease(),
+                previous: None,
+            }],
+        );
+        assert!(m.host.hostnames.is_empty());
+    }
+
+    #[test]
+    fn link_removed_drops_state() {
+        let (mut m, t) = manager(&[(
+            "50-d.network",
+            "[Match]\nName=eth0\n[Network]\nAddress=10.2.0.1/24\n",
+        )]);
+        m.nl.links.insert(2, link(2, "eth0", true, true));
+        m.sync(Instant::now());
+        m.flush();
+        assert!(t.path().join("run/netd/links/eth0.json").exists());
+        m.event(Event::Removed(2), Instant::now());
+        assert!(m.links.is_empty());
+        assert!(!t.path().join("run/netd/links/eth0.json").exists());
+    }
 }

@@ -551,7 +551,13 @@ fn cat_host_os_release_and_exit_status() {
             .spawn()
             .unwrap(),
     );
-    child.0.stdin.take().unwrap().write_all(b"cat /etc/os-release\nexit 3\n").unwrap();
+    child
+        .0
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"cat /etc/os-release\nexit 3\n")
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let status = loop {
         if let Some(s) = child.0.try_wait().unwrap() {
@@ -561,8 +567,17 @@ fn cat_host_os_release_and_exit_status() {
         std::thread::sleep(Duration::from_millis(50));
     };
     let mut stdout = String::new();
-    child.0.stdout.take().unwrap().read_to_string(&mut stdout).unwrap();
-    assert_eq!((status.code(), stdout.as_str()), (Some(3), "NAME=toolbox-test\nID=toolbox-test\n"));
+    child
+        .0
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(
+        (status.code(), stdout.as_str()),
+        (Some(3), "NAME=toolbox-test\nID=toolbox-test\n")
+    );
 }
 
 #[test]
@@ -1172,4 +1187,68 @@ fn multi_arch_index_picks_linux_amd64() {
     ok(&env.toolbox(&["rm"]));
     ok(&env.toolbox(&["--image", &format!("oci:{}", layout.display()), "pull"]));
     assert!(env.store.join("t/bin/su").exists());
+}
+
+#[test]
+fn pull_replaces_an_old_tree_atomically_with_progress_on_a_terminal() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    env.push(&reg, &test_layers(0));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
+        reg.port
+    ));
+    ok(&env.toolbox(&["pull"]));
+    let old_digest = std::fs::read_to_string(env.store.join(".t.json")).unwrap();
+    // A new version of the image under the same tag.
+    let mut layers = test_layers(0);
+    layers.push(tar_of(&[E::File("etc/version", b"2\n", 0o644)]));
+    std::fs::remove_dir_all(env.path("layout")).unwrap();
+    let layout = env.push(&reg, &layers);
+    // Under a pseudo-terminal (script(1)), progress is shown.
+    let typescript = env.path("typescript");
+    let out = run_bounded(
+        Command::new("script")
+            .args([
+                "-q",
+                "-e",
+                "-c",
+                &format!("{TOOLBOX} pull"),
+                &typescript.display().to_string(),
+            ])
+            .env("HOME", &env.home)
+            .env_remove("SUDO_USER")
+            .env_remove("JOURNAL_STREAM"),
+        120,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let shown = String::from_utf8_lossy(&std::fs::read(&typescript).unwrap()).into_owned();
+    assert!(
+        shown.contains("downloading layer 3/3") && shown.contains("unpacking layer 3/3"),
+        "{shown}"
+    );
+    // The new tree replaced the old one; nothing of the old one is left.
+    assert_eq!(
+        std::fs::read_to_string(env.store.join("t/etc/version")).unwrap(),
+        "2\n"
+    );
+    assert_eq!(
+        snapshot(&env.store.join("t")),
+        snapshot(&umoci_unpack(&env, &layout))
+    );
+    assert_ne!(
+        std::fs::read_to_string(env.store.join(".t.json")).unwrap(),
+        old_digest
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&env.store)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, vec![".cache", ".t.json", ".t.lock", "t"]);
 }

@@ -52,20 +52,24 @@ pub fn parse(text: &[u8]) -> Result<(Config, String), ConfigError> {
         ign.finish()?;
         version
     };
+    // "3.N.0": one of VERSIONS, checked above
+    let minor: u32 = version.get(2..3).and_then(|m| m.parse().ok()).unwrap_or(0);
+    root.since("kernelArguments", 3, minor)?;
     root.unsupported(&["kernelArguments"])?;
     let mut cfg = Config::default();
     if let Some(mut passwd) = root.obj("passwd")? {
-        for (i, mut u) in passwd.objs("users")?.into_iter().enumerate() {
-            cfg.users.push(user(&mut u, i)?);
+        for mut u in passwd.objs("users")? {
+            cfg.users.push(user(&mut u, minor)?);
             u.finish()?;
         }
-        for (i, mut g) in passwd.objs("groups")?.into_iter().enumerate() {
-            cfg.groups.push(group(&mut g, i)?);
+        for mut g in passwd.objs("groups")? {
+            cfg.groups.push(group(&mut g, minor)?);
             g.finish()?;
         }
         passwd.finish()?;
     }
     if let Some(mut storage) = root.obj("storage")? {
+        storage.since("luks", 2, minor)?;
         storage.unsupported(&["disks", "raid", "filesystems", "luks"])?;
         for mut f in storage.objs("files")? {
             let node = node(&mut f)?;
@@ -125,8 +129,8 @@ pub fn parse(text: &[u8]) -> Result<(Config, String), ConfigError> {
     Ok((cfg, version))
 }
 
-fn user(u: &mut Obj, i: usize) -> Result<User, ConfigError> {
-    let _ = i;
+fn user(u: &mut Obj, minor: u32) -> Result<User, ConfigError> {
+    u.since("shouldExist", 2, minor)?;
     let name = required_str(u, "name")?;
     check_account_name(&name).map_err(|m| err(format!("{}.name", u.path), m))?;
     u.unsupported(&["noUserGroup", "noLogInit"])?;
@@ -186,7 +190,8 @@ fn user(u: &mut Obj, i: usize) -> Result<User, ConfigError> {
     })
 }
 
-fn group(g: &mut Obj, _i: usize) -> Result<Group, ConfigError> {
+fn group(g: &mut Obj, minor: u32) -> Result<Group, ConfigError> {
+    g.since("shouldExist", 2, minor)?;
     let name = required_str(g, "name")?;
     check_account_name(&name).map_err(|m| err(format!("{}.name", g.path), m))?;
     g.unsupported(&["passwordHash"])?;
@@ -576,6 +581,17 @@ impl<'a> Obj<'a> {
                 v => Err(err(p, format!("expected a string, found {}", kind(v)))),
             })
             .collect()
+    }
+
+    /// A field added in spec 3.`since`.0 is unknown to an older config.
+    fn since(&self, key: &str, since: u32, minor: u32) -> Result<(), ConfigError> {
+        if minor < since && self.map.contains_key(key) {
+            return Err(err(
+                format!("{}.{key}", self.path),
+                format!("unknown field in spec 3.{minor}.0 (new in 3.{since}.0)"),
+            ));
+        }
+        Ok(())
     }
 
     /// Ignition fields Keel does not implement: accepted only when unset.

@@ -89,6 +89,18 @@ fn ignition_negative_fixtures() {
         ),
         (h(r#""kernelArguments":{"shouldExist":["quiet"]}"#), "$.kernelArguments: not supported by keel"),
         (h(r#""bogus":1"#), "$.bogus: unknown field"),
+        (
+            r#"{"ignition":{"version":"3.2.0"},"kernelArguments":{}}"#.into(),
+            "$.kernelArguments: unknown field in spec 3.2.0 (new in 3.3.0)",
+        ),
+        (
+            r#"{"ignition":{"version":"3.1.0"},"passwd":{"users":[{"name":"a","shouldExist":true}]}}"#.into(),
+            "$.passwd.users.0.shouldExist: unknown field in spec 3.1.0 (new in 3.2.0)",
+        ),
+        (
+            r#"{"ignition":{"version":"3.0.0"},"storage":{"luks":[]}}"#.into(),
+            "$.storage.luks: unknown field in spec 3.0.0 (new in 3.2.0)",
+        ),
         (h(r#""storage":{"disks":[{"device":"/dev/vda"}]}"#), "$.storage.disks: not supported by keel"),
         (h(r#""storage":{"filesystems":[{"device":"/dev/vdb"}]}"#), "$.storage.filesystems: not supported by keel"),
         (file(r#""path":"etc/x""#), "$.storage.files.0.path: path \"etc/x\" is not absolute"),
@@ -194,7 +206,7 @@ fn ignition_negative_fixtures() {
 
 #[test]
 fn ignition_zero_values_of_unsupported_fields_are_accepted() {
-    let text = r#"{"ignition":{"version":"3.2.0","config":{"merge":[],"replace":{"source":null}},"timeouts":{}},
+    let text = r#"{"ignition":{"version":"3.4.0","config":{"merge":[],"replace":{"source":null}},"timeouts":{}},
         "kernelArguments":{"shouldExist":[]},"storage":{"disks":[],"raid":null,"files":[{"path":"/x","append":[]}]}}"#;
     let (cfg, _) = ignition::parse(text.as_bytes()).unwrap();
     assert_eq!(cfg.files.len(), 1);

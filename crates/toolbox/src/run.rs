@@ -64,12 +64,14 @@ impl Plan {
     }
 }
 
-/// Whether systemd runs as PID 1 with machined available (`sd_booted()`'s
-/// test plus the machined binary).
+/// Whether systemd runs as PID 1 with machined reachable: `sd_booted()`'s
+/// test, the machined binary, and the D-Bus system bus nspawn registers
+/// through (without it, registration would fail the session).
 pub fn machined_available(root: &Path) -> bool {
     root.join("run/systemd/system").is_dir()
         && (root.join("usr/lib/systemd/systemd-machined").exists()
             || root.join("lib/systemd/systemd-machined").exists())
+        && root.join("run/dbus/system_bus_socket").exists()
 }
 
 /// Build the nspawn command line.
@@ -220,6 +222,9 @@ mod tests {
         assert!(!machined_available(t.path()));
         std::fs::create_dir_all(t.path().join("usr/lib/systemd")).unwrap();
         std::fs::write(t.path().join("usr/lib/systemd/systemd-machined"), b"").unwrap();
+        assert!(!machined_available(t.path()));
+        std::fs::create_dir_all(t.path().join("run/dbus")).unwrap();
+        std::fs::write(t.path().join("run/dbus/system_bus_socket"), b"").unwrap();
         assert!(machined_available(t.path()));
     }
 

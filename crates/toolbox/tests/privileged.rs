@@ -1252,3 +1252,28 @@ fn pull_replaces_an_old_tree_atomically_with_progress_on_a_terminal() {
     names.sort();
     assert_eq!(names, vec![".cache", ".t.json", ".t.lock", "t"]);
 }
+
+/// What the VM test does on a booted image, here on the build host: the
+/// archive from `test-image.sh`, then a command reading the host's
+/// `/usr/lib/os-release` through `/media/root`.
+#[test]
+fn test_image_script_archive_runs_host_os_release() {
+    let env = Env::new();
+    let archive = env.path("toolbox.tar");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/test-image.sh");
+    let out = run_bounded(
+        Command::new("bash").arg(script).arg(&archive).arg("test"),
+        60,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=oci-archive:{}\nTOOLBOX_DOCKER_TAG=test\n",
+        archive.display()
+    ));
+    let got = ok(&env.toolbox(&["cat", "/media/root/usr/lib/os-release"]));
+    assert_eq!(got, std::fs::read_to_string("/usr/lib/os-release").unwrap());
+}

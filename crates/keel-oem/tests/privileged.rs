@@ -660,3 +660,164 @@ fn concurrent_runs_do_not_run_a_first_boot_hook_twice() {
     }
     assert_eq!(t.read("count"), "run\n");
 }
+
+/// Boot real systemd in a container (`systemd-nspawn --volatile=yes` over the
+/// host's `/usr`: an empty tmpfs root, like a fresh Keel machine) with the
+/// generator, the stage units and the VM test OEM tree at `/oem`, and check
+/// what the VM tests check: the generator enabled the stages, they ran in
+/// order around network-online.target, a hanging optional hook was killed at
+/// its timeout with its grandchild, and the boot reached multi-user.
+/// Deviation from the image: the binary lives in /opt/keel (the host's /usr
+/// is read-only), units and the generator in /etc/systemd.
+#[test]
+fn nspawn_boot_runs_the_stages_in_order() {
+    require_root();
+    let nspawn = Path::new("/usr/bin/systemd-nspawn");
+    assert!(
+        nspawn.exists(),
+        "systemd-nspawn missing: apt-get install systemd-container"
+    );
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let d = tmp.path();
+    let (sys, gens, opt, results) = (
+        d.join("sys"),
+        d.join("gen"),
+        d.join("opt"),
+        d.join("results"),
+    );
+    for p in [&sys, &gens, &opt, &results] {
+        fs::create_dir_all(p).unwrap();
+    }
+    fs::copy(BIN, opt.join("keel-oem")).unwrap();
+    fs::copy(BIN, gens.join("keel-oem-generator")).unwrap();
+    for stage in ["early", "network", "late"] {
+        let unit = format!("keel-oem-{stage}.service");
+        let text = fs::read_to_string(crate_dir.join("../../units").join(&unit)).unwrap();
+        fs::write(
+            sys.join(&unit),
+            text.replace("/usr/bin/keel-oem", "/opt/keel/keel-oem"),
+        )
+        .unwrap();
+    }
+    fs::write(
+        opt.join("probe.sh"),
+        r#"#!/bin/sh
+r=/results
+cp -r /var/lib/keel-oem-test/. $r/ 2>/dev/null
+# One clock for all: systemd's monotonic timestamps (µs).
+mono() { systemctl show -p "$2" --value "$1"; }
+echo "$(mono keel-oem-early.service ActiveEnterTimestampMonotonic) $(mono network-online.target ActiveEnterTimestampMonotonic) $(mono keel-oem-network.service InactiveExitTimestampMonotonic) $(mono keel-oem-network.service ActiveEnterTimestampMonotonic) $(mono keel-oem-late.service InactiveExitTimestampMonotonic)" > $r/times
+for s in early network late; do
+  echo "$s $(systemctl show -p ActiveState --value keel-oem-$s.service) $(systemctl show -p Result --value keel-oem-$s.service)" >> $r/units
+done
+for p in $(cat /var/lib/keel-oem-test/hang.pid /var/lib/keel-oem-test/hang-grandchild.pid); do
+  if kill -0 "$p" 2>/dev/null; then echo "alive $p"; else echo "dead $p"; fi >> $r/pids
+done
+systemctl is-failed keel-oem-early.service > $r/early-failed
+/opt/keel/keel-oem status > $r/status 2>&1
+cp /run/keel/oem/status.json $r/status.json
+journalctl -t 10-stamp-early -o cat > $r/journal
+ls -R /run/systemd/generator > $r/generator
+echo done > $r/done
+systemctl poweroff --no-block
+"#,
+    )
+    .unwrap();
+    fs::set_permissions(opt.join("probe.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    fs::write(
+        sys.join("keel-oem-probe.service"),
+        "[Unit]\nAfter=multi-user.target keel-oem-late.service\n[Service]\nType=oneshot\nExecStart=/opt/keel/probe.sh\n",
+    )
+    .unwrap();
+    fs::create_dir_all(sys.join("multi-user.target.wants")).unwrap();
+    std::os::unix::fs::symlink(
+        "/etc/systemd/system/keel-oem-probe.service",
+        sys.join("multi-user.target.wants/keel-oem-probe.service"),
+    )
+    .unwrap();
+    // An empty /etc would start the interactive first-boot wizard.
+    std::os::unix::fs::symlink("/dev/null", sys.join("systemd-firstboot.service")).unwrap();
+
+    let bind = |flag: &str, src: &Path, dst: &str| format!("--{flag}={}:{dst}", src.display());
+    let mut cmd = Command::new(nspawn);
+    cmd.args([
+        "--quiet",
+        "--register=no",
+        "--keep-unit",
+        "--volatile=yes",
+        "-D",
+        "/",
+    ])
+    .arg(bind("bind-ro", &sys, "/etc/systemd/system"))
+    .arg(bind("bind-ro", &gens, "/etc/systemd/system-generators"))
+    .arg(bind("bind-ro", &opt, "/opt/keel"))
+    .arg(bind("bind-ro", &crate_dir.join("test_data/vm-oem"), "/oem"))
+    .arg(bind("bind", &results, "/results"))
+    .args(["--boot", "systemd.unit=multi-user.target"])
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let out = run_bounded(cmd, Duration::from_secs(150));
+    let console = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    let read = |n: &str| {
+        fs::read_to_string(results.join(n))
+            .unwrap_or_else(|e| panic!("{n}: {e}\nconsole:\n{console}"))
+    };
+    assert_eq!(read("done"), "done\n");
+    assert_eq!(
+        read("units"),
+        "early active success\nnetwork active success\nlate active success\n"
+    );
+    assert_eq!(
+        read("early-failed"),
+        "active\n",
+        "an optional timeout does not fail the stage"
+    );
+    // Hooks stamped in stage order ...
+    let stamps = read("stamps");
+    let order: Vec<&str> = stamps.lines().filter_map(|l| l.split(' ').next()).collect();
+    // (late twice: 40-stamp-late and the first-boot hook 50-first-boot)
+    assert_eq!(order, ["early", "network", "late", "late"], "{stamps}");
+    // ... and the stage units ran around network-online.target:
+    // early done <= network-online reached <= network started, network done <= late started.
+    let times = read("times");
+    let t: Vec<u64> = times
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(t.len(), 5, "{times}");
+    assert!(t.iter().all(|&v| v > 0), "a unit never ran: {times}");
+    assert!(t[0] <= t[1], "early finished after network-online: {times}");
+    assert!(
+        t[1] <= t[2],
+        "network stage started before network-online: {times}"
+    );
+    assert!(
+        t[3] <= t[4],
+        "late stage started before the network stage finished: {times}"
+    );
+    assert!(stamps.contains("first_boot=0 oem=keel-test"), "{stamps}");
+    let pids = read("pids");
+    assert_eq!(pids.lines().count(), 2, "{pids}");
+    assert!(pids.lines().all(|l| l.starts_with("dead ")), "{pids}");
+    let status = read("status");
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("20-hang") && l.contains("timed out after 5s")),
+        "{status}"
+    );
+    assert!(read("journal").contains("stamped early at"));
+    let generator = read("generator");
+    for want in [
+        "keel-oem-early.service",
+        "keel-oem-network.service",
+        "keel-oem-late.service",
+    ] {
+        assert!(
+            generator.contains(want),
+            "{want} not generated: {generator}"
+        );
+    }
+}

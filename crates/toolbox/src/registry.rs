@@ -166,7 +166,8 @@ impl Registry {
         req.call().map_err(|e| classify(url, e))
     }
 
-    /// GET with one round of token auth on 401.
+    /// GET with one round of token auth on 401 (also when a token expired
+    /// during a long pull: Docker Hub tokens last five minutes).
     fn get(
         &mut self,
         path: &str,
@@ -174,7 +175,7 @@ impl Registry {
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let url = format!("{}/v2/{}/{path}", self.base, self.repo);
         let resp = self.send(&url, accept)?;
-        if resp.status().as_u16() != 401 || self.token.is_some() {
+        if resp.status().as_u16() != 401 {
             return Ok(resp);
         }
         let challenge = resp

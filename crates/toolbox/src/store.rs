@@ -366,9 +366,16 @@ impl Store {
         }
         self.install(name, &tmp)?;
         if matches!(src, ImageSource::Registry(_)) {
+            let blobs = self.cache().join("blobs/sha256");
             for l in &resolved.layers {
                 if let Some(d) = &l.digest {
-                    let _ = std::fs::remove_file(self.cache().join("blobs/sha256").join(d.hex()));
+                    let _ = std::fs::remove_file(blobs.join(d.hex()));
+                }
+            }
+            // Partial downloads of layers this image no longer has.
+            for e in std::fs::read_dir(&blobs).into_iter().flatten().flatten() {
+                if e.file_name().to_string_lossy().ends_with(".partial") {
+                    let _ = std::fs::remove_file(e.path());
                 }
             }
         }

@@ -93,7 +93,9 @@ impl OwnCaps {
 
 /// Where one stream's lines go.
 enum LineSink {
-    Journal(UnixStream),
+    /// A journal stream, and the stderr prefix to fall back to.
+    Journal(UnixStream, String),
+    /// Our stderr, each line behind a `name: ` prefix.
     Stderr(String),
 }
 
@@ -107,7 +109,7 @@ impl LineSink {
                 let header = format!("{ident}\n\n{priority}\n0\n0\n0\n0\n");
                 if s.write_all(header.as_bytes()).is_ok() {
                     let _ = s.shutdown(std::net::Shutdown::Read);
-                    return LineSink::Journal(s);
+                    return LineSink::Journal(s, format!("{ident}: "));
                 }
             }
         }
@@ -116,10 +118,10 @@ impl LineSink {
 
     fn line(&mut self, line: &[u8]) {
         match self {
-            LineSink::Journal(s) => {
+            LineSink::Journal(s, prefix) => {
                 if s.write_all(line).and_then(|_| s.write_all(b"\n")).is_err() {
                     // journald went away: keep the output visible.
-                    *self = LineSink::Stderr(String::new());
+                    *self = LineSink::Stderr(std::mem::take(prefix));
                     self.line(line);
                 }
             }
@@ -172,6 +174,16 @@ impl Stream {
         self.sink.line(line);
     }
 
+    /// Emit one line, in pieces of at most [`MAX_LINE`] bytes.
+    fn emit_split(&mut self, budget: &mut Budget, line: &[u8]) {
+        if line.is_empty() {
+            self.emit(budget, line);
+        }
+        for chunk in line.chunks(MAX_LINE) {
+            self.emit(budget, chunk);
+        }
+    }
+
     /// Read what is available; returns false at EOF.
     fn read(&mut self, budget: &mut Budget) -> bool {
         let Some(fd) = self.fd.as_ref() else {
@@ -194,13 +206,11 @@ impl Stream {
         while let Some(pos) = data.iter().position(|&b| b == b'\n') {
             let (head, rest) = data.split_at(pos);
             if self.partial.is_empty() {
-                self.emit(budget, head);
+                self.emit_split(budget, head);
             } else {
                 let mut line = std::mem::take(&mut self.partial);
                 line.extend_from_slice(head);
-                for chunk in line.chunks(MAX_LINE) {
-                    self.emit(budget, chunk);
-                }
+                self.emit_split(budget, &line);
             }
             data = &rest[1..];
         }
@@ -449,4 +459,68 @@ pub fn read_limited(path: &Path, limit: u64) -> io::Result<String> {
         return Err(io::Error::other(format!("larger than {limit} bytes")));
     }
     Ok(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feed `data` through a pipe into a Stream whose sink is a socketpair,
+    /// and return what reached the sink plus the budget.
+    fn pump(data: &[u8], budget: &mut Budget) -> (Vec<u8>, Option<String>) {
+        let (r, w) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC).unwrap();
+        let (tx, mut rx) = UnixStream::pair().unwrap();
+        let data = data.to_vec();
+        let writer = std::thread::spawn(move || {
+            let mut f = std::fs::File::from(w);
+            f.write_all(&data).unwrap();
+        });
+        let reader = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            rx.read_to_end(&mut v).unwrap();
+            v
+        });
+        let mut s = Stream::new(r, LineSink::Journal(tx, "t: ".into()));
+        while s.read(budget) {}
+        writer.join().unwrap();
+        let last = s.last_line.take();
+        drop(s);
+        (reader.join().unwrap(), last)
+    }
+
+    #[test]
+    fn lines_are_forwarded_and_a_partial_last_line_is_flushed() {
+        let mut b = Budget::default();
+        let (out, last) = pump(b"one\ntwo\n\nthree", &mut b);
+        assert_eq!(out, b"one\ntwo\n\nthree\n");
+        assert_eq!(last.as_deref(), Some("three"));
+        assert_eq!(b.forwarded, out.len() as u64);
+        assert_eq!(b.dropped, 0);
+    }
+
+    #[test]
+    fn long_lines_are_split() {
+        let mut b = Budget::default();
+        let line = vec![b'x'; MAX_LINE * 2 + 10];
+        let (out, _) = pump(&[line.as_slice(), b"\n"].concat(), &mut b);
+        let lines: Vec<&[u8]> = out
+            .split(|&c| c == b'\n')
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(
+            lines.iter().map(|l| l.len()).collect::<Vec<_>>(),
+            [MAX_LINE, MAX_LINE, 10]
+        );
+    }
+
+    #[test]
+    fn output_beyond_the_budget_is_counted_not_forwarded() {
+        let mut b = Budget::default();
+        let line = [vec![b'y'; 1023], vec![b'\n']].concat();
+        let data = line.repeat(3 * 1024); // 3 MiB
+        let (out, _) = pump(&data, &mut b);
+        assert_eq!(out.len() as u64, MAX_OUTPUT);
+        assert_eq!(b.forwarded, MAX_OUTPUT);
+        assert_eq!(b.dropped, 2 * MAX_OUTPUT);
+    }
 }

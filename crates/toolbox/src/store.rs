@@ -130,6 +130,23 @@ impl Store {
         }
     }
 
+    /// Create the toolbox directory, mode 0700: the trees hold the image's
+    /// setuid binaries, which host users must not be able to run.
+    fn create_dir(&self) -> Result<(), StoreError> {
+        if self.dir.is_dir() {
+            return Ok(());
+        }
+        if let Some(parent) = self.dir.parent() {
+            std::fs::create_dir_all(parent).map_err(io_at(parent))?;
+        }
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(io_at(&self.dir)(e)),
+        }
+    }
+
     /// Path of a tree.
     pub fn tree(&self, name: &str) -> PathBuf {
         self.dir.join(name)
@@ -171,7 +188,7 @@ impl Store {
         mode: LockMode,
         wait: bool,
     ) -> Result<Lock, StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+        self.create_dir()?;
         let f = File::options()
             .create(true)
             .truncate(false)
@@ -283,7 +300,7 @@ impl Store {
     /// the exclusive lock. Falls back to `TOOLBOX_LOCAL_IMAGE` when the
     /// registry cannot be reached, and says so.
     pub fn pull(&self, s: &Settings, progress: &mut Progress) -> Result<Meta, StoreError> {
-        std::fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
+        self.create_dir()?;
         self.clean_stale(&s.name);
         let (source, digest) = match self.pull_from(&s.image, &s.tag, &s.name, progress) {
             Ok(d) => (s.image.clone(), d),
@@ -614,6 +631,16 @@ mod tests {
         let mut u = Unpacker::new(t.path(), false).unwrap();
         unpack_verified(&mut u, "l", &gz[..], &l).unwrap();
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn store_directory_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(&t.path().join("var/lib/toolbox"));
+        drop(s.lock("x", LockMode::Exclusive, false).unwrap());
+        let mode = std::fs::metadata(&s.dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
     }
 
     #[test]

@@ -576,6 +576,7 @@ pub fn sanitize_name(raw: &str) -> String {
     }
     use sha2::Digest as _;
     let h = hex::encode(sha2::Sha256::digest(s.as_bytes()));
+    // `s` is ASCII (every other char became '_'), so byte slicing is safe.
     format!("{}-{}", &s[..55], &h[..8])
 }
 

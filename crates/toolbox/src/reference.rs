@@ -48,6 +48,7 @@ impl Digest {
 
     /// `sha256:` and the first 12 hex digits, for messages.
     pub fn short(&self) -> &str {
+        // Always "sha256:" + 64 hex digits (checked in `parse`/`of`).
         &self.0[..19]
     }
 }

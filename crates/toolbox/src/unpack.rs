@@ -263,7 +263,9 @@ impl Unpacker {
                 Err(Errno::AGAIN) => continue,
                 Err(Errno::XDEV) => return Err(DirErr::Refused(Refusal::Escape)),
                 Err(Errno::NOENT) if create && !created && !comps.is_empty() => {
-                    let (last, parent) = comps.split_last().unwrap_or((&comps[0], &[]));
+                    let Some((last, parent)) = comps.split_last() else {
+                        return Err(DirErr::Refused(Refusal::NotDir(".".into())));
+                    };
                     let pfd = self.open_dir_io(parent, true)?;
                     match rustix::fs::mkdirat(
                         &pfd,

@@ -46,6 +46,8 @@ pub struct ImageConfig {
     /// Keel binaries to install.
     #[serde(default, rename = "binary")]
     pub binaries: Vec<Binary>,
+    /// Keel's units.
+    pub systemd: Systemd,
     /// Partition sizes.
     pub disk: Disk,
     /// OEM partition contents.
@@ -97,6 +99,14 @@ pub struct Binary {
     /// Extra symlinks (relative to /usr) pointing at `dest`.
     #[serde(default)]
     pub links: Vec<String>,
+}
+
+/// Units shipped from `units/`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Systemd {
+    /// Unit file names (their `NAME.d/` drop-in directories come along).
+    pub units: Vec<String>,
 }
 
 /// Partition sizes in MiB.

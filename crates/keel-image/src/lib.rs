@@ -408,11 +408,25 @@ impl Build {
             "timers.target.wants/apt-daily-upgrade.timer",
             "timers.target.wants/e2scrub_all.timer",
             "timers.target.wants/fstrim.timer",
+            "timers.target.wants/dpkg-db-backup.timer",
+            "timers.target.wants/podman-auto-update.timer",
+            "default.target.wants/podman-auto-update.service",
+            // podman's API service is socket-activated (podman.socket stays).
+            "default.target.wants/podman.service",
+            "multi-user.target.wants/e2scrub_reap.service",
+            // no VGA console: the serial getty comes from console=
+            "getty.target.wants/getty@tty1.service",
         ] {
             let _ = fs::remove_file(etc.join("systemd/system").join(u));
         }
         let sysunits = usr.join("lib/systemd/system");
-        for u in ["systemd-hwdb-update.service", "ldconfig.service"] {
+        // cni-dhcp: CNI's DHCP plugin daemon, unused (podman uses netavark).
+        for u in [
+            "systemd-hwdb-update.service",
+            "ldconfig.service",
+            "cni-dhcp.socket",
+            "cni-dhcp.service",
+        ] {
             let p = etc.join("systemd/system").join(u);
             let _ = fs::remove_file(&p);
             symlink("/dev/null", &p)?;
@@ -433,10 +447,20 @@ impl Build {
             }
         }
         let units = self.opts.repo.join("units");
-        if units.is_dir() {
-            copy_tree(&units, &sysunits)?;
-            enable_units(&units, &sysunits)?;
+        let staged = self.work.join("units");
+        let _ = fs::remove_dir_all(&staged);
+        fs::create_dir_all(&staged)?;
+        for u in &self.cfg.systemd.units {
+            let src = units.join(u);
+            fs::copy(&src, staged.join(u))
+                .with_context(|| format!("unit {u} listed in image.toml: {}", src.display()))?;
+            let dropins = units.join(format!("{u}.d"));
+            if dropins.is_dir() {
+                copy_tree(&dropins, &staged.join(format!("{u}.d")))?;
+            }
         }
+        copy_tree(&staged, &sysunits)?;
+        enable_units(&staged, &sysunits)?;
         let overlay = self.opts.repo.join("overlay");
         if overlay.is_dir() {
             // Files under overlay/share/keel/factory/etc land in the factory /etc
@@ -561,7 +585,7 @@ impl Build {
         let img = self.work.join("usr.erofs");
         let _ = fs::remove_file(&img);
         run(Command::new("mkfs.erofs")
-            .args(["-zlz4hc,12", "-LUSR-A"])
+            .args(["-zlz4hc,12"])
             .arg(&img)
             .arg(self.tree.join("usr")))?;
         let size = fs::metadata(&img)?.len();

@@ -27,6 +27,9 @@ struct Cli {
     /// Headless: wait for the machine to be ready, then power off and exit 0.
     #[arg(long)]
     wait: bool,
+    /// Appended to the kernel command line (e.g. systemd.journald.forward_to_console=1).
+    #[arg(long, default_value = "")]
+    append: String,
     /// Seconds to wait for readiness with --wait.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -46,7 +49,11 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let image = Image::load(&cli.build)?;
     if cli.wait {
-        let mut vm = Vm::boot("keel-vm", &image, BootOptions::default())?;
+        let opts = BootOptions {
+            extra_cmdline: cli.append.clone(),
+            ..BootOptions::default()
+        };
+        let mut vm = Vm::boot("keel-vm", &image, opts)?;
         eprintln!("keel-vm: booting (console: {})", vm.console_path.display());
         let ssh = vm.wait_ssh(Duration::from_secs(cli.timeout))?;
         let state = vm.ssh_ok("systemctl is-system-running --wait || true")?;
@@ -74,7 +81,8 @@ fn run(cli: Cli) -> Result<()> {
         &disk,
     )?;
     let port = 2222;
-    let mut cmd = qemu_command(&image, &disk, &image.cmdline(), port, 1024)?;
+    let cmdline = format!("{} {}", image.cmdline(), cli.append);
+    let mut cmd = qemu_command(&image, &disk, cmdline.trim(), port, 1024)?;
     cmd.args(["-serial", "mon:stdio"]);
     if let Some(k) = image.ssh_key() {
         eprintln!(

@@ -259,14 +259,19 @@ fn test_layers(big: usize) -> Vec<Vec<u8>> {
         E::Sym("bin/cat", "busybox"),
         E::Sym("bin/sleep", "busybox"),
         E::Sym("bin/id", "busybox"),
+        E::Sym("bin/grep", "busybox"),
         E::Dir("etc/", 0o755),
         E::File(
             "etc/os-release",
             b"NAME=toolbox-test\nID=toolbox-test\n",
             0o644,
         ),
-        E::File("etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644),
-        E::File("etc/group", b"root:x:0:\n", 0o644),
+        E::File(
+            "etc/passwd",
+            b"root:x:0:0:root:/root:/bin/sh\ntbuser:x:1000:1000::/tmp:/bin/sh\n",
+            0o644,
+        ),
+        E::File("etc/group", b"root:x:0:\ntbuser:x:1000:\n", 0o644),
         E::File("etc/delete-me", b"old\n", 0o644),
         E::File("etc/replace-me", b"v1\n", 0o644),
         E::Dir("opt/", 0o755),
@@ -289,6 +294,12 @@ fn test_layers(big: usize) -> Vec<Vec<u8>> {
         E::Dir("usr/bin/", 0o755),
         E::Hard("usr/bin/busybox-link", "bin/busybox"),
         E::Sym("usr/bin/env", "/bin/busybox"),
+        // nspawn --user= resolves names with the container's /usr/bin/getent.
+        E::File(
+            "usr/bin/getent",
+            b"#!/bin/sh\ncase $1 in\npasswd|group) exec grep \"^$2:\" \"/etc/$1\" ;;\ninitgroups) echo \"$2\" ;;\nesac\n",
+            0o755,
+        ),
         E::Dir("home/", 0o755),
         E::Owned("home/data", b"owned by 1000:100\n", 0o640, 1000, 100),
         E::Owned("bin/sgid", b"sgid\n", 0o2755, 0, 50),
@@ -1276,4 +1287,25 @@ fn test_image_script_archive_runs_host_os_release() {
     ));
     let got = ok(&env.toolbox(&["cat", "/media/root/usr/lib/os-release"]));
     assert_eq!(got, std::fs::read_to_string("/usr/lib/os-release").unwrap());
+}
+
+/// The configured user, binds (quoted, with a space in the path) and
+/// environment reach the container.
+#[test]
+fn config_user_binds_and_env_apply() {
+    let env = Env::new();
+    let layout = env.path("layout");
+    write_layout(&layout, &test_layers(0));
+    let shared = env.path("my data");
+    std::fs::create_dir_all(&shared).unwrap();
+    std::fs::write(shared.join("file"), b"from the host\n").unwrap();
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE=oci:{}\nTOOLBOX_DOCKER_TAG=v1\nTOOLBOX_USER=tbuser\n\
+         TOOLBOX_BIND=\"--bind=/:/media/root --bind-ro='{}:/data'\"\n\
+         TOOLBOX_ENV='--setenv=GREETING=\"hello world\" PLAIN=1'\n",
+        layout.display(),
+        shared.display()
+    ));
+    let out = ok(&env.toolbox(&["-c", "id -u; cat /data/file; echo \"$GREETING/$PLAIN\"; cat /media/root/etc/hostname >/dev/null && echo host"]));
+    assert_eq!(out, "1000\nfrom the host\nhello world/1\nhost\n");
 }

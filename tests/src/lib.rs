@@ -53,7 +53,8 @@ impl Image {
         })
     }
 
-    fn path(&self, key: &str) -> Result<PathBuf> {
+    /// An artifact's path from the manifest (kernel, initramfs, raw, qcow2).
+    pub fn path(&self, key: &str) -> Result<PathBuf> {
         let v = self.manifest[key]
             .as_str()
             .with_context(|| format!("image.json has no {key}"))?;
@@ -296,7 +297,8 @@ impl Vm {
             .unwrap_or_default()
     }
 
-    fn check_alive(&mut self) -> Result<()> {
+    /// Fail if QEMU has exited.
+    pub fn check_alive(&mut self) -> Result<()> {
         if let Some(c) = self.child.as_mut() {
             if let Some(st) = c.try_wait()? {
                 let mut err = String::new();
@@ -419,8 +421,11 @@ impl Vm {
     /// Power off cleanly (bounded), then kill.
     pub fn shutdown(&mut self) {
         if let Some(mut c) = self.child.take() {
-            if matches!(c.try_wait(), Ok(None)) {
-                let _ = self.ssh("sudo systemctl poweroff --no-block");
+            let asked = matches!(c.try_wait(), Ok(None))
+                && self
+                    .ssh("sudo systemctl poweroff --no-block")
+                    .is_ok_and(|o| o.status.success());
+            if asked {
                 let start = Instant::now();
                 while start.elapsed() < Duration::from_secs(60) {
                     if let Ok(Some(_)) = c.try_wait() {
@@ -511,7 +516,15 @@ pub fn qemu_command(
         .arg(image.path("initramfs")?)
         .args(["-append", cmdline])
         .arg("-drive")
-        .arg(format!("if=virtio,file={},format=qcow2", disk.display()))
+        .arg(format!(
+            "if=virtio,file={},format={}",
+            disk.display(),
+            if disk.extension().is_some_and(|e| e == "qcow2") {
+                "qcow2"
+            } else {
+                "raw"
+            }
+        ))
         .args([
             "-netdev",
             &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:22"),
@@ -519,6 +532,43 @@ pub fn qemu_command(
         .args(["-device", "virtio-net-pci,netdev=n0"])
         .args(["-device", "virtio-rng-pci"]);
     Ok(cmd)
+}
+
+/// Wait for keel-init's emergency state and check the console names the
+/// problem: `needles` must all appear, and the boot must not have gone on.
+pub fn expect_emergency(vm: &mut Vm, needles: &[&str]) -> Result<String> {
+    vm.wait_console("keel-init: emergency:", Duration::from_secs(240))?;
+    // Let the rest of the message reach the console.
+    std::thread::sleep(Duration::from_secs(2));
+    let text = vm.console();
+    for n in needles {
+        ensure!(
+            text.contains(n),
+            "console lacks {n:?}\n--- console tail ---\n{}",
+            tail(&text, 30)
+        );
+    }
+    ensure!(
+        !text.contains("Kernel panic"),
+        "kernel panic instead of a halt"
+    );
+    ensure!(
+        !text.contains("switching root"),
+        "the boot went on after the emergency"
+    );
+    // Still halted, not exited or rebooted.
+    vm.check_alive()?;
+    Ok(text)
+}
+
+/// First LBA of the partition labelled `label` in a raw image.
+pub fn partition_offset(raw: &Path, label: &str) -> Result<u64> {
+    let f = fs::File::open(raw)?;
+    let (gpt, _) = keel_gpt::Gpt::read(&f, 512)?;
+    let p = gpt
+        .by_name(label)
+        .with_context(|| format!("no {label} in {}", raw.display()))?;
+    Ok(p.first_lba * 512)
 }
 
 /// The last `n` lines of `text`.

@@ -103,3 +103,115 @@ fn boots_to_multi_user_with_verified_usr() -> Result<()> {
     vm.finish()?;
     Ok(())
 }
+
+/// A flipped byte in USR-A: dm-verity refuses the block, keel-init names the
+/// verity failure and halts; the corrupted data is never mounted.
+#[test]
+fn corrupted_usr_is_refused_with_a_verity_error() -> Result<()> {
+    let img = image();
+    let dir = tempfile::tempdir()?;
+    let disk = dir.path().join("disk.qcow2");
+    keel_tests::overlay(&img.path("qcow2")?, &disk)?;
+    let off = keel_tests::partition_offset(&img.path("raw")?, "USR-A")?;
+    // The first 4 KiB block of USR-A holds the EROFS superblock.
+    let out = std::process::Command::new("qemu-io")
+        .args([
+            "-f",
+            "qcow2",
+            "-c",
+            &format!("write -P 0x5a {} 512", off + 1024),
+        ])
+        .arg(&disk)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "qemu-io: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut vm = Vm::boot(
+        "corrupted_usr",
+        &img,
+        BootOptions {
+            disk: Some(disk),
+            ..Default::default()
+        },
+    )?;
+    keel_tests::expect_emergency(
+        &mut vm,
+        &[
+            "device-mapper: verity",
+            "is corrupted",
+            "USR-A",
+            "no USR slot could be verified and mounted",
+        ],
+    )?;
+    vm.kill();
+    vm.finish_allowing(&["keel-init emergency", "dm-verity error"])?;
+    Ok(())
+}
+
+/// A disk without a ROOT partition: the message names the label.
+#[test]
+fn missing_partition_is_named() -> Result<()> {
+    let img = image();
+    let dir = tempfile::tempdir()?;
+    let raw = dir.path().join("disk.img");
+    let st = std::process::Command::new("cp")
+        .arg("--sparse=always")
+        .arg(img.path("raw")?)
+        .arg(&raw)
+        .status()?;
+    ensure!(st.success(), "copying the raw image");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&raw)?;
+        let (mut gpt, _) = keel_gpt::Gpt::read(&f, 512)?;
+        gpt.partitions.retain(|p| p.name != "ROOT");
+        gpt.write(&mut f)?;
+    }
+    let mut vm = Vm::boot(
+        "missing_partition",
+        &img,
+        BootOptions {
+            disk: Some(raw),
+            ..Default::default()
+        },
+    )?;
+    keel_tests::expect_emergency(
+        &mut vm,
+        &["mounting ROOT: /dev/vda: no partition labelled ROOT on /dev/vda"],
+    )?;
+    vm.kill();
+    vm.finish_allowing(&["keel-init emergency"])?;
+    Ok(())
+}
+
+/// No root hash on the kernel command line: USR is not mounted, and the
+/// message says why.
+#[test]
+fn missing_root_hash_refuses_usr() -> Result<()> {
+    let img = image();
+    let cmdline: Vec<String> = img
+        .cmdline()
+        .split_whitespace()
+        .filter(|w| !w.starts_with("keel.usrhash"))
+        .map(str::to_string)
+        .collect();
+    let mut vm = Vm::boot(
+        "missing_root_hash",
+        &img,
+        BootOptions {
+            cmdline: Some(cmdline.join(" ")),
+            ..Default::default()
+        },
+    )?;
+    keel_tests::expect_emergency(
+        &mut vm,
+        &["no root hash for USR-A on the kernel command line (keel.usrhash.a=): refusing to mount unverified data"],
+    )?;
+    vm.kill();
+    vm.finish_allowing(&["keel-init emergency"])?;
+    Ok(())
+}

@@ -94,9 +94,14 @@ pub fn session(
     } else {
         Registration::None(machine)
     };
+    let tree = store.tree(&s.name);
+    let u = unpack::Unpacker::new(&tree, false)?;
+    for d in run::mount_points(s) {
+        u.ensure_dir(&d)?;
+    }
     let interactive =
         rustix::termios::isatty(std::io::stdin()) && rustix::termios::isatty(std::io::stdout());
-    let plan = run::plan(s, &store.tree(&s.name), &reg, req, interactive);
+    let plan = run::plan(s, &tree, &reg, req, interactive);
     tracing::debug!("running {}", plan.display());
     let code = spawner.run(&plan).map_err(|e| StoreError::Io {
         path: run::NSPAWN.into(),

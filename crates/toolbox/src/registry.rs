@@ -155,10 +155,14 @@ impl Registry {
         &self,
         url: &str,
         accept: Option<&str>,
+        range_from: Option<u64>,
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let mut req = self.agent.get(url);
         if let Some(a) = accept {
             req = req.header("Accept", a);
+        }
+        if let Some(n) = range_from {
+            req = req.header("Range", &format!("bytes={n}-"));
         }
         if let Some(t) = &self.token {
             req = req.header("Authorization", &format!("Bearer {t}"));
@@ -173,8 +177,17 @@ impl Registry {
         path: &str,
         accept: Option<&str>,
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        self.get_from(path, accept, None)
+    }
+
+    fn get_from(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let url = format!("{}/v2/{}/{path}", self.base, self.repo);
-        let resp = self.send(&url, accept)?;
+        let resp = self.send(&url, accept, range_from)?;
         if resp.status().as_u16() != 401 {
             return Ok(resp);
         }
@@ -185,7 +198,7 @@ impl Registry {
             .unwrap_or("")
             .to_string();
         self.token = Some(self.fetch_token(&url, &challenge)?);
-        self.send(&url, accept)
+        self.send(&url, accept, range_from)
     }
 
     fn fetch_token(&self, url: &str, challenge: &str) -> Result<String, RegistryError> {
@@ -367,23 +380,54 @@ impl Registry {
             });
         };
         let url = format!("{}/v2/{}/blobs/{digest}", self.base, self.repo);
-        let resp = self.get(&format!("blobs/{digest}"), None)?;
-        if resp.status().as_u16() != 200 {
-            return Err(RegistryError::Status {
-                url,
-                status: resp.status().as_u16(),
-                detail: String::new(),
-            });
-        }
         let partial = dest.with_extension("partial");
         let io_err = |e: io::Error| RegistryError::Io {
             path: partial.display().to_string(),
             source: e,
         };
-        let mut out = File::create(&partial).map_err(io_err)?;
         let size = layer.size.unwrap_or(u64::MAX);
+        // Resume an interrupted download: re-hash what is there, ask for the rest.
+        let have = std::fs::metadata(&partial).map_or(0, |m| m.len());
+        let mut resumed = None;
+        if have > 0 && have < size {
+            let resp = self.get_from(&format!("blobs/{digest}"), None, Some(have))?;
+            let range_ok = resp
+                .headers()
+                .get("content-range")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with(&format!("bytes {have}-")));
+            if resp.status().as_u16() == 206 && range_ok {
+                let mut prefix = HashReader::new(File::open(&partial).map_err(io_err)?);
+                io::copy(&mut prefix, &mut io::sink()).map_err(io_err)?;
+                tracing::info!("resuming the download of {} at byte {have}", digest.short());
+                resumed = Some((resp, prefix));
+            }
+        }
+        let (resp, mut out, prefix) = match resumed {
+            Some((resp, prefix)) => {
+                let out = File::options()
+                    .append(true)
+                    .open(&partial)
+                    .map_err(io_err)?;
+                (resp, out, Some(prefix))
+            }
+            None => {
+                let resp = self.get(&format!("blobs/{digest}"), None)?;
+                if resp.status().as_u16() != 200 {
+                    return Err(RegistryError::Status {
+                        url,
+                        status: resp.status().as_u16(),
+                        detail: String::new(),
+                    });
+                }
+                (resp, File::create(&partial).map_err(io_err)?, None)
+            }
+        };
         let body = resp.into_body().into_reader();
-        let mut reader = HashReader::new(body.take(size.saturating_add(1)));
+        let mut reader = match prefix {
+            Some(p) => p.chain_to(body.take(size.saturating_add(1))),
+            None => HashReader::new(body.take(size.saturating_add(1))),
+        };
         let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = reader
@@ -399,6 +443,10 @@ impl Registry {
             progress(reader.count());
         }
         let (actual, count) = reader.finish().map_err(io_err)?;
+        if layer.size.is_some_and(|s| s != count) || actual != digest {
+            // Never resume from bytes that failed verification.
+            let _ = std::fs::remove_file(&partial);
+        }
         if let Some(s) = layer.size {
             if count != s {
                 return Err(OciError::Size {

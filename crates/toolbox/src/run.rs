@@ -74,6 +74,34 @@ pub fn machined_available(root: &Path) -> bool {
         && root.join("run/dbus/system_bus_socket").exists()
 }
 
+/// Directories nspawn mounts over inside the tree: its API file systems and
+/// the bind destinations whose source is a directory. toolbox creates them
+/// before starting a session, because two first sessions starting at once
+/// race in nspawn's own mkdir ("Failed to create mount point …: File exists").
+pub fn mount_points(s: &Settings) -> Vec<String> {
+    let mut out: Vec<String> = ["dev", "proc", "sys", "run", "tmp"]
+        .iter()
+        .map(|d| d.to_string())
+        .collect();
+    for b in &s.binds {
+        let spec = b.spec.trim_start_matches('+');
+        // nspawn escapes ':' as "\:"; such specs are left to nspawn.
+        if spec.contains('\\') {
+            continue;
+        }
+        let mut parts = spec.split(':');
+        let src = parts.next().unwrap_or("");
+        let dst = parts.next().filter(|d| !d.is_empty()).unwrap_or(src);
+        if Path::new(src).is_dir() && dst.starts_with('/') && !dst.split('/').any(|c| c == "..") {
+            let dst = dst.trim_start_matches('/');
+            if !dst.is_empty() {
+                out.push(dst.to_string());
+            }
+        }
+    }
+    out
+}
+
 /// Build the nspawn command line.
 pub fn plan(
     s: &Settings,
@@ -212,6 +240,21 @@ mod tests {
             true,
         );
         assert!(p.display().ends_with("--setenv=A=1"));
+    }
+
+    #[test]
+    fn mount_points_cover_binds() {
+        let mut l = Layers::new(None, None);
+        l.add_text(
+            "rc",
+            "TOOLBOX_BIND='--bind=/:/media/root --bind-ro=/usr --bind=/nonexistent-src:/x --bind=/etc:/../y'\n",
+        )
+        .unwrap();
+        let s = Settings::from_layers(&l, &Overrides::default(), "root").unwrap();
+        assert_eq!(
+            mount_points(&s),
+            vec!["dev", "proc", "sys", "run", "tmp", "media/root", "usr"]
+        );
     }
 
     #[test]

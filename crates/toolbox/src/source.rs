@@ -403,6 +403,16 @@ impl<R: Read> HashReader<R> {
         }
     }
 
+    /// Keep hashing, now from `next` (resuming a download after the bytes
+    /// already hashed).
+    pub fn chain_to<S: Read>(self, next: S) -> HashReader<S> {
+        HashReader {
+            inner: next,
+            hasher: self.hasher,
+            count: self.count,
+        }
+    }
+
     /// Bytes read so far.
     pub fn count(&self) -> u64 {
         self.count

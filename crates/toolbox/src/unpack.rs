@@ -231,6 +231,24 @@ impl Unpacker {
         })
     }
 
+    /// Make sure a directory exists below the root (same resolution rules
+    /// as layer entries: nothing is created outside the root).
+    pub fn ensure_dir(&self, path: &str) -> Result<(), UnpackError> {
+        let comps = clean(path.as_bytes()).map_err(|r| self.refused_path(path, r))?;
+        self.open_dir(&comps, true)
+            .map(drop)
+            .map_err(|r| self.refused_path(path, r))
+    }
+
+    fn refused_path(&self, path: &str, r: Refusal) -> UnpackError {
+        UnpackError::Refused {
+            layer: "mount point".into(),
+            path: path.to_string(),
+            offset: 0,
+            reason: r.to_string(),
+        }
+    }
+
     /// Resolve a directory below the root; `create` makes missing ones (0755).
     fn open_dir(&self, comps: &[&[u8]], create: bool) -> Result<OwnedFd, Refusal> {
         self.open_dir_io(comps, create).map_err(|e| match e {

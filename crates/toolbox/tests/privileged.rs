@@ -732,7 +732,10 @@ fn interrupted_pull_then_rerun_succeeds() {
         "TOOLBOX_DOCKER_IMAGE=127.0.0.1:{}/keel/test\nTOOLBOX_DOCKER_TAG=v1\n",
         reg.port
     ));
-    ok(&env.toolbox(&["pull"]));
+    let rerun = env.toolbox(&["pull"]);
+    ok(&rerun);
+    let err = String::from_utf8_lossy(&rerun.stderr);
+    assert!(err.contains("resuming the download of sha256:"), "{err}");
     assert_eq!(
         snapshot(&env.store.join("t")),
         snapshot(&umoci_unpack(&env, &layout))

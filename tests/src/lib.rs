@@ -90,6 +90,8 @@ pub struct BootOptions {
     pub disk: Option<PathBuf>,
     /// Memory in MiB (default 1024).
     pub memory_mib: Option<u32>,
+    /// SSH with this private key instead of the image's development key.
+    pub ssh_key: Option<PathBuf>,
 }
 
 /// Console patterns that fail a test, with what they mean.
@@ -222,6 +224,7 @@ pub struct Vm {
     pub port: u16,
     /// Host time when QEMU started.
     pub started: Instant,
+    ssh_key: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -286,6 +289,7 @@ impl Vm {
             disk,
             port,
             started,
+            ssh_key: opts.ssh_key.clone().or_else(|| image.ssh_key()),
             child: Some(child),
         })
     }
@@ -559,6 +563,33 @@ pub fn expect_emergency(vm: &mut Vm, needles: &[&str]) -> Result<String> {
     // Still halted, not exited or rebooted.
     vm.check_alive()?;
     Ok(text)
+}
+
+/// A fresh ed25519 key pair in `dir`: (private key path, public key line).
+pub fn keypair(dir: &Path, name: &str) -> Result<(PathBuf, String)> {
+    let key = dir.join(name);
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&key)
+        .output()
+        .context("running ssh-keygen")?;
+    ensure!(
+        out.status.success(),
+        "ssh-keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = fs::read_to_string(key.with_extension("pub"))?
+        .trim()
+        .to_string();
+    Ok((key, public))
+}
+
+/// QEMU arguments passing `file` as fw_cfg item `name`.
+pub fn fw_cfg(name: &str, file: &Path) -> Vec<String> {
+    vec![
+        "-fw_cfg".into(),
+        format!("name={name},file={}", file.display()),
+    ]
 }
 
 /// First LBA of the partition labelled `label` in a raw image.

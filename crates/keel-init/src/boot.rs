@@ -411,7 +411,10 @@ pub fn open_usr(
         let mut buf = Vec::new();
         if let Err(e) = File::open(&init).and_then(|mut f| f.read_to_end(&mut buf)) {
             let _ = umount(&target);
-            bail!("reading {} from the verified {usr}: {e}", init.display());
+            bail!(
+                "reading {} through dm-verity from {usr}: {e}",
+                init.display()
+            );
         }
         Ok(())
     })();
@@ -652,6 +655,28 @@ pub fn run() -> Result<BootRecord, BootError> {
     mark("etc");
 
     if first_boot {
+        // Provisioning (Ignition / cloud-config) applies whole or not at all;
+        // on error nothing of the config is on ROOT and the boot stops here.
+        let fb = keel_provision::FirstBoot::standard(text.clone());
+        match keel_provision::first_boot(&fb, &keel_provision::sys::Real) {
+            Ok(keel_provision::Outcome::Applied(r)) => info!(
+                "provisioned from {} ({}) in {:.1} ms",
+                r.source,
+                r.format,
+                r.duration_us as f64 / 1000.0
+            ),
+            Ok(keel_provision::Outcome::AlreadyProvisioned) => {
+                info!("provisioning already done on this machine")
+            }
+            Err(e) => {
+                return Err(BootError {
+                    step: "first-boot provisioning",
+                    device: None,
+                    source: anyhow!("{e}"),
+                })
+            }
+        }
+        mark("provision");
         write_atomic(&sysroot.join(FIRST_BOOT_DONE), b"")
             .step("recording first boot", Some(&root))?;
     }

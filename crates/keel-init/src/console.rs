@@ -87,9 +87,11 @@ pub fn emergency(message: &str) -> ! {
          keel-init: the boot cannot continue safely; the system is halted.\n\
          keel-init: fix the cause (see the message above) and reboot.\n"
     );
-    let _ = io::stderr().write_all(text.as_bytes());
-    if let Ok(mut c) = OpenOptions::new().write(true).open("/dev/console") {
-        let _ = c.write_all(text.as_bytes());
+    // stderr is /dev/console for init; fall back to opening it.
+    if io::stderr().write_all(text.as_bytes()).is_err() {
+        if let Ok(mut c) = OpenOptions::new().write(true).open("/dev/console") {
+            let _ = c.write_all(text.as_bytes());
+        }
     }
     kmsg(2, &format!("emergency: {message}"));
     nix::unistd::sync();

@@ -23,5 +23,5 @@ trap 'rm -rf "$work" "$shm"' EXIT
   "$rel/examples/oem_bench" "$rel/keel-oem" \
     "$top/image/oem/qemu" "$work" "${KEEL_BENCH_N:-500}" "$shm"
   echo
-  echo "ratio = keel-oem / peer; e2e includes process start, parsing oem.toml, a result file per hook and the status file (state dir: $work, run dir: $shm); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
+  echo "ratio = keel-oem / peer; e2e includes process start, parsing oem.toml, status.json (at most once a second) and results.json once (state dir: $work, run dir: $shm); load average at the end: $(cut -d' ' -f1-3 /proc/loadavg)."
 } | tee "$out/keel-oem.md"

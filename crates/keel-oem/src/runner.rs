@@ -12,6 +12,9 @@ use crate::manifest::{host_path, Hook, Manifest, RunPolicy, Stage, RESERVED_ENV}
 use crate::release::{parse_metadata, OemRelease};
 use crate::state::{self, Exit, HookResult, Paths, StageStatus, StateError};
 
+/// Least time between two rewrites of `status.json` in the middle of a stage.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The `PATH` hooks get.
 pub const HOOK_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
@@ -196,9 +199,10 @@ fn stage_status(report: &StageReport, started: u64, clock: Instant, done: bool) 
     }
 }
 
-/// Run every hook of `stage` in name order and record the results: after
-/// each hook in this boot's `status.json` (a tmpfs, cheap), and once at the
-/// end of the stage, durably, in the persistent `results.json`.
+/// Run every hook of `stage` in name order and record the results: in this
+/// boot's `status.json` (at the start, at most once a second and after each
+/// failure while the stage runs, and at the end), and once at the end of the
+/// stage, durably, in the persistent `results.json`.
 pub fn run_stage(
     ctx: &RunContext,
     manifest: &Manifest,
@@ -223,6 +227,7 @@ pub fn run_stage(
         stage_status(&report, stage_start, clock, false),
     );
     state::write_status(&ctx.paths, &status)?;
+    let mut last_write = Instant::now();
     let mut ran: Vec<(String, HookResult)> = Vec::new();
     for hook in manifest.stage(stage) {
         if report.failure.is_some() {
@@ -274,11 +279,17 @@ pub fn run_stage(
                 .push((hook.name.clone(), Outcome::Failed(reason)));
         }
         status.results.insert(hook.name.clone(), result.clone());
-        status.stages.insert(
-            stage.as_str().into(),
-            stage_status(&report, stage_start, clock, false),
-        );
-        state::write_status(&ctx.paths, &status)?;
+        // Keep status.json current while a stage runs, but at most once a
+        // second (and after every failure): rewriting it after each of a
+        // hundred quick hooks would double the runner's cost per hook.
+        if !run.exit.success() || last_write.elapsed() >= STATUS_INTERVAL {
+            status.stages.insert(
+                stage.as_str().into(),
+                stage_status(&report, stage_start, clock, false),
+            );
+            state::write_status(&ctx.paths, &status)?;
+            last_write = Instant::now();
+        }
         ran.push((hook.name.clone(), result));
     }
     status.stages.insert(

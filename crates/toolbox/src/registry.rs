@@ -140,6 +140,9 @@ impl Registry {
             .http_status_as_error(false)
             .timeout_connect(Some(Duration::from_secs(20)))
             .timeout_recv_response(Some(Duration::from_secs(60)))
+            // A stalled transfer fails (and can be resumed) instead of
+            // hanging; no limit on a whole blob, which may be large.
+            .timeout_per_read(Some(Duration::from_secs(60)))
             .user_agent("keel-toolbox/0.1")
             .build()
             .new_agent();

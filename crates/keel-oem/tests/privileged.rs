@@ -663,14 +663,12 @@ fn concurrent_runs_do_not_run_a_first_boot_hook_twice() {
 
 /// Boot real systemd in a container (`systemd-nspawn --volatile=yes` over the
 /// host's `/usr`: an empty tmpfs root, like a fresh Keel machine) with the
-/// generator, the stage units and the VM test OEM tree at `/oem`, and check
-/// what the VM tests check: the generator enabled the stages, they ran in
-/// order around network-online.target, a hanging optional hook was killed at
-/// its timeout with its grandchild, and the boot reached multi-user.
+/// generator, the stage units and `oem` at `/oem`; `probe` (a shell script)
+/// runs after multi-user.target, writes into `/results` and powers off.
+/// Returns the results directory (in `tmp`) and the console output.
 /// Deviation from the image: the binary lives in /opt/keel (the host's /usr
 /// is read-only), units and the generator in /etc/systemd.
-#[test]
-fn nspawn_boot_runs_the_stages_in_order() {
+fn nspawn_boot(tmp: &Path, oem: &Path, probe: &str) -> (PathBuf, String) {
     require_root();
     let nspawn = Path::new("/usr/bin/systemd-nspawn");
     assert!(
@@ -678,8 +676,7 @@ fn nspawn_boot_runs_the_stages_in_order() {
         "systemd-nspawn missing: apt-get install systemd-container"
     );
     let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let tmp = tempfile::tempdir().unwrap();
-    let d = tmp.path();
+    let d = tmp;
     let (sys, gens, opt, results) = (
         d.join("sys"),
         d.join("gen"),
@@ -700,30 +697,7 @@ fn nspawn_boot_runs_the_stages_in_order() {
         )
         .unwrap();
     }
-    fs::write(
-        opt.join("probe.sh"),
-        r#"#!/bin/sh
-r=/results
-cp -r /var/lib/keel-oem-test/. $r/ 2>/dev/null
-# One clock for all: systemd's monotonic timestamps (µs).
-mono() { systemctl show -p "$2" --value "$1"; }
-echo "$(mono keel-oem-early.service ActiveEnterTimestampMonotonic) $(mono network-online.target ActiveEnterTimestampMonotonic) $(mono keel-oem-network.service InactiveExitTimestampMonotonic) $(mono keel-oem-network.service ActiveEnterTimestampMonotonic) $(mono keel-oem-late.service InactiveExitTimestampMonotonic)" > $r/times
-for s in early network late; do
-  echo "$s $(systemctl show -p ActiveState --value keel-oem-$s.service) $(systemctl show -p Result --value keel-oem-$s.service)" >> $r/units
-done
-for p in $(cat /var/lib/keel-oem-test/hang.pid /var/lib/keel-oem-test/hang-grandchild.pid); do
-  if kill -0 "$p" 2>/dev/null; then echo "alive $p"; else echo "dead $p"; fi >> $r/pids
-done
-systemctl is-failed keel-oem-early.service > $r/early-failed
-/opt/keel/keel-oem status > $r/status 2>&1
-cp /run/keel/oem/status.json $r/status.json
-journalctl -t 10-stamp-early -o cat > $r/journal
-ls -R /run/systemd/generator > $r/generator
-echo done > $r/done
-systemctl poweroff --no-block
-"#,
-    )
-    .unwrap();
+    fs::write(opt.join("probe.sh"), probe).unwrap();
     fs::set_permissions(opt.join("probe.sh"), fs::Permissions::from_mode(0o755)).unwrap();
     fs::write(
         sys.join("keel-oem-probe.service"),
@@ -752,7 +726,7 @@ systemctl poweroff --no-block
     .arg(bind("bind-ro", &sys, "/etc/systemd/system"))
     .arg(bind("bind-ro", &gens, "/etc/systemd/system-generators"))
     .arg(bind("bind-ro", &opt, "/opt/keel"))
-    .arg(bind("bind-ro", &crate_dir.join("test_data/vm-oem"), "/oem"))
+    .arg(bind("bind-ro", oem, "/oem"))
     .arg(bind("bind", &results, "/results"))
     .args(["--boot", "systemd.unit=multi-user.target"])
     .stdin(Stdio::null())
@@ -760,6 +734,38 @@ systemctl poweroff --no-block
     .stderr(Stdio::piped());
     let out = run_bounded(cmd, Duration::from_secs(150));
     let console = String::from_utf8_lossy(&out.stdout).into_owned() + &stderr(&out);
+    (results, console)
+}
+
+/// The VM tests' checks, on real systemd: the generator enabled the stages,
+/// they ran in order around network-online.target, a hanging optional hook
+/// was killed at its timeout with its grandchild, the boot reached multi-user.
+#[test]
+fn nspawn_boot_runs_the_stages_in_order() {
+    require_root();
+    let crate_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tmp = tempfile::tempdir().unwrap();
+    let probe = r#"#!/bin/sh
+r=/results
+cp -r /var/lib/keel-oem-test/. $r/ 2>/dev/null
+# One clock for all: systemd's monotonic timestamps (µs).
+mono() { systemctl show -p "$2" --value "$1"; }
+echo "$(mono keel-oem-early.service ActiveEnterTimestampMonotonic) $(mono network-online.target ActiveEnterTimestampMonotonic) $(mono keel-oem-network.service InactiveExitTimestampMonotonic) $(mono keel-oem-network.service ActiveEnterTimestampMonotonic) $(mono keel-oem-late.service InactiveExitTimestampMonotonic)" > $r/times
+for s in early network late; do
+  echo "$s $(systemctl show -p ActiveState --value keel-oem-$s.service) $(systemctl show -p Result --value keel-oem-$s.service)" >> $r/units
+done
+for p in $(cat /var/lib/keel-oem-test/hang.pid /var/lib/keel-oem-test/hang-grandchild.pid); do
+  if kill -0 "$p" 2>/dev/null; then echo "alive $p"; else echo "dead $p"; fi >> $r/pids
+done
+systemctl is-failed keel-oem-early.service > $r/early-failed
+/opt/keel/keel-oem status > $r/status 2>&1
+cp /run/keel/oem/status.json $r/status.json
+journalctl -t 10-stamp-early -o cat > $r/journal
+ls -R /run/systemd/generator > $r/generator
+echo done > $r/done
+systemctl poweroff --no-block
+"#;
+    let (results, console) = nspawn_boot(tmp.path(), &crate_dir.join("test_data/vm-oem"), probe);
     let read = |n: &str| {
         fs::read_to_string(results.join(n))
             .unwrap_or_else(|e| panic!("{n}: {e}\nconsole:\n{console}"))
@@ -820,4 +826,45 @@ systemctl poweroff --no-block
             "{want} not generated: {generator}"
         );
     }
+}
+
+/// A failed required hook fails its stage's unit, with the reason in the
+/// unit's journal, and the boot still reaches multi-user.target.
+#[test]
+fn nspawn_required_failure_fails_the_stage_unit() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let t = Tree::new(&format!(
+        "version = 1\n{}{}",
+        hook("10-ok", "early", ""),
+        hook("20-must", "late", "required = true")
+    ));
+    t.script("10-ok", "echo fine");
+    t.script("20-must", "echo 'metadata service unreachable' >&2\nexit 4");
+    let probe = r#"#!/bin/sh
+r=/results
+systemctl show -p ActiveState --value keel-oem-early.service > $r/early
+echo "$(systemctl show -p ActiveState --value keel-oem-late.service) $(systemctl show -p Result --value keel-oem-late.service)" > $r/late
+systemctl show -p ActiveState --value multi-user.target > $r/multi-user
+journalctl -u keel-oem-late.service -o cat > $r/journal
+journalctl -t 20-must -o cat > $r/hook-journal
+echo done > $r/done
+systemctl poweroff --no-block
+"#;
+    let (results, console) = nspawn_boot(tmp.path(), &t.oem(), probe);
+    let read = |n: &str| {
+        fs::read_to_string(results.join(n))
+            .unwrap_or_else(|e| panic!("{n}: {e}\nconsole:\n{console}"))
+    };
+    assert_eq!(read("done"), "done\n");
+    assert_eq!(read("early"), "active\n");
+    assert_eq!(read("late").trim_end(), "failed exit-code");
+    assert_eq!(read("multi-user"), "active\n");
+    let journal = read("journal");
+    assert!(
+        journal
+            .contains("stage late failed: hook \"20-must\" exited 4: metadata service unreachable"),
+        "{journal}"
+    );
+    assert!(read("hook-journal").contains("metadata service unreachable"));
 }

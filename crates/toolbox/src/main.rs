@@ -113,18 +113,48 @@ fn settings(o: &Overrides) -> Result<Settings> {
     Ok(Settings::from_layers(&layers, o, &user)?)
 }
 
-fn need_root(what: &str) -> Result<()> {
-    if !rustix::process::geteuid().is_root() {
-        bail!("{what} needs root (systemd-nspawn and unpacking preserve owners); run it with sudo");
+const SUDO: &str = "/usr/bin/sudo";
+
+/// The sudo command line that re-runs toolbox as root, keeping `HOME` (so
+/// the user's `~/.toolboxrc` applies, as with CoreOS's `sudo --preserve-env`)
+/// and `TERM`; sudo sets `SUDO_USER`, which names the toolbox.
+fn sudo_argv(exe: &std::path::Path, args: &[String]) -> Vec<std::ffi::OsString> {
+    let mut v: Vec<std::ffi::OsString> = vec![
+        SUDO.into(),
+        "--preserve-env=HOME,TERM".into(),
+        "--".into(),
+        exe.into(),
+    ];
+    v.extend(args.iter().map(Into::into));
+    v
+}
+
+/// Root is needed for nspawn and for unpacking with owners. A user (for
+/// example one whose login shell is toolbox) is re-run through sudo when it
+/// is installed, as CoreOS's script did.
+fn need_root(what: &str, args: &[String]) -> Result<()> {
+    if rustix::process::geteuid().is_root() {
+        return Ok(());
     }
-    Ok(())
+    if std::path::Path::new(SUDO).exists() && std::env::var_os("TOOLBOX_NO_SUDO").is_none() {
+        let exe = std::env::current_exe().context("finding the toolbox binary")?;
+        let argv = sudo_argv(&exe, args);
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(&argv[0])
+            .args(&argv[1..])
+            .env("TOOLBOX_NO_SUDO", "1")
+            .exec();
+        return Err(err).with_context(|| format!("running {SUDO}"));
+    }
+    bail!("{what} needs root (systemd-nspawn and unpacking preserve owners); run it with sudo");
 }
 
 fn real_main() -> Result<u8> {
     let args: Vec<String> = std::env::args().collect();
     // As a login shell (argv[0] "-toolbox") sshd passes nothing or `-c CMD`,
     // which parse to a shell and a shell command.
-    let (o, cmd) = parse_args(args.get(1..).unwrap_or_default())?;
+    let rest = args.get(1..).unwrap_or_default();
+    let (o, cmd) = parse_args(rest)?;
     match cmd {
         Cmd::Help => {
             println!("{USAGE}");
@@ -150,14 +180,14 @@ fn real_main() -> Result<u8> {
             Ok(0)
         }
         Cmd::Rm => {
-            need_root("toolbox rm")?;
+            need_root("toolbox rm", rest)?;
             let s = settings(&o)?;
             Store::new(&s.directory).remove(&s.name)?;
             eprintln!("removed toolbox {}", s.name);
             Ok(0)
         }
         Cmd::Pull => {
-            need_root("toolbox pull")?;
+            need_root("toolbox pull", rest)?;
             let s = settings(&o)?;
             let store = Store::new(&s.directory);
             let _lock = store.lock(&s.name, LockMode::Exclusive, false)?;
@@ -172,7 +202,7 @@ fn real_main() -> Result<u8> {
             Ok(0)
         }
         Cmd::Run(req) => {
-            need_root("toolbox")?;
+            need_root("toolbox", rest)?;
             let s = settings(&o)?;
             let code = toolbox::session(
                 &s,
@@ -203,6 +233,26 @@ mod tests {
 
     fn p(a: &[&str]) -> Result<(Overrides, Cmd)> {
         parse_args(&a.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn sudo_keeps_home_and_arguments() {
+        let argv = sudo_argv(
+            std::path::Path::new("/usr/bin/toolbox"),
+            &["-c".into(), "ls -l".into()],
+        );
+        let argv: Vec<String> = argv.into_iter().map(|a| a.into_string().unwrap()).collect();
+        assert_eq!(
+            argv,
+            [
+                "/usr/bin/sudo",
+                "--preserve-env=HOME,TERM",
+                "--",
+                "/usr/bin/toolbox",
+                "-c",
+                "ls -l"
+            ]
+        );
     }
 
     #[test]

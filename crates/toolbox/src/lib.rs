@@ -97,7 +97,10 @@ pub fn session(
     let tree = store.tree(&s.name);
     let u = unpack::Unpacker::new(&tree, false)?;
     for d in run::mount_points(s) {
-        u.ensure_dir(&d)?;
+        // Best effort: where the image has a symlink there, nspawn decides.
+        if let Err(e) = u.ensure_dir(&d) {
+            tracing::debug!("not creating mount point: {e}");
+        }
     }
     let interactive =
         rustix::termios::isatty(std::io::stdin()) && rustix::termios::isatty(std::io::stdout());

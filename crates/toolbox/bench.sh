@@ -32,7 +32,10 @@ cold_runs=${TOOLBOX_BENCH_COLD_RUNS:-3}
 w=$(mktemp -d /var/tmp/toolbox-bench.XXXXXX)
 reg_pid=
 cleanup() {
-  [ -n "$reg_pid" ] && kill "$reg_pid" 2>/dev/null && wait "$reg_pid" 2>/dev/null
+  if [ -n "$reg_pid" ]; then
+    kill "$reg_pid" 2>/dev/null || true
+    wait "$reg_pid" 2>/dev/null || true
+  fi
   rm -rf "$w"
 }
 trap cleanup EXIT

@@ -73,7 +73,11 @@ read -r md ms < <(blob "{\"schemaVersion\":2,\"mediaType\":\"application/vnd.oci
 echo "{\"schemaVersion\":2,\"manifests\":[{\"mediaType\":\"application/vnd.oci.image.manifest.v1+json\",\"digest\":\"sha256:$md\",\"size\":$ms,\"annotations\":{\"org.opencontainers.image.ref.name\":\"bench\"}}]}" > "$w/layout/index.json"
 
 # --- registry ---------------------------------------------------------------
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+# A free port: nothing answers on it.
+while :; do
+  port=$((20000 + RANDOM % 40000))
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null || break
+done
 mkdir -p "$w/storage"
 cat > "$w/registry.yml" <<EOF
 version: 0.1

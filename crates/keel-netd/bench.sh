@@ -64,9 +64,12 @@ setup() { # $1: dnsmasq extra args
 }
 
 teardown() {
-  # dhcpcd runs privilege-separated helpers: ask it to exit properly.
-  ip netns exec "$CLI" dhcpcd -x knbc >/dev/null 2>&1 || true
-  kill "$CLIENT" 2>/dev/null || true; wait "$CLIENT" 2>/dev/null || true
+  # dhcpcd runs privilege-separated helpers that do not always exit on
+  # SIGTERM: kill everything left in the client namespace (only ours).
+  kill "$CLIENT" 2>/dev/null || true
+  sleep 0.2
+  ip netns pids "$CLI" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+  wait "$CLIENT" 2>/dev/null || true
   kill "$DNSMASQ" 2>/dev/null || true; wait "$DNSMASQ" 2>/dev/null || true
   ip netns del "$CLI"; ip netns del "$SRV"
   rm -f /var/lib/dhcpcd/knbc*.lease 2>/dev/null || true

@@ -22,6 +22,7 @@ fn ignition(pubkey: &str) -> String {
         "storage": {"files": [{
             "path": "/home/core/secret.txt",
             "mode": 0o600,
+            "overwrite": true,
             "user": {"name": "core"},
             "group": {"name": "core"},
             "contents": {"source": "data:,hello%20keel"}

@@ -5,10 +5,11 @@
 # short-lease renewals; binary size. Writes $1/keel-netd.md.
 #
 # Each run uses fresh namespaces and fresh lease state, so every client does
-# a full DISCOVER/OFFER/REQUEST/ACK. The clock starts just before the client
-# is started with the link down (each client brings the link up itself) and
-# stops when `ip route` shows the default route and the address is present
-# (polled every 5 ms). /etc/resolv.conf writes by dhclient-script and
+# a full DISCOVER/OFFER/REQUEST/ACK. Two scenarios: "linkup" — the client
+# runs, then the carrier appears (the server end of the veth comes up);
+# the issue's measure. "cold" — the client is started with the link down
+# and brings it up itself (includes process start-up). The end time is the
+# kernel's timestamp of the default route from `ip -ts monitor route`. /etc/resolv.conf writes by dhclient-script and
 # dhcpcd hooks land in /etc/netns/<ns>/resolv.conf (ip netns exec bind-mounts
 # it), never the host's. dnsmasq runs with --no-ping: its default ICMP
 # probe before each OFFER adds ~3 s of server time that would hide the
@@ -92,31 +93,63 @@ start_client() { # $1: name
   CLIENT=$!; pids+=("$CLIENT")
 }
 
-time_one() { # $1: client; prints ms
+# Timestamp (ms) of the first "default via 10.98.0.1" route event in the
+# `ip -ts monitor route` output $1, or empty.
+route_ts() {
+  local line ts
+  line=$(grep -m1 "default via 10.98.0.1" "$1" || true)
+  [ -n "$line" ] || return 0
+  ts=${line%%]*}; ts=${ts#[}
+  date -d "${ts/T/ }" +%s%3N
+}
+
+time_one() { # $1: client, $2: linkup|cold; prints ms
   setup ""
   rm -f "$work/dhclient.leases"
+  # linkup: the client is already running when the carrier appears (the
+  # server end of the veth comes up). cold: the client is started with the
+  # link down and brings it up itself (includes process start-up).
+  [ "$2" = linkup ] && ip -n "$SRV" link set knbs down
+  ip -n "$CLI" -ts monitor route >"$work/monitor" 2>/dev/null &
+  local mon=$!
+  sleep 0.1
   local t0 t1
-  t0=$(now_ms)
-  start_client "$1"
+  if [ "$2" = linkup ]; then
+    start_client "$1"
+    sleep 2
+    t0=$(now_ms)
+    ip -n "$SRV" link set knbs up
+  else
+    t0=$(now_ms)
+    start_client "$1"
+  fi
   local deadline=$((t0 + 30000))
   until configured; do
-    [ "$(now_ms)" -lt $deadline ] || { echo "bench.sh: $1 got no lease in 30 s" >&2; cat "$work/client.log" >&2; teardown; echo 30000; return; }
-    sleep 0.005
+    if [ "$(now_ms)" -ge $deadline ]; then
+      echo "bench.sh: $1 got no lease in 30 s" >&2
+      kill "$mon" 2>/dev/null || true; teardown; echo 30000; return
+    fi
+    sleep 0.02
   done
-  t1=$(now_ms)
+  sleep 0.05
+  kill "$mon" 2>/dev/null || true; wait "$mon" 2>/dev/null || true
+  t1=$(route_ts "$work/monitor")
   teardown
-  echo $((t1 - t0))
+  echo $(( ${t1:-$t0} - t0 ))
 }
 
 median() { sort -n | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : int((a[NR/2]+a[NR/2+1])/2))}'; }
 
 declare -A MED
-for c in keel-netd dhclient dhcpcd dhcpcd-noarp; do
-  command -v "${c%-noarp}" >/dev/null || [ "$c" = keel-netd ] || { echo "bench.sh: $c not installed, skipping" >&2; continue; }
-  samples=()
-  for _ in $(seq "$RUNS"); do samples+=("$(time_one "$c")"); done
-  MED[$c]=$(printf '%s\n' "${samples[@]}" | median)
-  echo "$c: ${samples[*]} ms (median ${MED[$c]})" >&2
+clients=(keel-netd dhclient dhcpcd dhcpcd-noarp)
+for scenario in linkup cold; do
+  for c in "${clients[@]}"; do
+    command -v "${c%-noarp}" >/dev/null || [ "$c" = keel-netd ] || { echo "bench.sh: $c not installed, skipping" >&2; continue; }
+    samples=()
+    for _ in $(seq "$RUNS"); do samples+=("$(time_one "$c" "$scenario")"); done
+    MED[$c/$scenario]=$(printf '%s\n' "${samples[@]}" | median)
+    echo "$c ($scenario): ${samples[*]} ms (median ${MED[$c/$scenario]})" >&2
+  done
 done
 
 # RSS after many renewals: T1 = 1 s, T2 = 2 s, lease 2 min.
@@ -134,11 +167,11 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.3f", a / b; else
 {
   echo "## keel-netd ($(date -u +%Y-%m-%dT%H:%MZ), $RUNS runs each, median)"
   echo
-  echo "| client | link up → address + default route (ms) | ratio vs dhclient |"
-  echo "|---|---:|---:|"
-  for c in keel-netd dhclient dhcpcd dhcpcd-noarp; do
-    [ -n "${MED[$c]:-}" ] || continue
-    echo "| $c | ${MED[$c]} | $(ratio "${MED[$c]}" "${MED[dhclient]:-0}") |"
+  echo "| client | carrier up → address + default route (ms) | ratio vs dhclient | cold start → configured (ms) | ratio vs dhclient |"
+  echo "|---|---:|---:|---:|---:|"
+  for c in "${clients[@]}"; do
+    [ -n "${MED[$c/linkup]:-}" ] || continue
+    echo "| $c | ${MED[$c/linkup]} | $(ratio "${MED[$c/linkup]}" "${MED[dhclient/linkup]:-0}") | ${MED[$c/cold]} | $(ratio "${MED[$c/cold]}" "${MED[dhclient/cold]:-0}") |"
   done
   echo
   echo "| measure | value | target |"

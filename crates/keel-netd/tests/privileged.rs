@@ -631,3 +631,56 @@ fn link_added_after_start_and_wait_online() {
     assert!(ok, "{out}");
     net.assert_alive();
 }
+
+/// A rogue sender in the server namespace floods the client with broken
+/// DHCP replies (truncated, oversized, bad magic, wrong xid, garbage
+/// options); keel-netd ignores them with a debug log, stays up, and still
+/// takes the real server's lease afterwards.
+#[test]
+fn malformed_replies_are_ignored() {
+    let mut net = Net::new();
+    let c = net.pair(80, true);
+    net.network("50-dhcp.network", DHCP);
+    net.start_netd();
+    wait_for(
+        "keel-netd to start discovering",
+        Duration::from_secs(10),
+        || net.netd_log().contains("sending Discover"),
+    );
+    let script = r#"
+import socket, struct, os
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+s.bind(("10.80.0.1", 67))
+def bootp(xid, opts, magic=b"\x63\x82\x53\x63", hlen=6, chaddr=b"\x00"*16):
+    hdr = struct.pack("!BBBBIHHIIII", 2, 1, hlen, 0, xid, 0, 0, 0, 0x0a500032, 0x0a500001, 0)
+    return hdr + chaddr + b"\x00"*192 + magic + opts
+cases = [
+    b"", b"\x02" * 10, bootp(1, b"")[:200],
+    bootp(2, b"\x35\x01\x02\xff", magic=b"\x00\x00\x00\x00"),
+    bootp(3, b"\x35\x01\x02\x36\x04\x0a\x50\x00\x01\x33\x04\x00\x00\x0e\x10\xff"),
+    bootp(4, b"\x35\x05\x02"), bootp(5, b"\x33\x02\x00\x01\x01\x03\x0a\x50\x00\xff"),
+    bootp(6, b"\x35\x01\x02", hlen=200), bootp(7, os.urandom(300)),
+    bootp(8, b"\x35\x01\x02" + b"\x00" * 1200),
+]
+for i in range(20):
+    for p in cases:
+        s.sendto(p, ("255.255.255.255", 68))
+for i in range(50):
+    s.sendto(os.urandom(i * 7), ("255.255.255.255", 68))
+"#;
+    let st = Command::new("ip")
+        .args(["netns", "exec", &net.srv, "python3", "-c", script])
+        .status()
+        .unwrap();
+    assert!(st.success(), "rogue sender failed");
+    std::thread::sleep(Duration::from_millis(300));
+    net.assert_alive();
+    let log = net.netd_log();
+    assert!(log.contains("ignoring dhcp packet"), "{log}");
+    net.dnsmasq(0, 80, (50, 60), &[]);
+    wait_for("the real lease", Duration::from_secs(40), || {
+        has_addr_in(&net, &c, "10.80.0.5")
+    });
+    net.assert_alive();
+}

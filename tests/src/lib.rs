@@ -337,7 +337,8 @@ impl Vm {
         }
     }
 
-    fn ssh_command(&self, cmd: &str) -> Result<Command> {
+    /// The ssh command for `cmd` (stdin null unless replaced).
+    pub fn ssh_command(&self, cmd: &str) -> Result<Command> {
         let key = self
             .image
             .ssh_key()
@@ -590,6 +591,53 @@ pub fn fw_cfg(name: &str, file: &Path) -> Vec<String> {
         "-fw_cfg".into(),
         format!("name={name},file={}", file.display()),
     ]
+}
+
+/// A raw copy of the image whose OEM partition holds `tree` instead of the
+/// platform's (mkfs.ext4 from the directory, written at OEM's offset).
+pub fn image_with_oem(image: &Image, tree: &Path, dest: &Path) -> Result<()> {
+    let raw = image.path("raw")?;
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(&raw)
+        .arg(dest)
+        .status()?;
+    ensure!(st.success(), "copying {}", raw.display());
+    let f = fs::OpenOptions::new().read(true).write(true).open(dest)?;
+    let (gpt, _) = keel_gpt::Gpt::read(&f, 512)?;
+    let oem = gpt.by_name("OEM").context("no OEM partition")?;
+    let fsimg = dest.with_extension("oem.ext4");
+    fs::File::create(&fsimg)?.set_len(oem.sectors() * 512)?;
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "OEM", "-E", "root_owner=0:0", "-d"])
+        .arg(tree)
+        .arg(&fsimg)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "mkfs.ext4: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let data = fs::read(&fsimg)?;
+    use std::os::unix::fs::FileExt;
+    f.write_all_at(&data, oem.first_lba * 512)?;
+    f.sync_all()?;
+    let _ = fs::remove_file(&fsimg);
+    Ok(())
+}
+
+/// Run `cmd` over SSH with `input` on its stdin.
+pub fn ssh_with_input(vm: &Vm, cmd: &str, input: &Path) -> Result<String> {
+    let mut c = vm.ssh_command(cmd)?;
+    c.stdin(fs::File::open(input)?);
+    let out = c.output()?;
+    ensure!(
+        out.status.success(),
+        "`{cmd}` failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// First LBA of the partition labelled `label` in a raw image.

@@ -1,0 +1,145 @@
+//! VM tests of the OEM hooks runner (issue 5). Run with `./run test vm`.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{ensure, Context, Result};
+use keel_tests::{fw_cfg, image_with_oem, keypair, BootOptions, Image, Vm};
+
+const BOOT: Duration = Duration::from_secs(300);
+
+fn image() -> Image {
+    Image::from_env().expect("the image is built (./run image)")
+}
+
+/// The QEMU platform: fw_cfg `opt/keel/metadata` with an SSH key and a
+/// hostname → SSH as core works without any Ignition config.
+#[test]
+fn fw_cfg_metadata_gives_ssh_and_hostname() -> Result<()> {
+    let img = image();
+    let dir = tempfile::tempdir()?;
+    let (key, public) = keypair(dir.path(), "meta")?;
+    let meta = dir.path().join("metadata");
+    fs::write(
+        &meta,
+        format!("KEEL_HOSTNAME=keel-meta\nKEEL_SSH_KEYS={public}\n"),
+    )?;
+    let mut vm = Vm::boot(
+        "oem_fw_cfg_metadata",
+        &img,
+        BootOptions {
+            qemu_args: fw_cfg("opt/keel/metadata", &meta),
+            ssh_key: Some(key),
+            ..Default::default()
+        },
+    )?;
+    let state = vm.wait_ready(BOOT)?;
+    ensure!(
+        state == "running",
+        "system {state}: {}",
+        vm.ssh_ok("systemctl --failed --no-legend")?
+    );
+    ensure!(
+        vm.ssh_ok("hostname")?.trim() == "keel-meta",
+        "hostname not from metadata"
+    );
+    let facts = vm.ssh_ok("cat /run/keel/metadata")?;
+    ensure!(
+        facts.contains("KEEL_HOSTNAME=keel-meta"),
+        "metadata: {facts}"
+    );
+    let st = vm.ssh_ok("keel-oem status")?;
+    ensure!(st.contains("30-ssh-keys"), "status: {st}");
+    vm.finish()?;
+    Ok(())
+}
+
+fn stamps(text: &str) -> Result<Vec<(String, f64)>> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let name = w.next().context("stamp line")?.to_string();
+            let t: f64 = w.next().context("stamp time")?.parse()?;
+            Ok((name, t))
+        })
+        .collect()
+}
+
+/// One hook per stage writing timestamps → stages ran in order relative to
+/// network-online; a hanging optional hook is killed at its timeout and the
+/// boot reaches multi-user; a run-once hook runs on the first boot only.
+#[test]
+fn stages_order_timeouts_and_run_once() -> Result<()> {
+    let img = image();
+    let dir = tempfile::tempdir()?;
+    let raw = dir.path().join("disk.img");
+    let tree = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/keel-oem/test_data/vm-oem");
+    image_with_oem(&img, &tree, &raw)?;
+    let opts = BootOptions {
+        disk: Some(raw.clone()),
+        ..Default::default()
+    };
+    let mut vm = Vm::boot("oem_stages", &img, opts.clone())?;
+    let state = vm.wait_ready(BOOT)?;
+    ensure!(
+        state == "running",
+        "system {state}: {}",
+        vm.ssh_ok("systemctl --failed --no-legend")?
+    );
+
+    let s = stamps(&vm.ssh_ok("cat /var/lib/keel-oem-test/stamps")?)?;
+    let at = |n: &str| s.iter().find(|(k, _)| k == n).map(|(_, t)| *t);
+    let (early, network, late) = (
+        at("early").context("no early stamp")?,
+        at("network").context("no network stamp")?,
+        at("late").context("no late stamp")?,
+    );
+    let online_us: f64 = vm
+        .ssh_ok("systemctl show -P ActiveEnterTimestampMonotonic network-online.target")?
+        .trim()
+        .parse()?;
+    let online = online_us / 1e6;
+    ensure!(
+        early < online && online <= network && network <= late,
+        "order: early {early} online {online} network {network} late {late}"
+    );
+
+    let st = vm.ssh_ok("keel-oem status")?;
+    ensure!(
+        st.contains("20-hang") && st.contains("timed out"),
+        "status: {st}"
+    );
+    let alive = vm.ssh_ok("for f in /var/lib/keel-oem-test/hang.pid /var/lib/keel-oem-test/hang-grandchild.pid; do p=$(cat $f); [ -d /proc/$p ] && echo alive $p; done; true")?;
+    ensure!(
+        alive.trim().is_empty(),
+        "hang hook survived its timeout: {alive}"
+    );
+    ensure!(
+        vm.ssh_ok("systemctl is-active keel-oem-early.service")?
+            .trim()
+            == "active",
+        "early stage failed"
+    );
+    let first = vm.ssh_ok("grep -c first_boot=1 /var/lib/keel-oem-test/stamps || true")?;
+    ensure!(
+        first.trim() == "1",
+        "run-once hook lines on first boot: {first}"
+    );
+    vm.finish()?;
+
+    let mut vm = Vm::reboot_disk("oem_stages_second", &img, &raw, opts)?;
+    vm.wait_ready(BOOT)?;
+    let s = vm.ssh_ok("cat /var/lib/keel-oem-test/stamps")?;
+    ensure!(
+        s.lines().filter(|l| l.starts_with("late")).count() == 2,
+        "late did not stamp again: {s}"
+    );
+    ensure!(
+        s.matches("first_boot=1").count() == 1,
+        "run-once hook ran again: {s}"
+    );
+    vm.finish()?;
+    Ok(())
+}

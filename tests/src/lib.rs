@@ -606,6 +606,22 @@ pub fn image_with_oem(image: &Image, tree: &Path, dest: &Path) -> Result<()> {
     let f = fs::OpenOptions::new().read(true).write(true).open(dest)?;
     let (gpt, _) = keel_gpt::Gpt::read(&f, 512)?;
     let oem = gpt.by_name("OEM").context("no OEM partition")?;
+    // The test tree plus the build's development key, which lives on OEM.
+    let staged = tempfile::tempdir()?;
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", tree.display()))
+        .arg(staged.path())
+        .status()?;
+    ensure!(st.success(), "copying {}", tree.display());
+    if let Some(key) = image.ssh_key() {
+        fs::create_dir_all(staged.path().join("dev"))?;
+        fs::copy(
+            key.with_extension("pub"),
+            staged.path().join("dev/authorized_keys"),
+        )?;
+    }
+    let tree = staged.path();
     let fsimg = dest.with_extension("oem.ext4");
     fs::File::create(&fsimg)?.set_len(oem.sectors() * 512)?;
     let out = Command::new("mkfs.ext4")

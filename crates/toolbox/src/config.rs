@@ -560,23 +560,24 @@ fn invalid(o: &Origin, key: &str, msg: impl Into<String>) -> ConfigError {
 /// CoreOS's machine name rule: characters outside `[A-Za-z0-9_.-]` become
 /// `_`; Keel also keeps it a valid machine name (at most 64 characters).
 pub fn sanitize_name(raw: &str) -> String {
-    let s: String = raw
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let s = s.trim_start_matches('.').to_string();
+    // The name is also the systemd-nspawn machine name, which must be a valid
+    // hostname: letters, digits, '-' and single dots ('_' is refused by nspawn
+    // with "Invalid machine name").
+    let mut s = String::with_capacity(raw.len());
+    for c in raw.chars() {
+        let c = if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' };
+        if c == '.' && (s.is_empty() || s.ends_with('.')) {
+            continue;
+        }
+        s.push(c);
+    }
+    let s = s.trim_end_matches('.').to_string();
     if s.len() <= 64 {
         return s;
     }
     use sha2::Digest as _;
     let h = hex::encode(sha2::Sha256::digest(s.as_bytes()));
-    // `s` is ASCII (every other char became '_'), so byte slicing is safe.
+    // `s` is ASCII (every other char became '-'), so byte slicing is safe.
     format!("{}-{}", &s[..55], &h[..8])
 }
 
@@ -713,7 +714,7 @@ impl Settings {
                     return Err(invalid(
                         o,
                         "TOOLBOX_NAME",
-                        format!("{v:?} is not a valid name (letters, digits, '_', '.', '-'; at most 64; not starting with '.')"),
+                        format!("{v:?} is not a valid name (letters, digits, '.', '-'; at most 64; not starting or ending with '.')"),
                     ));
                 }
                 s
@@ -835,7 +836,7 @@ TOOLBOX_ENV=""
     #[test]
     fn settings_defaults_and_name() {
         let s = settings("").unwrap();
-        assert_eq!(s.name, "core-docker.io_library_debian-bookworm");
+        assert_eq!(s.name, "core-docker.io-library-debian-bookworm");
         assert_eq!(s.directory, PathBuf::from("/var/lib/toolbox"));
         assert_eq!(s.binds.len(), 3);
         assert_eq!(s.binds[0].arg(), "--bind=/:/media/root");
@@ -890,7 +891,7 @@ TOOLBOX_ENV=""
             ("TOOLBOX_ENV=novalue\n", "/etc/default/toolbox:1: TOOLBOX_ENV: \"novalue\" is not --setenv=KEY=VALUE or KEY=VALUE"),
             ("TOOLBOX_DIRECTORY=var/lib\n", "/etc/default/toolbox:1: TOOLBOX_DIRECTORY: \"var/lib\" must be an absolute path without '..'"),
             ("TOOLBOX_USER='a b'\n", "/etc/default/toolbox:1: TOOLBOX_USER: \"a b\" is not a user name"),
-            ("TOOLBOX_NAME=../x\n", "/etc/default/toolbox:1: TOOLBOX_NAME: \"../x\" is not a valid name (letters, digits, '_', '.', '-'; at most 64; not starting with '.')"),
+            ("TOOLBOX_NAME=../x\n", "/etc/default/toolbox:1: TOOLBOX_NAME: \"../x\" is not a valid name (letters, digits, '.', '-'; at most 64; not starting or ending with '.')"),
             ("TOOLBOX_DOCKER_TAG='a b'\n", "/etc/default/toolbox:1: TOOLBOX_DOCKER_TAG: invalid tag \"a b\""),
             ("TOOLBOX_DOCKER_IMAGE=Fedora\n", "/etc/default/toolbox:1: TOOLBOX_DOCKER_IMAGE: invalid repository name \"Fedora\" (lowercase letters, digits and separators . _ - /)"),
             ("TOOLBOX_LOCAL_IMAGE=fedora\n", "/etc/default/toolbox:1: TOOLBOX_LOCAL_IMAGE: must be a local source (oci:DIR, oci-archive:FILE or docker-archive:FILE)"),
@@ -920,7 +921,12 @@ TOOLBOX_ENV=""
     fn long_names_are_shortened() {
         let n = sanitize_name(&"a".repeat(100));
         assert_eq!(n.len(), 64);
-        assert_eq!(sanitize_name("root-x/y:z"), "root-x_y_z");
+        assert_eq!(sanitize_name("root-x/y:z"), "root-x-y-z");
+        assert_eq!(
+            sanitize_name("core-oci-archive:/var/tmp/toolbox.tar-test"),
+            "core-oci-archive--var-tmp-toolbox.tar-test"
+        );
+        assert_eq!(sanitize_name(".a..b_c."), "a.b-c");
     }
 
     proptest::proptest! {

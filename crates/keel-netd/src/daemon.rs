@@ -75,6 +75,8 @@ pub trait Host {
     /// (driver, udev DEVTYPE) for a link name.
     fn facts(&self, name: &str) -> (Option<String>, Option<String>);
     fn set_hostname(&mut self, name: &str) -> std::io::Result<()>;
+    /// Write `/proc/sys/net/ipv6/conf/<link>/<key>`.
+    fn ipv6_sysctl(&mut self, link: &str, key: &str, value: &str) -> std::io::Result<()>;
 }
 
 /// The real host: /sys and sethostname(2).
@@ -98,6 +100,27 @@ impl Host for RealHost {
     fn set_hostname(&mut self, name: &str) -> std::io::Result<()> {
         nix::unistd::sethostname(name).map_err(std::io::Error::from)
     }
+    fn ipv6_sysctl(&mut self, link: &str, key: &str, value: &str) -> std::io::Result<()> {
+        std::fs::write(
+            Path::new("/proc/sys/net/ipv6/conf").join(link).join(key),
+            value,
+        )
+    }
+}
+
+/// IPv6 sysctls from `LinkLocalAddressing=` and `IPv6AcceptRA=`:
+/// no IPv6 link-local address (addr_gen_mode 1) unless link-local
+/// addressing includes IPv6; accept_ra as configured.
+pub fn ipv6_settings(n: &Network) -> Vec<(&'static str, &'static str)> {
+    let mut v = Vec::new();
+    if let Some(ll) = n.link_local.as_deref() {
+        let v6 = matches!(ll, "ipv6" | "fallback") || config::parse_bool(ll) == Some(true);
+        v.push(("addr_gen_mode", if v6 { "0" } else { "1" }));
+    }
+    if let Some(ra) = n.ipv6_accept_ra {
+        v.push(("accept_ra", if ra { "1" } else { "0" }));
+    }
+    v
 }
 
 /// The daemon's state over a netlink implementation.
@@ -307,6 +330,12 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 if let Err(e) = self.nl.set_mtu(index, mtu) {
                     err = Some(format!("setting MTU {mtu}: {e}"));
                 }
+            }
+        }
+        // Before the link goes up, so no IPv6 link-local address is made.
+        for (key, value) in ipv6_settings(&n) {
+            if let Err(e) = self.host.ipv6_sysctl(&link.name, key, value) {
+                tracing::warn!(interface = %link.name, "setting ipv6 {key}={value}: {e}");
             }
         }
         if !link.up {
@@ -1067,6 +1096,7 @@ mod tests {
     #[derive(Debug, Default)]
     struct FakeHost {
         hostnames: Vec<String>,
+        sysctls: Vec<String>,
     }
 
     impl Host for FakeHost {
@@ -1075,6 +1105,10 @@ mod tests {
         }
         fn set_hostname(&mut self, name: &str) -> std::io::Result<()> {
             self.hostnames.push(name.into());
+            Ok(())
+        }
+        fn ipv6_sysctl(&mut self, link: &str, key: &str, value: &str) -> std::io::Result<()> {
+            self.sysctls.push(format!("{link}/{key}={value}"));
             Ok(())
         }
     }
@@ -1162,6 +1196,18 @@ mod tests {
         assert_eq!(s[0].oper, "routable");
         let resolv = std::fs::read_to_string(t.path().join("run/resolv.conf")).unwrap();
         assert!(resolv.contains("nameserver 10.1.0.53"), "{resolv}");
+    }
+
+    #[test]
+    fn ipv6_sysctls_before_up() {
+        let (mut m, _t) = manager(&[(
+            "10-s.network",
+            "[Match]\nName=eth0\n[Network]\nLinkLocalAddressing=ipv4\nIPv6AcceptRA=no\n",
+        )]);
+        m.nl.links.insert(2, link(2, "eth0", false, false));
+        m.sync(Instant::now());
+        assert_eq!(m.host.sysctls, ["eth0/addr_gen_mode=1", "eth0/accept_ra=0"]);
+        assert_eq!(m.nl.log, ["up 2"]);
     }
 
     #[test]

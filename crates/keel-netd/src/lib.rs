@@ -9,10 +9,14 @@
 //! and `/etc/keel/network` (systemd.network(5) subset, see [`config`]);
 //! `/etc/machine-id` (DHCP client identifier); `/etc/hostname`;
 //! `/sys/class/net/*/uevent` and `device/driver` (Match Type= and Driver=).
+//! Sets `/proc/sys/net/ipv6/conf/<link>/{addr_gen_mode,accept_ra}` from
+//! LinkLocalAddressing= and IPv6AcceptRA=.
 //! Writes: leases under `/var/lib/keel/netd/`, link state under
 //! `/run/keel/netd/` (read by `status` and `wait-online`),
 //! `/run/keel/resolv.conf`. Units: `keel-netd.service` (Type=notify) and
-//! `keel-netd-wait-online.service`. No kernel arguments.
+//! `keel-netd-wait-online.service`. No kernel arguments. No D-Bus: status
+//! is served from the state files, and the DHCP hostname is set with
+//! sethostname(2).
 
 pub mod cli;
 pub mod config;

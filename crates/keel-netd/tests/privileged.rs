@@ -534,6 +534,7 @@ fn static_addresses_and_routes() {
     net.network(
         "10-static.network",
         "[Match]\nName=kt*\n[Link]\nMTUBytes=1400\n[Network]\nAddress=10.76.0.10/24\nGateway=10.76.0.1\nDNS=10.76.0.53\nDomains=static.test\n\
+         LinkLocalAddressing=no\nIPv6AcceptRA=no\n\
          [Address]\nAddress=10.76.0.11/24\n[Route]\nDestination=198.51.100.0/24\nGateway=10.76.0.254\nMetric=50\n",
     );
     net.start_netd();
@@ -556,6 +557,23 @@ fn static_addresses_and_routes() {
         resolv.contains("nameserver 10.76.0.53\n") && resolv.contains("search static.test\n"),
         "{resolv}"
     );
+    // LinkLocalAddressing=no: no fe80:: address; IPv6AcceptRA=no.
+    assert!(
+        !net.ip(&["-6", "addr", "show", "dev", &c]).contains("fe80"),
+        "{}",
+        net.ip(&["-6", "addr", "show", "dev", &c])
+    );
+    let ra = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &net.cli,
+            "cat",
+            &format!("/proc/sys/net/ipv6/conf/{c}/accept_ra"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&ra.stdout).trim(), "0");
     // The kernel routes through what keel-netd installed.
     let get = net.ip(&["route", "get", "203.0.113.5"]);
     assert!(get.contains(&format!("via 10.76.0.1 dev {c}")), "{get}");

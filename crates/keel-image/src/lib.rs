@@ -416,6 +416,11 @@ impl Build {
             "multi-user.target.wants/e2scrub_reap.service",
             // no VGA console: the serial getty comes from console=
             "getty.target.wants/getty@tty1.service",
+            // keel-netd configures the network, not systemd-networkd
+            "network-online.target.wants/systemd-networkd-wait-online.service",
+            "multi-user.target.wants/systemd-networkd.service",
+            "sockets.target.wants/systemd-networkd.socket",
+            "sysinit.target.wants/systemd-network-generator.service",
         ] {
             let _ = fs::remove_file(etc.join("systemd/system").join(u));
         }

@@ -340,9 +340,9 @@ impl Vm {
     /// The ssh command for `cmd` (stdin null unless replaced).
     pub fn ssh_command(&self, cmd: &str) -> Result<Command> {
         let key = self
-            .image
-            .ssh_key()
-            .context("the image has no development SSH key")?;
+            .ssh_key
+            .clone()
+            .context("no SSH key: the image has no development key and the test gave none")?;
         let mut c = Command::new("ssh");
         c.args([
             "-q",

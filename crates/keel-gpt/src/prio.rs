@@ -94,7 +94,7 @@ impl std::fmt::Display for Prio {
 pub fn boot_order<T: Clone>(slots: &[(T, Prio)]) -> Vec<T> {
     let mut order: Vec<&(T, Prio)> = slots.iter().filter(|(_, p)| p.bootable()).collect();
     // A stable sort keeps table order among equal priorities.
-    order.sort_by(|a, b| b.1.priority.cmp(&a.1.priority));
+    order.sort_by_key(|s| std::cmp::Reverse(s.1.priority));
     order.into_iter().map(|(t, _)| t.clone()).collect()
 }
 

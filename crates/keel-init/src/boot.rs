@@ -354,14 +354,33 @@ fn dev_node(major: u32, minor: u32) -> Result<String> {
     bail!("{node} did not appear")
 }
 
+/// A USR slot opened through dm-verity and mounted.
+#[derive(Debug, Clone)]
+pub struct OpenedUsr {
+    /// The USR partition.
+    pub usr: String,
+    /// Its verity hash partition.
+    pub hash_dev: String,
+    /// The root hash it was verified against.
+    pub root_hash: String,
+}
+
+/// The outcome of the A/B decision.
+#[derive(Debug, Clone)]
+pub struct SlotChoice {
+    /// The booted slot.
+    pub slot: char,
+    /// Whether this boot consumed one of its tries.
+    pub consumed_try: bool,
+    /// What was mounted.
+    pub opened: OpenedUsr,
+    /// Slots tried first, with reasons.
+    pub failures: Vec<SlotFailure>,
+}
+
 /// Open slot `slot` through dm-verity and mount it read-only on
 /// `<sysroot>/usr`. On failure nothing stays mounted or mapped.
-pub fn open_usr(
-    disk: &Disk,
-    slot: char,
-    cmd: &Cmdline,
-    sysroot: &Path,
-) -> Result<(String, String, String)> {
+pub fn open_usr(disk: &Disk, slot: char, cmd: &Cmdline, sysroot: &Path) -> Result<OpenedUsr> {
     let usr = disk.node_of(&format!("USR-{slot}"))?;
     let hash_dev = disk.node_of(&format!("USR-{slot}-VERITY"))?;
     let root_hash = cmd.usrhash(slot).ok_or_else(|| {
@@ -422,17 +441,17 @@ pub fn open_usr(
         let _ = ctl.remove(DM_NAME);
         return Err(e);
     }
-    Ok((usr, hash_dev, root_hash.to_string()))
+    Ok(OpenedUsr {
+        usr,
+        hash_dev,
+        root_hash: root_hash.to_string(),
+    })
 }
 
 /// The A/B decision: try slots in gptprio order; an unproven slot loses a
 /// try (written to both GPT headers) before it is used; a slot that fails
 /// verification or mounting is recorded and the next one is tried.
-pub fn choose_and_mount_usr(
-    disk: &mut Disk,
-    cmd: &Cmdline,
-    sysroot: &Path,
-) -> Result<(char, bool, (String, String, String), Vec<SlotFailure>)> {
+pub fn choose_and_mount_usr(disk: &mut Disk, cmd: &Cmdline, sysroot: &Path) -> Result<SlotChoice> {
     let slots: Vec<(char, Prio)> = ['A', 'B']
         .iter()
         .filter_map(|s| {
@@ -474,7 +493,14 @@ pub fn choose_and_mount_usr(
             );
         }
         match open_usr(disk, slot, cmd, sysroot) {
-            Ok(devs) => return Ok((slot, consumed, devs, failures)),
+            Ok(opened) => {
+                return Ok(SlotChoice {
+                    slot,
+                    consumed_try: consumed,
+                    opened,
+                    failures,
+                })
+            }
             Err(e) => {
                 warn!("{label}: not usable: {e:#}");
                 failures.push(SlotFailure {
@@ -632,8 +658,17 @@ pub fn run() -> Result<BootRecord, BootError> {
     );
     mark("root");
 
-    let (slot, consumed_try, (usr, usr_verity, hash), failed_slots) =
-        choose_and_mount_usr(&mut disk, &cmd, sysroot).step("opening USR", Some(&disk.node))?;
+    let SlotChoice {
+        slot,
+        consumed_try,
+        opened:
+            OpenedUsr {
+                usr,
+                hash_dev: usr_verity,
+                root_hash: hash,
+            },
+        failures: failed_slots,
+    } = choose_and_mount_usr(&mut disk, &cmd, sysroot).step("opening USR", Some(&disk.node))?;
     info!("mounted USR-{slot} ({usr}, verified by {usr_verity}) on {SYSROOT}/usr read-only");
     mark("usr");
 

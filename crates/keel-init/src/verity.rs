@@ -189,7 +189,8 @@ mod tests {
 
     #[test]
     fn bad_superblocks_named() {
-        let cases: Vec<(Box<dyn Fn(&mut Vec<u8>)>, &str)> = vec![
+        type Corrupt = Box<dyn Fn(&mut Vec<u8>)>;
+        let cases: Vec<(Corrupt, &str)> = vec![
             (Box::new(|b| b[0] = b'x'), "/dev/vda3: no dm-verity superblock (signature at byte 0 is not \"verity\")"),
             (Box::new(|b| b[8] = 2), "/dev/vda3: dm-verity superblock field version at byte 8: 2 is not supported (1)"),
             (Box::new(|b| b[64..68].copy_from_slice(&4095u32.to_le_bytes())), "/dev/vda3: dm-verity superblock field data_block_size at byte 64: 4095 is not a power of two in 512..=1048576"),

@@ -565,7 +565,11 @@ pub fn sanitize_name(raw: &str) -> String {
     // with "Invalid machine name").
     let mut s = String::with_capacity(raw.len());
     for c in raw.chars() {
-        let c = if c.is_ascii_alphanumeric() || c == '.' { c } else { '-' };
+        let c = if c.is_ascii_alphanumeric() || c == '.' {
+            c
+        } else {
+            '-'
+        };
         if c == '.' && (s.is_empty() || s.ends_with('.')) {
             continue;
         }

@@ -424,9 +424,11 @@ fn server_gone_keeps_address_until_expiry() {
     assert!(!net.routes(&c).contains("default"), "{}", net.routes(&c));
     // The kernel drops the address at its lifetime (the lease time) and
     // keel-netd's own expiry timer fires moments later: wait for it.
-    wait_for("keel-netd to handle the expiry", Duration::from_secs(10), || {
-        net.netd_log().contains("lease expired")
-    });
+    wait_for(
+        "keel-netd to handle the expiry",
+        Duration::from_secs(10),
+        || net.netd_log().contains("lease expired"),
+    );
     assert!(
         !net.path(&format!("state/{c}.lease")).exists(),
         "expired lease forgotten"

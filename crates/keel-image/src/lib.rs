@@ -669,36 +669,8 @@ impl Build {
         let dir = self.work.join("rootskel");
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
-        for (d, mode) in [
-            ("usr", 0o755),
-            ("oem", 0o755),
-            ("etc", 0o755),
-            ("var", 0o755),
-            ("home", 0o755),
-            ("root", 0o700),
-            ("srv", 0o755),
-            ("tmp", 0o1777),
-            ("proc", 0o555),
-            ("sys", 0o555),
-            ("dev", 0o755),
-            ("run", 0o755),
-            ("mnt", 0o755),
-            ("media", 0o755),
-            ("opt", 0o755),
-            ("boot", 0o755),
-        ] {
-            let p = dir.join(d);
-            fs::create_dir(&p)?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(mode))?;
-        }
-        for (l, t) in [
-            ("bin", "usr/bin"),
-            ("sbin", "usr/sbin"),
-            ("lib", "usr/lib"),
-            ("lib64", "usr/lib64"),
-        ] {
-            symlink(t, dir.join(l))?;
-        }
+        // The same skeleton keel-init ensures on every boot.
+        keel_init::boot::prepare_root(&dir)?;
         mkfs_ext4(
             &self.work.join("root.ext4"),
             "ROOT",

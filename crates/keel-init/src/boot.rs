@@ -171,23 +171,36 @@ pub fn load_modules() -> Result<usize> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(str::to_string)
         .collect();
-    let order = crate::modules::load_order(&dep, &wanted)?;
-    let mut loaded = 0;
-    for m in &order {
-        let path = dir.join(m);
-        let f = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) => {
-                warn!("opening module {}: {e}", path.display());
-                continue;
+    // Modules of one dependency level are independent: load them in
+    // parallel (finit_module is concurrent-safe; the signature check and
+    // relocation of each module is CPU work that a second CPU halves).
+    let levels = crate::modules::load_levels(&dep, &wanted)?;
+    let loaded = std::sync::atomic::AtomicUsize::new(0);
+    for level in &levels {
+        std::thread::scope(|s| {
+            for m in level {
+                let path = dir.join(m);
+                let loaded = &loaded;
+                s.spawn(move || {
+                    let f = match File::open(&path) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            warn!("opening module {}: {e}", path.display());
+                            return;
+                        }
+                    };
+                    match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
+                        Ok(()) => {
+                            loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        Err(nix::Error::EEXIST) => {}
+                        Err(e) => warn!("loading module {}: {e}", path.display()),
+                    }
+                });
             }
-        };
-        match nix::kmod::finit_module(&f, c"", nix::kmod::ModuleInitFlags::empty()) {
-            Ok(()) => loaded += 1,
-            Err(nix::Error::EEXIST) => {}
-            Err(e) => warn!("loading module {}: {e}", path.display()),
-        }
+        });
     }
+    let loaded = loaded.into_inner();
     Ok(loaded)
 }
 

@@ -66,6 +66,35 @@ pub fn load_order(modules_dep: &str, wanted: &[String]) -> Result<Vec<String>, M
     Ok(order)
 }
 
+/// [`load_order`] grouped into levels: every module's dependencies are in
+/// earlier levels, so the modules of one level can be loaded concurrently.
+pub fn load_levels(modules_dep: &str, wanted: &[String]) -> Result<Vec<Vec<String>>, ModError> {
+    let order = load_order(modules_dep, wanted)?;
+    let deps: BTreeMap<&str, Vec<&str>> = modules_dep
+        .lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, rest)| (m.trim(), rest.split_whitespace().collect()))
+        .collect();
+    let mut level: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut levels: Vec<Vec<String>> = Vec::new();
+    // `order` lists dependencies first, so each module's deps have a level.
+    for m in &order {
+        let l = deps
+            .get(m.as_str())
+            .into_iter()
+            .flatten()
+            .filter_map(|d| level.get(d).map(|l| l + 1))
+            .max()
+            .unwrap_or(0);
+        level.insert(m.as_str(), l);
+        if levels.len() <= l {
+            levels.resize_with(l + 1, Vec::new);
+        }
+        levels[l].push(m.clone());
+    }
+    Ok(levels)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,6 +111,20 @@ mod tests {
                 "a/ext4.ko",
                 "e/dm-mod.ko",
                 "d/dm-verity.ko"
+            ]
+        );
+    }
+
+    #[test]
+    fn levels_put_dependencies_first() {
+        let dep = "a/ext4.ko: b/jbd2.ko c/mbcache.ko\nb/jbd2.ko: c/mbcache.ko\nc/mbcache.ko:\nd/dm-verity.ko: e/dm-mod.ko\ne/dm-mod.ko:\n";
+        let l = load_levels(dep, &["ext4".into(), "dm_verity".into()]).unwrap();
+        assert_eq!(
+            l,
+            vec![
+                vec!["c/mbcache.ko".to_string(), "e/dm-mod.ko".into()],
+                vec!["b/jbd2.ko".to_string(), "d/dm-verity.ko".into()],
+                vec!["a/ext4.ko".to_string()],
             ]
         );
     }

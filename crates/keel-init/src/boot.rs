@@ -431,9 +431,14 @@ pub fn open_usr(disk: &Disk, slot: char, cmd: &Cmdline, sysroot: &Path) -> Resul
             MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
             None::<&str>,
         )
-        .with_context(|| {
-            format!(
-                "mounting {dm_node} (verified {usr}) on {}",
+        .map_err(|e| {
+            let why = if e == nix::Error::EIO {
+                " (dm-verity rejected the data: it does not match the root hash)"
+            } else {
+                ""
+            };
+            anyhow!(
+                "mounting {dm_node} (dm-verity over {usr}) on {}: {e}{why}",
                 target.display()
             )
         })?;

@@ -75,10 +75,17 @@ pub fn load_levels(modules_dep: &str, wanted: &[String]) -> Result<Vec<Vec<Strin
         .filter_map(|l| l.split_once(':'))
         .map(|(m, rest)| (m.trim(), rest.split_whitespace().collect()))
         .collect();
+    // Crypto algorithms (kernel/crypto/) are found by name through the crypto
+    // API when another module initialises (libcrc32c asks for "crc32c": a soft
+    // dependency modules.dep cannot express). Load them first, one at a time.
+    let (crypto, rest): (Vec<&String>, Vec<&String>) =
+        order.iter().partition(|m| m.contains("kernel/crypto/"));
+    let mut levels: Vec<Vec<String>> = crypto.iter().map(|m| vec![(*m).clone()]).collect();
+    let base = levels.len();
     let mut level: BTreeMap<&str, usize> = BTreeMap::new();
-    let mut levels: Vec<Vec<String>> = Vec::new();
-    // `order` lists dependencies first, so each module's deps have a level.
-    for m in &order {
+    // `order` lists dependencies first, so each module's deps have a level
+    // (crypto modules are already loaded and have none here).
+    for m in rest {
         let l = deps
             .get(m.as_str())
             .into_iter()
@@ -87,10 +94,10 @@ pub fn load_levels(modules_dep: &str, wanted: &[String]) -> Result<Vec<Vec<Strin
             .max()
             .unwrap_or(0);
         level.insert(m.as_str(), l);
-        if levels.len() <= l {
-            levels.resize_with(l + 1, Vec::new);
+        if levels.len() <= base + l {
+            levels.resize_with(base + l + 1, Vec::new);
         }
-        levels[l].push(m.clone());
+        levels[base + l].push(m.clone());
     }
     Ok(levels)
 }
@@ -125,6 +132,20 @@ mod tests {
                 vec!["c/mbcache.ko".to_string(), "e/dm-mod.ko".into()],
                 vec!["b/jbd2.ko".to_string(), "d/dm-verity.ko".into()],
                 vec!["a/ext4.ko".to_string()],
+            ]
+        );
+    }
+
+    #[test]
+    fn crypto_modules_load_first_alone() {
+        let dep = "kernel/fs/erofs/erofs.ko: kernel/lib/libcrc32c.ko\nkernel/lib/libcrc32c.ko:\nkernel/crypto/crc32c_generic.ko:\n";
+        let l = load_levels(dep, &["crc32c_generic".into(), "erofs".into()]).unwrap();
+        assert_eq!(
+            l,
+            vec![
+                vec!["kernel/crypto/crc32c_generic.ko".to_string()],
+                vec!["kernel/lib/libcrc32c.ko".to_string()],
+                vec!["kernel/fs/erofs/erofs.ko".to_string()],
             ]
         );
     }

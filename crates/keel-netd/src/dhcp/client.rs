@@ -202,6 +202,12 @@ impl Client {
     fn discover(&mut self, now: Instant) -> Vec<Action> {
         self.offered = None;
         self.enter(State::Selecting, now);
+        self.send_discover(now)
+    }
+
+    /// Broadcast a DISCOVER (asking for the previous address, if any) and
+    /// arm the retransmission timer; used for the first and every retry.
+    fn send_discover(&mut self, now: Instant) -> Vec<Action> {
         let mut m = self.message(MessageType::Discover, now);
         if let Some(r) = &self.reboot {
             m.opts_mut()
@@ -438,19 +444,7 @@ impl Client {
             State::Init => self.discover(now),
             State::Selecting => {
                 self.attempt += 1;
-                let mut m = self.message(MessageType::Discover, now);
-                if let Some(r) = &self.reboot {
-                    m.opts_mut()
-                        .insert(DhcpOption::RequestedIpAddress(r.address));
-                }
-                let d = self.backoff();
-                self.deadline = Some(now + d);
-                vec![self.send(
-                    m,
-                    Dest::Broadcast {
-                        source: Ipv4Addr::UNSPECIFIED,
-                    },
-                )]
+                self.send_discover(now)
             }
             State::Requesting | State::InitReboot => {
                 self.attempt += 1;

@@ -92,6 +92,10 @@ pub struct BootOptions {
     pub memory_mib: Option<u32>,
     /// SSH with this private key instead of the image's development key.
     pub ssh_key: Option<PathBuf>,
+    /// Boot the disk through UEFI firmware (OVMF) and the ESP's boot loader
+    /// instead of QEMU's direct `-kernel` boot; the command line then comes
+    /// from the loader entry, so `cmdline`/`extra_cmdline` do not apply.
+    pub uefi: bool,
 }
 
 /// Console patterns that fail a test, with what they mean.
@@ -266,10 +270,17 @@ impl Vm {
         if !opts.extra_cmdline.is_empty() {
             cmdline = format!("{cmdline} {}", opts.extra_cmdline);
         }
+        let vars = dir.path().join("OVMF_VARS.fd");
+        let firmware = if opts.uefi {
+            fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+            Firmware::Uefi { vars: &vars }
+        } else {
+            Firmware::Direct { cmdline: &cmdline }
+        };
         let mut cmd = qemu_command(
             image,
             &disk,
-            &cmdline,
+            &firmware,
             port,
             opts.memory_mib.unwrap_or(1024),
         )?;
@@ -501,11 +512,31 @@ impl Drop for Vm {
     }
 }
 
+/// OVMF (Debian's `ovmf`): the firmware code, read-only.
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+/// OVMF's variable store template; each machine boots a copy.
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
+/// How QEMU starts the guest.
+#[derive(Debug, Clone, Copy)]
+pub enum Firmware<'a> {
+    /// QEMU loads the image's kernel and initramfs itself (the fast path).
+    Direct {
+        /// The kernel command line.
+        cmdline: &'a str,
+    },
+    /// OVMF boots the disk: systemd-boot from the ESP, its loader entry.
+    Uefi {
+        /// A writable copy of the variable store.
+        vars: &'a Path,
+    },
+}
+
 /// The QEMU command shared by tests and `keel-vm` (serial not yet set).
 pub fn qemu_command(
     image: &Image,
     disk: &Path,
-    cmdline: &str,
+    firmware: &Firmware<'_>,
     port: u16,
     memory_mib: u32,
 ) -> Result<Command> {
@@ -514,13 +545,28 @@ pub fn qemu_command(
     cmd.args(["-machine", &format!("q35,accel={accel}")])
         .args(["-cpu", if accel == "kvm" { "host" } else { "max" }])
         .args(["-smp", "2", "-m", &memory_mib.to_string()])
-        .args(["-nodefaults", "-display", "none", "-no-reboot"])
-        .arg("-kernel")
-        .arg(image.path("kernel")?)
-        .arg("-initrd")
-        .arg(image.path("initramfs")?)
-        .args(["-append", cmdline])
-        .arg("-drive")
+        .args(["-nodefaults", "-display", "none", "-no-reboot"]);
+    match firmware {
+        Firmware::Direct { cmdline } => {
+            cmd.arg("-kernel")
+                .arg(image.path("kernel")?)
+                .arg("-initrd")
+                .arg(image.path("initramfs")?)
+                .args(["-append", cmdline]);
+        }
+        Firmware::Uefi { vars } => {
+            cmd.arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+                ))
+                .arg("-drive")
+                .arg(format!(
+                    "if=pflash,format=raw,unit=1,file={}",
+                    vars.display()
+                ));
+        }
+    }
+    cmd.arg("-drive")
         .arg(format!(
             "if=virtio,file={},format={}",
             disk.display(),

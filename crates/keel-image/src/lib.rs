@@ -13,6 +13,7 @@
 
 pub mod config;
 pub mod disk;
+pub mod esp;
 pub mod initramfs;
 
 use std::collections::BTreeMap;
@@ -87,6 +88,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("depmod", "kmod"),
     ("ssh-keygen", "openssh-client"),
     ("tar", "tar"),
+    (esp::SYSTEMD_BOOT, "systemd-boot-efi"),
 ];
 
 /// The build context every step works on.
@@ -687,15 +689,39 @@ impl Build {
             .arg(&img)
             .arg((self.cfg.disk.esp_mib * 1024).to_string()))?;
         let i = img.to_string_lossy().into_owned();
-        run(Command::new("mmd").args(["-i", &i, "::/keel", "::/keel/a"]))?;
-        run(Command::new("mcopy")
-            .args(["-i", &i])
-            .arg(self.opts.out.join("vmlinuz"))
-            .arg("::/keel/a/vmlinuz"))?;
-        run(Command::new("mcopy")
-            .args(["-i", &i])
-            .arg(self.opts.out.join("initramfs.img"))
-            .arg("::/keel/a/initramfs.img"))?;
+        let loader = self.work.join("loader");
+        let _ = fs::remove_dir_all(&loader);
+        fs::create_dir_all(&loader)?;
+        let entry = esp::Entry {
+            slot: 'a',
+            os_name: "Keel",
+            version: &self.cfg.os_version,
+            cmdline: &self.cfg.kernel.cmdline,
+            root_hashes: &[('a', &self.root_hash)],
+        };
+        write_file(
+            &loader.join("loader.conf"),
+            &esp::loader_conf(&entry),
+            0o644,
+        )?;
+        write_file(&loader.join("entry.conf"), &entry.render(), 0o644)?;
+        for dir in esp::DIRS {
+            run(Command::new("mmd").args(["-i", &i, &format!("::/{dir}")]))?;
+        }
+        let copy = |from: &Path, to: &str| -> Result<()> {
+            run(Command::new("mcopy")
+                .args(["-i", &i])
+                .arg(from)
+                .arg(format!("::/{to}")))
+            .map(drop)
+        };
+        copy(&self.opts.out.join("vmlinuz"), &entry.kernel_path())?;
+        copy(&self.opts.out.join("initramfs.img"), &entry.initrd_path())?;
+        copy(&loader.join("loader.conf"), "loader/loader.conf")?;
+        copy(&loader.join("entry.conf"), &entry.file_path())?;
+        let boot = Path::new(esp::SYSTEMD_BOOT);
+        copy(boot, "EFI/BOOT/BOOTX64.EFI")?;
+        copy(boot, "EFI/systemd/systemd-bootx64.efi")?;
         Ok(())
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keel_tests::{overlay, qemu_command, BootOptions, Image, Vm};
+use keel_tests::{overlay, qemu_command, BootOptions, Firmware, Image, Vm};
 
 #[derive(Parser)]
 #[command(about = "Boot Keel's image in QEMU")]
@@ -82,7 +82,10 @@ fn run(cli: Cli) -> Result<()> {
     )?;
     let port = 2222;
     let cmdline = format!("{} {}", image.cmdline(), cli.append);
-    let mut cmd = qemu_command(&image, &disk, cmdline.trim(), port, 1024)?;
+    let firmware = Firmware::Direct {
+        cmdline: cmdline.trim(),
+    };
+    let mut cmd = qemu_command(&image, &disk, &firmware, port, 1024)?;
     cmd.args(["-serial", "mon:stdio"]);
     if let Some(k) = image.ssh_key() {
         eprintln!(

@@ -4,7 +4,8 @@
 //! `--wait`: headless; waits until SSH answers and systemd finished starting,
 //! prints how long that took, powers the machine off and exits 0 (1 on failure).
 //! Either way the machine boots a copy-on-write overlay, so the image stays
-//! pristine.
+//! pristine. `--uefi` boots the disk through OVMF and systemd-boot (the
+//! loader entry's command line applies, `--append` does not).
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -13,7 +14,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keel_tests::{overlay, qemu_command, BootOptions, Firmware, Image, Vm};
+use keel_tests::{overlay, qemu_command, BootOptions, Firmware, Image, Vm, OVMF_VARS};
 
 #[derive(Parser)]
 #[command(about = "Boot Keel's image in QEMU")]
@@ -30,6 +31,10 @@ struct Cli {
     /// Appended to the kernel command line (e.g. systemd.journald.forward_to_console=1).
     #[arg(long, default_value = "")]
     append: String,
+    /// Boot the disk through UEFI firmware (OVMF) and systemd-boot instead of
+    /// QEMU's direct kernel boot.
+    #[arg(long)]
+    uefi: bool,
     /// Seconds to wait for readiness with --wait.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -51,6 +56,7 @@ fn run(cli: Cli) -> Result<()> {
     if cli.wait {
         let opts = BootOptions {
             extra_cmdline: cli.append.clone(),
+            uefi: cli.uefi,
             ..BootOptions::default()
         };
         let mut vm = Vm::boot("keel-vm", &image, opts)?;
@@ -82,8 +88,14 @@ fn run(cli: Cli) -> Result<()> {
     )?;
     let port = 2222;
     let cmdline = format!("{} {}", image.cmdline(), cli.append);
-    let firmware = Firmware::Direct {
-        cmdline: cmdline.trim(),
+    let vars = run_dir.join("OVMF_VARS.fd");
+    let firmware = if cli.uefi {
+        std::fs::copy(OVMF_VARS, &vars).with_context(|| format!("copying {OVMF_VARS}"))?;
+        Firmware::Uefi { vars: &vars }
+    } else {
+        Firmware::Direct {
+            cmdline: cmdline.trim(),
+        }
     };
     let mut cmd = qemu_command(&image, &disk, &firmware, port, 1024)?;
     cmd.args(["-serial", "mon:stdio"]);

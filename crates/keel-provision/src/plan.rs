@@ -582,53 +582,37 @@ impl Planner<'_> {
         };
 
         for g in &cfg.groups {
+            let id = AccountId {
+                kind: IdKind::Group,
+                name: &g.name,
+                at: &g.at,
+                requested: g.gid,
+                system: g.system,
+            };
             if let Some(f) = group.get(&g.name) {
-                if let Some(gid) = g.gid {
-                    if f[2] != gid.to_string() {
-                        return Err(e(
-                            &format!("{}.gid", g.at),
-                            format!("group {:?} already exists with gid {}", g.name, f[2]),
-                        ));
-                    }
-                }
+                id.check_existing(&f[2])?;
                 continue;
             }
-            let gid = match (g.gid, decl('g', &g.name).and_then(|d| d.id)) {
-                (Some(a), Some(b)) if a != b => {
-                    return Err(e(
-                        &format!("{}.gid", g.at),
-                        format!("sysusers.d declares group {:?} with gid {b}", g.name),
-                    ))
-                }
-                (Some(a), _) | (None, Some(a)) => {
-                    if let Some(other) = group.name_of(2, a) {
-                        return Err(e(
-                            &format!("{}.gid", g.at),
-                            format!("gid {a} is already used by group {other:?}"),
-                        ));
-                    }
-                    a
-                }
-                (None, None) => {
-                    allocate(group.ids(2).chain(declared_gids.iter().copied()), g.system)
-                        .ok_or_else(|| e(&g.at, "no free gid"))?
-                }
-            };
+            let gid = id.choose(
+                decl('g', &g.name).and_then(|d| d.id),
+                &group,
+                &declared_gids,
+            )?;
             add_group(&mut group, &mut gshadow, &g.name, gid);
             self.plan.summary.groups.push(g.name.clone());
         }
 
         for u in &cfg.users {
             self.plan.summary.users.push(u.name.clone());
+            let id = AccountId {
+                kind: IdKind::User,
+                name: &u.name,
+                at: &u.at,
+                requested: u.uid,
+                system: u.system,
+            };
             if let Some(f) = passwd.get(&u.name) {
-                if let Some(uid) = u.uid {
-                    if f[2] != uid.to_string() {
-                        return Err(e(
-                            &format!("{}.uid", u.at),
-                            format!("user {:?} already exists with uid {}", u.name, f[2]),
-                        ));
-                    }
-                }
+                id.check_existing(&f[2])?;
                 if let Some(pg) = &u.primary_group {
                     let gid = group.get(pg).map(|g| g[2].clone()).ok_or_else(|| {
                         e(
@@ -640,27 +624,7 @@ impl Planner<'_> {
                 }
             } else {
                 let d = decl('u', &u.name);
-                let uid = match (u.uid, d.and_then(|d| d.id)) {
-                    (Some(a), Some(b)) if a != b => {
-                        return Err(e(
-                            &format!("{}.uid", u.at),
-                            format!("sysusers.d declares user {:?} with uid {b}", u.name),
-                        ))
-                    }
-                    (Some(a), _) | (None, Some(a)) => {
-                        if let Some(other) = passwd.name_of(2, a) {
-                            return Err(e(
-                                &format!("{}.uid", u.at),
-                                format!("uid {a} is already used by user {other:?}"),
-                            ));
-                        }
-                        a
-                    }
-                    (None, None) => {
-                        allocate(passwd.ids(2).chain(declared_uids.iter().copied()), u.system)
-                            .ok_or_else(|| e(&u.at, "no free uid"))?
-                    }
-                };
+                let uid = id.choose(d.and_then(|d| d.id), &passwd, &declared_uids)?;
                 let gid = match &u.primary_group {
                     Some(pg) => group
                         .get(pg)
@@ -1356,6 +1320,81 @@ impl Planner<'_> {
 }
 
 /// Pick a free id: system ids count down from 999, others up from 1000.
+/// Users or groups: what an id is called in messages.
+#[derive(Debug, Clone, Copy)]
+enum IdKind {
+    User,
+    Group,
+}
+
+impl IdKind {
+    /// The config field and the noun (`uid`, `user`).
+    fn words(self) -> (&'static str, &'static str) {
+        match self {
+            IdKind::User => ("uid", "user"),
+            IdKind::Group => ("gid", "group"),
+        }
+    }
+}
+
+/// One account the config asks for, as far as its numeric id goes. Users and
+/// groups follow the same rules, so one piece of code decides both.
+#[derive(Debug)]
+struct AccountId<'a> {
+    kind: IdKind,
+    name: &'a str,
+    at: &'a str,
+    requested: Option<u32>,
+    system: bool,
+}
+
+impl AccountId<'_> {
+    fn error(&self, message: String) -> PlanError {
+        e(&format!("{}.{}", self.at, self.kind.words().0), message)
+    }
+
+    /// The account exists already with id `existing`: a requested id must match.
+    fn check_existing(&self, existing: &str) -> Result<(), PlanError> {
+        let (field, noun) = self.kind.words();
+        match self.requested {
+            Some(want) if existing != want.to_string() => Err(self.error(format!(
+                "{noun} {:?} already exists with {field} {existing}",
+                self.name
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The id of a new account: the requested one, else the one sysusers.d
+    /// declares (they must agree), neither taken in `table` (id in column 2);
+    /// else a free one outside `table` and `declared_ids`.
+    fn choose(
+        &self,
+        declared: Option<u32>,
+        table: &Table,
+        declared_ids: &[u32],
+    ) -> Result<u32, PlanError> {
+        let (field, noun) = self.kind.words();
+        match (self.requested, declared) {
+            (Some(a), Some(b)) if a != b => Err(self.error(format!(
+                "sysusers.d declares {noun} {:?} with {field} {b}",
+                self.name
+            ))),
+            (Some(a), _) | (None, Some(a)) => match table.name_of(2, a) {
+                Some(other) => {
+                    Err(self.error(format!("{field} {a} is already used by {noun} {other:?}")))
+                }
+                None => Ok(a),
+            },
+            (None, None) => allocate(
+                table.ids(2).chain(declared_ids.iter().copied()),
+                self.system,
+            )
+            .ok_or_else(|| e(self.at, format!("no free {field}"))),
+        }
+    }
+}
+
 fn allocate(used: impl Iterator<Item = u32>, system: bool) -> Option<u32> {
     let used: std::collections::BTreeSet<u32> = used.collect();
     if system {
@@ -1436,4 +1475,76 @@ pub fn parse_install(text: &str) -> Install {
 
 fn check_unit_name_ok(w: &str) -> bool {
     crate::model::check_unit_name(w).is_ok()
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::*;
+
+    fn msg(r: Result<impl std::fmt::Debug, PlanError>) -> String {
+        match r.expect_err("should fail") {
+            PlanError::Entry { at, message } => format!("{at}: {message}"),
+            other => format!("{other}"),
+        }
+    }
+
+    fn req(kind: IdKind, requested: Option<u32>) -> AccountId<'static> {
+        AccountId {
+            kind,
+            name: "ops",
+            at: "$.passwd.users[0]",
+            requested,
+            system: false,
+        }
+    }
+
+    #[test]
+    fn users_and_groups_follow_one_rule() {
+        let passwd = Table::parse(
+            "/etc/passwd",
+            "root:x:0:0::/root:/bin/sh\ncore:x:500:500::/home/core:/bin/bash\n",
+            7,
+            &[],
+        )
+        .unwrap();
+        let group = Table::parse("/etc/group", "root:x:0:\ncore:x:500:\n", 4, &[2]).unwrap();
+        let u = req(IdKind::User, Some(500));
+        assert_eq!(
+            msg(u.choose(None, &passwd, &[])),
+            "$.passwd.users[0].uid: uid 500 is already used by user \"core\""
+        );
+        let g = req(IdKind::Group, Some(500));
+        assert_eq!(
+            msg(g.choose(None, &group, &[])),
+            "$.passwd.users[0].gid: gid 500 is already used by group \"core\""
+        );
+        assert_eq!(
+            msg(req(IdKind::User, Some(1001)).choose(Some(1002), &passwd, &[])),
+            "$.passwd.users[0].uid: sysusers.d declares user \"ops\" with uid 1002"
+        );
+        assert_eq!(
+            msg(req(IdKind::Group, Some(7)).check_existing("8")),
+            "$.passwd.users[0].gid: group \"ops\" already exists with gid 8"
+        );
+        req(IdKind::User, None).check_existing("8").unwrap();
+        // Declared id taken by nobody: used. Nothing asked: the first free
+        // regular id, skipping ids sysusers.d reserves.
+        assert_eq!(
+            req(IdKind::User, None)
+                .choose(Some(1005), &passwd, &[])
+                .unwrap(),
+            1005
+        );
+        assert_eq!(
+            req(IdKind::User, None)
+                .choose(None, &passwd, &[1000])
+                .unwrap(),
+            1001
+        );
+        let sys = AccountId {
+            system: true,
+            ..req(IdKind::Group, None)
+        };
+        assert_eq!(sys.choose(None, &group, &[999]).unwrap(), 998);
+    }
 }

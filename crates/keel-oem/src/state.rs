@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -90,45 +90,14 @@ pub enum StateError {
     },
 }
 
-/// Write `data` to `path` atomically and durably, creating the parent directory.
+/// Write `data` to `path` atomically and durably, creating the parent
+/// directory (`keel_fs`; on `/run`, a tmpfs, the fsyncs cost nothing).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    write_file(path, data, true)
-}
-
-/// Write `data` to `path` atomically (temp file, rename) and, when `durable`,
-/// fsync the file and the directory. Files on a tmpfs skip the fsyncs.
-fn write_file(path: &Path, data: &[u8], durable: bool) -> Result<(), StateError> {
-    let io = |action, source| StateError::Io {
-        action,
+    keel_fs::write_atomic(path, data).map_err(|source| StateError::Io {
+        action: "writing",
         path: path.to_path_buf(),
         source,
-    };
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        if durable {
-            f.sync_all()?;
-        }
-        fs::rename(&tmp, path)?;
-        if durable {
-            fs::File::open(dir)?.sync_all()?;
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|e| io("writing", e))
+    })
 }
 
 /// Seconds since the epoch, now.
@@ -235,7 +204,7 @@ pub fn write_results(
     paths: &Paths,
     results: &BTreeMap<String, HookResult>,
 ) -> Result<(), StateError> {
-    write_json(&paths.results(), results, true)
+    write_json(&paths.results(), results)
 }
 
 /// A hook's last result: this boot's (`status.json`) if it ran, else the
@@ -303,7 +272,7 @@ pub fn read_status(paths: &Paths) -> Result<RuntimeStatus, StateError> {
 
 /// Write this boot's status (atomic; not fsync'd: `/run` is a tmpfs).
 pub fn write_status(paths: &Paths, s: &RuntimeStatus) -> Result<(), StateError> {
-    write_json(&paths.status(), s, false)
+    write_json(&paths.status(), s)
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, StateError> {
@@ -323,13 +292,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, S
     }
 }
 
-fn write_json<T: Serialize>(path: &Path, v: &T, durable: bool) -> Result<(), StateError> {
+fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), StateError> {
     let mut data = serde_json::to_vec_pretty(v).map_err(|source| StateError::Json {
         path: path.to_path_buf(),
         source,
     })?;
     data.push(b'\n');
-    write_file(path, &data, durable)
+    write_atomic(path, &data)
 }
 
 #[derive(Deserialize)]

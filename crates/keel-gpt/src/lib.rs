@@ -14,7 +14,11 @@
 //! The A/B attribute layout (ChromeOS/CoreOS "gptprio", also used by Flatcar's
 //! cgpt and Bottlerocket's signpost): bits 48–51 priority, 52–55 tries left,
 //! 56 successful. See [`prio`].
+//!
+//! First-boot growth of the last partition (ROOT) to the end of a larger
+//! disk, refusing damaged or unexpected tables without writing: [`grow`].
 
+pub mod grow;
 pub mod prio;
 mod table;
 

@@ -240,6 +240,12 @@ pub struct ReadReport {
     pub backup_error: Option<GptError>,
     /// The backup header is valid but not at the last sector (the disk grew).
     pub backup_misplaced: bool,
+    /// The primary's only fault is that its header is older than its entry
+    /// array, and that array is exactly the (valid) backup's: the signature
+    /// of a table write cut between the primary entries and the primary
+    /// header (see [`Gpt::write`]). Finishing that write is safe; any other
+    /// damage is not ours to repair blindly.
+    pub primary_torn: bool,
 }
 
 /// A partition table in memory.
@@ -334,7 +340,20 @@ impl Gpt {
             Ok(g) => g.1,
             Err(_) => lbas - 1,
         };
-        let backup = read_one(dev, sector_size, lbas, backup_lba, Which::Backup);
+        let mut backup = read_one(dev, sector_size, lbas, backup_lba, Which::Backup);
+        let mut backup_at = backup_lba;
+        if primary.is_err() && backup.is_err() {
+            // A disk that grew keeps its backup where the image ended. The
+            // damaged primary's alternate-LBA field is only a hint: the
+            // backup found there is validated like any other (its own LBA
+            // field, both CRCs, the partitions).
+            if let Some(hint) = alternate_hint(dev, sector_size, lbas) {
+                if let Ok(b) = read_one(dev, sector_size, lbas, hint, Which::Backup) {
+                    backup = Ok(b);
+                    backup_at = hint;
+                }
+            }
+        }
         match (primary, backup) {
             (Ok((gpt, alt)), backup) => {
                 let backup_error = backup.err();
@@ -343,18 +362,27 @@ impl Gpt {
                     primary_error: None,
                     backup_misplaced: backup_error.is_none() && alt != lbas - 1,
                     backup_error,
+                    primary_torn: false,
                 };
                 Ok((gpt, report))
             }
-            (Err(pe), Ok((gpt, _))) => Ok((
-                gpt,
-                ReadReport {
-                    used: Which::Backup,
-                    primary_error: Some(pe),
-                    backup_error: None,
-                    backup_misplaced: false,
-                },
-            )),
+            (Err(pe), Ok((gpt, _))) => {
+                let primary_torn = matches!(
+                    pe,
+                    GptError::EntriesCrc { which: Which::Primary, computed, .. }
+                        if computed == crc32fast::hash(&gpt.raw_entries)
+                );
+                Ok((
+                    gpt,
+                    ReadReport {
+                        used: Which::Backup,
+                        primary_error: Some(pe),
+                        backup_error: None,
+                        backup_misplaced: backup_at != lbas - 1,
+                        primary_torn,
+                    },
+                ))
+            }
             (Err(pe), Err(be)) => Err(GptError::BothBad {
                 primary: Box::new(pe),
                 backup: Box::new(be),
@@ -404,6 +432,11 @@ impl Gpt {
         }
         self.last_usable_lba = last;
         Ok(())
+    }
+
+    /// Check every partition lies inside the usable range and none overlap.
+    pub fn validate(&self) -> Result<(), GptError> {
+        self.validate_partitions()
     }
 
     fn validate_partitions(&self) -> Result<(), GptError> {
@@ -546,6 +579,18 @@ impl Gpt {
         dev.write_all_at(&mbr, 0)
             .map_err(io_err("writing protective MBR", 0))
     }
+}
+
+/// The alternate-LBA field of a primary header that has the GPT signature,
+/// when it points inside the disk somewhere other than the last sector.
+fn alternate_hint(dev: &impl BlockDevice, ss: u64, lbas: u64) -> Option<u64> {
+    let mut buf = vec![0u8; ss as usize];
+    dev.read_exact_at(&mut buf, ss).ok()?;
+    if &buf[0..8] != SIGNATURE {
+        return None;
+    }
+    let alt = le_u64(&buf, 32);
+    (alt > 1 && alt < lbas - 1).then_some(alt)
 }
 
 fn check_sector_size(ss: u64) -> Result<(), GptError> {

@@ -99,6 +99,10 @@ pub struct BootRecord {
     pub failed_slots: Vec<SlotFailure>,
     /// Seconds since kernel start at each step's end.
     pub timings: BTreeMap<String, f64>,
+    /// ROOT growth this boot (null when nothing grew).
+    pub growth: Option<crate::growth::GrowthRecord>,
+    /// The identity first boot gave the machine (null on later boots).
+    pub identity: Option<crate::growth::Identity>,
 }
 
 /// The boot disk and its partitions.
@@ -676,6 +680,35 @@ pub fn run() -> Result<BootRecord, BootError> {
     );
     mark("root");
 
+    // Every boot: grow ROOT if the disk has room (re-detected from the disk,
+    // so a cut first boot or a later-enlarged disk completes); first boot:
+    // new disk GUID, ROOT partition GUID and filesystem UUID. Before the
+    // slot choice, which writes the table back with the grown ROOT.
+    let grown = match crate::growth::open_disk(&disk.node) {
+        Ok(mut dev) => crate::growth::run(
+            &mut dev,
+            &crate::growth::Real,
+            &crate::growth::Target {
+                disk: &disk.node,
+                root: &root,
+                mountpoint: sysroot,
+                gpt: &disk.gpt,
+                first_boot,
+            },
+        ),
+        Err(e) => {
+            warn!(
+                "growth: opening {} read-write: {e}; not growing ROOT",
+                disk.node
+            );
+            crate::growth::Outcome::default()
+        }
+    };
+    if let Some(g) = grown.gpt {
+        disk.gpt = g;
+    }
+    mark("growth");
+
     let SlotChoice {
         slot,
         consumed_try,
@@ -745,6 +778,8 @@ pub fn run() -> Result<BootRecord, BootError> {
         consumed_try,
         failed_slots,
         timings,
+        growth: grown.growth,
+        identity: grown.identity,
     };
     let json = serde_json::to_vec_pretty(&record)
         .map_err(anyhow::Error::from)

@@ -12,15 +12,20 @@
 //!
 //! Reads: `/proc/cmdline` (`keel.usrhash.a=`, `keel.usrhash.b=`,
 //! `keel.first_boot=`, `keel.disk_timeout=`), the boot disk's GPT, the verity
-//! superblocks. Writes: the GPT (tries of an unproven slot), ROOT's
-//! `/.keel/` (the /etc upper layer, the first-boot marker), `/run/keel/boot.json`.
+//! superblocks. Writes: the GPT (tries of an unproven slot; on a larger disk
+//! the backup's place and ROOT's size; on first boot the disk GUID), ROOT's
+//! ext4 (online growth, first-boot UUID), ROOT's `/.keel/` (the /etc upper
+//! layer, the first-boot marker), `/run/keel/boot.json`.
 //!
-//! Pure logic lives in [`cmdline`], [`modules`], [`verity`] and `keel_gpt`;
-//! the effects are in [`boot`]; all unsafe code is in [`dm`].
+//! Pure logic lives in [`cmdline`], [`modules`], [`verity`], [`growth`]
+//! (behind its `GrowthSys` trait) and `keel_gpt`; the effects are in
+//! [`boot`]; all unsafe code is in [`dm`] and [`blk`].
 
+pub mod blk;
 pub mod boot;
 pub mod cmdline;
 pub mod console;
 pub mod dm;
+pub mod growth;
 pub mod modules;
 pub mod verity;

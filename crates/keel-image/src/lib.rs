@@ -673,11 +673,17 @@ impl Build {
         fs::create_dir_all(&dir)?;
         // The same skeleton keel-init ensures on every boot.
         keel_init::boot::prepare_root(&dir)?;
-        mkfs_ext4(
+        // ROOT grows online at first boot and gets a new UUID while
+        // mounted: 4 KiB blocks whatever root_mib is (mke2fs's "small"
+        // type would pick 1 KiB), and metadata_csum_seed so the kernel can
+        // change the UUID without rewriting every checksum
+        // (EXT4_IOC_SETFSUUID refuses metadata_csum without it).
+        mkfs_ext4_with(
             &self.work.join("root.ext4"),
             "ROOT",
             &dir,
             mib(self.cfg.disk.root_mib),
+            &["-b", "4096", "-O", "metadata_csum_seed"],
         )
     }
 
@@ -840,10 +846,16 @@ fn fmt_dur(d: Duration) -> String {
 }
 
 fn mkfs_ext4(img: &Path, label: &str, dir: &Path, size: u64) -> Result<()> {
+    mkfs_ext4_with(img, label, dir, size, &[])
+}
+
+fn mkfs_ext4_with(img: &Path, label: &str, dir: &Path, size: u64, extra: &[&str]) -> Result<()> {
     let _ = fs::remove_file(img);
     fs::File::create(img)?.set_len(size)?;
     run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0", "-d"])
+        .args(["-q", "-F", "-L", label, "-E", "root_owner=0:0"])
+        .args(extra)
+        .arg("-d")
         .arg(dir)
         .arg(img))?;
     Ok(())

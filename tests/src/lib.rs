@@ -712,6 +712,93 @@ pub fn partition_offset(raw: &Path, label: &str) -> Result<u64> {
     Ok(p.first_lba * 512)
 }
 
+/// Enlarge a disk image (qcow2 or raw) to `bytes`, as an operator does
+/// with `qemu-img resize` before the first boot.
+pub fn resize_disk(disk: &Path, bytes: u64) -> Result<()> {
+    let fmt = if disk.extension().is_some_and(|e| e == "qcow2") {
+        "qcow2"
+    } else {
+        "raw"
+    };
+    let out = Command::new("qemu-img")
+        .args(["resize", "-q", "-f", fmt])
+        .arg(disk)
+        .arg(bytes.to_string())
+        .output()
+        .context("running qemu-img resize")?;
+    ensure!(
+        out.status.success(),
+        "qemu-img resize {}: {}",
+        disk.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// A sparse raw copy of a (powered-off) qcow2 disk, to inspect its GPT and
+/// filesystems on the host.
+pub fn raw_copy(disk: &Path, dest: &Path) -> Result<()> {
+    let out = Command::new("qemu-img")
+        .args(["convert", "-q", "-O", "raw"])
+        .arg(disk)
+        .arg(dest)
+        .output()
+        .context("running qemu-img convert")?;
+    ensure!(
+        out.status.success(),
+        "qemu-img convert {}: {}",
+        disk.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+/// `e2fsck -fn` of the ext4 in the partition labelled `label` of a raw disk
+/// (through e2fsprogs' `?offset=`); fails unless it is clean. Returns the
+/// report.
+pub fn fsck_partition(raw: &Path, label: &str) -> Result<String> {
+    let off = partition_offset(raw, label)?;
+    let out = Command::new("e2fsck")
+        .arg("-fn")
+        .arg(format!("{}?offset={off}", raw.display()))
+        .output()
+        .context("running e2fsck")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ensure!(
+        out.status.success(),
+        "e2fsck -fn of {label} in {} ({}):\n{text}",
+        raw.display(),
+        out.status
+    );
+    Ok(text)
+}
+
+impl Vm {
+    /// Cut the power as soon as `pattern` shows on the console (a power
+    /// cut in the middle of a boot); returns when QEMU is gone.
+    pub fn kill_on_console(&mut self, pattern: &str, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if self.console().contains(pattern) {
+                self.kill();
+                return Ok(self.started.elapsed());
+            }
+            self.check_alive()?;
+            if start.elapsed() > timeout {
+                bail!(
+                    "{pattern:?} not on the console after {timeout:?}\n--- console tail ---\n{}",
+                    tail(&self.console(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 /// The last `n` lines of `text`.
 pub fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();

@@ -1,5 +1,6 @@
 //! Block-device and ext4 ioctls for first-boot growth: tell the kernel a
-//! partition grew (`BLKPG_RESIZE_PARTITION`, `BLKRRPART`), grow a mounted
+//! partition grew (`BLKPG_RESIZE_PARTITION`, `BLKRRPART`) or exists
+//! (`BLKPG_ADD_PARTITION`, for a disk booted from its backup GPT), grow a mounted
 //! ext4 (`EXT4_IOC_RESIZE_FS`) and give it a new UUID
 //! (`EXT4_IOC_SETFSUUID`, Linux ≥ 6.0, needs `metadata_csum_seed` when
 //! `metadata_csum` is on). All unsafe code of this domain is in this module.
@@ -12,6 +13,7 @@ use std::path::Path;
 // <linux/fs.h>, <linux/blkpg.h>: _IO(0x12, 105), _IO(0x12, 95).
 const BLKPG: u32 = 0x1269;
 const BLKRRPART: u32 = 0x125f;
+const BLKPG_ADD_PARTITION: i32 = 1;
 const BLKPG_RESIZE_PARTITION: i32 = 3;
 // fs/ext4/ext4.h: _IOW('f', 16, __u64) and _IOW('f', 44, struct fsuuid)
 // (struct fsuuid is two __u32 and a flexible array: 8 bytes).
@@ -56,6 +58,16 @@ fn check(rc: libc::c_int) -> io::Result<()> {
 /// Tell the kernel partition `number` of `disk` now spans `length` bytes
 /// from `start` (both in bytes). Works while the partition is mounted.
 pub fn resize_partition(disk: &File, number: u32, start: u64, length: u64) -> io::Result<()> {
+    blkpg(disk, BLKPG_RESIZE_PARTITION, number, start, length)
+}
+
+/// Tell the kernel about partition `number` of `disk` (offsets in bytes),
+/// e.g. one its own GPT parser did not find.
+pub fn add_partition(disk: &File, number: u32, start: u64, length: u64) -> io::Result<()> {
+    blkpg(disk, BLKPG_ADD_PARTITION, number, start, length)
+}
+
+fn blkpg(disk: &File, op: i32, number: u32, start: u64, length: u64) -> io::Result<()> {
     let to_i64 =
         |v: u64| i64::try_from(v).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput));
     let mut part = BlkpgPartition {
@@ -66,7 +78,7 @@ pub fn resize_partition(disk: &File, number: u32, start: u64, length: u64) -> io
         volname: [0; 64],
     };
     let mut arg = BlkpgIoctlArg {
-        op: BLKPG_RESIZE_PARTITION,
+        op,
         flags: 0,
         datalen: std::mem::size_of::<BlkpgPartition>() as i32,
         data: &mut part,

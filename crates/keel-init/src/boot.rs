@@ -256,11 +256,28 @@ fn sector_size(disk: &str) -> u64 {
     .unwrap_or(512)
 }
 
+/// Tell the kernel the partitions of `gpt` on `node` (`BLKPG_ADD_PARTITION`).
+fn add_partitions(f: &File, node: &str, gpt: &Gpt) {
+    let ss = gpt.sector_size;
+    let mut added = 0;
+    for p in &gpt.partitions {
+        match crate::blk::add_partition(f, p.number, p.first_lba * ss, p.sectors() * ss) {
+            Ok(()) => added += 1,
+            Err(e) => warn!(
+                "{node}: adding partition {} ({}) to the kernel: {e}",
+                p.number, p.name
+            ),
+        }
+    }
+    info!("{node}: the kernel found no valid primary GPT; told it {added} partitions from the backup GPT");
+}
+
 /// Step 3: wait (bounded) for a disk whose GPT has a USR-A partition of the
 /// USR type, and for its partition nodes.
 pub fn find_disk(timeout: Duration) -> Result<Disk> {
     let start = Instant::now();
     let mut last_problem = String::from("no block devices appeared");
+    let mut warned = std::collections::BTreeSet::new();
     loop {
         for d in candidate_disks() {
             let node = format!("/dev/{d}");
@@ -268,7 +285,16 @@ pub fn find_disk(timeout: Duration) -> Result<Disk> {
             match Gpt::read(&f, sector_size(&d)) {
                 Ok((gpt, report)) => {
                     if let Some(e) = &report.primary_error {
-                        warn!("{node}: using the backup GPT: {e}");
+                        if warned.insert(node.clone()) {
+                            warn!("{node}: using the backup GPT: {e}");
+                            // The kernel reads the backup only with the
+                            // `gpt` parameter: tell it the partitions from
+                            // the validated backup (memory only; the disk
+                            // is not written).
+                            if partitions_of(&d).is_empty() {
+                                add_partitions(&f, &node, &gpt);
+                            }
+                        }
                     }
                     let is_keel = gpt
                         .by_name("USR-A")

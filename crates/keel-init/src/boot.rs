@@ -710,8 +710,8 @@ pub fn run() -> Result<BootRecord, BootError> {
     // so a cut first boot or a later-enlarged disk completes); first boot:
     // new disk GUID, ROOT partition GUID and filesystem UUID. Before the
     // slot choice, which writes the table back with the grown ROOT.
-    let grown = match crate::growth::open_disk(&disk.node) {
-        Ok(mut dev) => crate::growth::run(
+    let (mut grown, fs_job) = match crate::growth::open_disk(&disk.node) {
+        Ok(mut dev) => crate::growth::run_table(
             &mut dev,
             &crate::growth::Real,
             &crate::growth::Target {
@@ -727,12 +727,35 @@ pub fn run() -> Result<BootRecord, BootError> {
                 "growth: opening {} read-write: {e}; not growing ROOT",
                 disk.node
             );
-            crate::growth::Outcome::default()
+            (crate::growth::Outcome::default(), None)
         }
     };
-    if let Some(g) = grown.gpt {
+    if let Some(g) = grown.gpt.take() {
         disk.gpt = g;
     }
+    // ext4 grows online on its own thread while USR is verified and
+    // mounted; joined before the first-boot marker.
+    let mut fs_thread = fs_job.map(|job| std::thread::spawn(move || job.run(&crate::growth::Real)));
+    let mut join_fs = |grown: &mut crate::growth::Outcome| {
+        if let Some(h) = fs_thread.take() {
+            let w = Instant::now();
+            let fs = h.join().unwrap_or_else(|_| crate::growth::FsOutcome {
+                problems: vec!["the filesystem growth thread panicked".into()],
+                ..Default::default()
+            });
+            grown.merge(fs);
+            if let Some(g) = grown.growth.as_mut() {
+                g.wait_ms = w.elapsed().as_secs_f64() * 1000.0;
+                info!(
+                    "growth: added {:.1} ms to the boot (table {:.1}, kernel {:.1}, waiting for ext4 {:.1})",
+                    g.table_ms + g.kernel_ms + g.wait_ms,
+                    g.table_ms,
+                    g.kernel_ms,
+                    g.wait_ms
+                );
+            }
+        }
+    };
     mark("growth");
 
     let SlotChoice {
@@ -789,9 +812,11 @@ pub fn run() -> Result<BootRecord, BootError> {
             }
         }
         mark("provision");
+        join_fs(&mut grown);
         write_atomic(&sysroot.join(FIRST_BOOT_DONE), b"")
             .step("recording first boot", Some(&root))?;
     }
+    join_fs(&mut grown);
     mark("switch_root");
     let record = BootRecord {
         version: 1,

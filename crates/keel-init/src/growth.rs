@@ -246,6 +246,10 @@ pub struct GrowthRecord {
     pub kernel_ms: f64,
     /// Growing ext4 online, ms.
     pub fs_ms: f64,
+    /// How long keel-init waited for the filesystem steps, which run on
+    /// their own thread while it opens USR; what growth added to the boot
+    /// is `table_ms + kernel_ms + wait_ms`.
+    pub wait_ms: f64,
 }
 
 /// The identity first boot gave the machine (`identity` in boot.json).
@@ -295,24 +299,160 @@ fn ms(since: Instant) -> f64 {
     since.elapsed().as_secs_f64() * 1000.0
 }
 
-/// Run the growth and identity steps on `dev` (the disk opened read-write).
-/// Never fails: what does not work is logged, recorded in
-/// [`Outcome::problems`], and left for the next boot.
+/// Run the growth and identity steps on `dev` (the disk opened read-write),
+/// all of them on this thread. Never fails: what does not work is logged,
+/// recorded in [`Outcome::problems`], and left for the next boot.
 pub fn run(dev: &mut impl BlockDevice, sys: &impl GrowthSys, t: &Target<'_>) -> Outcome {
-    let mut out = Outcome::default();
-    if let Err(e) = run_steps(dev, sys, t, &mut out) {
-        warn!("growth: {e}; ROOT keeps its size, the next boot tries again");
-        out.problems.push(e.to_string());
+    let (mut out, job) = run_table(dev, sys, t);
+    if let Some(job) = job {
+        out.merge(job.run(sys));
     }
     out
 }
 
-fn run_steps(
+/// Steps 1 and 2 (the table, the kernel). Returns the filesystem steps as a
+/// job: they need only ROOT mounted, so keel-init runs them on a thread
+/// while it opens USR, and joins before the first-boot marker.
+pub fn run_table(
+    dev: &mut impl BlockDevice,
+    sys: &impl GrowthSys,
+    t: &Target<'_>,
+) -> (Outcome, Option<FsJob>) {
+    let mut out = Outcome::default();
+    match table_steps(dev, sys, t, &mut out) {
+        Ok(job) => (out, Some(job)),
+        Err(e) => {
+            warn!("growth: {e}; ROOT keeps its size, the next boot tries again");
+            out.problems.push(e.to_string());
+            (out, None)
+        }
+    }
+}
+
+/// The filesystem half of growth: grow ext4 online to the partition, then
+/// (first boot) give it a new UUID.
+#[derive(Debug)]
+pub struct FsJob {
+    root: String,
+    mountpoint: std::path::PathBuf,
+    grow: bool,
+    limit_bytes: u64,
+    fs_uuid: Option<Uuid>,
+    start: Instant,
+    table_ms: f64,
+    kernel_ms: f64,
+    table_grew: bool,
+    partition_from: u64,
+    partition_to: u64,
+}
+
+/// What [`FsJob::run`] did.
+#[derive(Debug, Default)]
+pub struct FsOutcome {
+    /// Set when the partition or the filesystem grew.
+    pub growth: Option<GrowthRecord>,
+    /// The new filesystem UUID.
+    pub root_fs_uuid: Option<String>,
+    /// What did not work (already logged).
+    pub problems: Vec<String>,
+}
+
+impl Outcome {
+    /// Take in the filesystem steps' results.
+    pub fn merge(&mut self, fs: FsOutcome) {
+        self.growth = fs.growth;
+        if let Some(id) = self.identity.as_mut() {
+            id.root_fs_uuid = fs.root_fs_uuid;
+        }
+        self.problems.extend(fs.problems);
+    }
+}
+
+impl FsJob {
+    /// Run steps 3 and 4. Never fails (see [`run`]).
+    pub fn run(self, sys: &impl GrowthSys) -> FsOutcome {
+        let mut out = FsOutcome::default();
+        if let Err(e) = self.steps(sys, &mut out) {
+            warn!("growth: {e}; the next boot tries again");
+            out.problems.push(e.to_string());
+        }
+        out
+    }
+
+    fn steps(&self, sys: &impl GrowthSys, out: &mut FsOutcome) -> Result<(), GrowthError> {
+        let root = self.root.as_str();
+        // 3. The filesystem.
+        let f = Instant::now();
+        let sb = sys
+            .superblock(root)
+            .map_err(sys_err("reading the superblock of", root))?;
+        let before = Ext4::parse(root, &sb)?;
+        let want = self.limit_bytes / before.block_size;
+        let mut after = before;
+        if self.grow && want > before.blocks {
+            sys.resize_ext4(&self.mountpoint, want)
+                .map_err(sys_err("growing ext4 online (EXT4_IOC_RESIZE_FS) on", root))?;
+            after.blocks = want;
+            info!(
+                "growth: ext4 on {root}: {} → {want} blocks of {} bytes ({:.1} ms)",
+                before.blocks,
+                before.block_size,
+                ms(f)
+            );
+        }
+        let fs_ms = ms(f);
+
+        // 4. The filesystem UUID.
+        if let Some(u) = self.fs_uuid {
+            if before.uuid_changeable {
+                match sys.set_ext4_uuid(&self.mountpoint, u) {
+                    Ok(()) => {
+                        info!("first boot: ROOT filesystem UUID {u} (was {})", before.uuid);
+                        out.root_fs_uuid = Some(u.to_string());
+                    }
+                    Err(e) => {
+                        let m = format!("setting the filesystem UUID of {root}: {e}");
+                        warn!("first boot: {m}; keeping {}", before.uuid);
+                        out.problems.push(m);
+                    }
+                }
+            } else {
+                let m = format!(
+                    "{root}: ext4 has metadata_csum without metadata_csum_seed; its UUID cannot change while mounted"
+                );
+                warn!("first boot: {m}; keeping {}", before.uuid);
+                out.problems.push(m);
+            }
+        }
+
+        if self.table_grew || after.blocks > before.blocks {
+            let r = GrowthRecord {
+                from_bytes: before.bytes(),
+                to_bytes: after.bytes(),
+                partition_from_bytes: self.partition_from,
+                partition_to_bytes: self.partition_to,
+                ms: ms(self.start),
+                table_ms: self.table_ms,
+                kernel_ms: self.kernel_ms,
+                fs_ms,
+                wait_ms: 0.0,
+            };
+            info!(
+                "growth: ROOT grew from {} to {} bytes in {:.1} ms",
+                r.from_bytes, r.to_bytes, r.ms
+            );
+            out.growth = Some(r);
+        }
+        Ok(())
+    }
+}
+
+fn table_steps(
     dev: &mut impl BlockDevice,
     sys: &impl GrowthSys,
     t: &Target<'_>,
     out: &mut Outcome,
-) -> Result<(), GrowthError> {
+) -> Result<FsJob, GrowthError> {
     let start = Instant::now();
     let ss = t.gpt.sector_size;
     let grow = t
@@ -322,10 +462,14 @@ fn run_steps(
     if !grow {
         info!("growth: ROOT has no grow-fs attribute (GPT bit 59): not growing it");
     }
-    let (disk_guid, part_guid) = if t.first_boot {
-        (Some(sys.new_uuid()), Some(sys.new_uuid()))
+    let (disk_guid, part_guid, fs_uuid) = if t.first_boot {
+        (
+            Some(sys.new_uuid()),
+            Some(sys.new_uuid()),
+            Some(sys.new_uuid()),
+        )
     } else {
-        (None, None)
+        (None, None, None)
     };
 
     // 1. The table.
@@ -410,74 +554,19 @@ fn run_steps(
         );
     }
 
-    // 3. The filesystem.
-    let f = Instant::now();
-    let sb = sys
-        .superblock(t.root)
-        .map_err(sys_err("reading the superblock of", t.root))?;
-    let before = Ext4::parse(t.root, &sb)?;
-    let want = kernel.min(part_bytes) / before.block_size;
-    let mut after = before;
-    if grow && want > before.blocks {
-        sys.resize_ext4(t.mountpoint, want).map_err(sys_err(
-            "growing ext4 online (EXT4_IOC_RESIZE_FS) on",
-            t.root,
-        ))?;
-        after.blocks = want;
-        info!(
-            "growth: ext4 on {}: {} → {} blocks of {} bytes ({:.1} ms)",
-            t.root,
-            before.blocks,
-            want,
-            before.block_size,
-            ms(f)
-        );
-    }
-    let fs_ms = ms(f);
-
-    // 4. The filesystem UUID.
-    if let Some(id) = out.identity.as_mut() {
-        if before.uuid_changeable {
-            let u = sys.new_uuid();
-            match sys.set_ext4_uuid(t.mountpoint, u) {
-                Ok(()) => {
-                    info!("first boot: ROOT filesystem UUID {u} (was {})", before.uuid);
-                    id.root_fs_uuid = Some(u.to_string());
-                }
-                Err(e) => {
-                    let m = format!("setting the filesystem UUID of {}: {e}", t.root);
-                    warn!("first boot: {m}; keeping {}", before.uuid);
-                    out.problems.push(m);
-                }
-            }
-        } else {
-            let m = format!(
-                "{}: ext4 has metadata_csum without metadata_csum_seed; its UUID cannot change while mounted",
-                t.root
-            );
-            warn!("first boot: {m}; keeping {}", before.uuid);
-            out.problems.push(m);
-        }
-    }
-
-    if table.growth.is_some() || after.blocks > before.blocks {
-        let r = GrowthRecord {
-            from_bytes: before.bytes(),
-            to_bytes: after.bytes(),
-            partition_from_bytes: partition_from,
-            partition_to_bytes: part_bytes,
-            ms: ms(start),
-            table_ms,
-            kernel_ms,
-            fs_ms,
-        };
-        info!(
-            "growth: ROOT grew from {} to {} bytes in {:.1} ms",
-            r.from_bytes, r.to_bytes, r.ms
-        );
-        out.growth = Some(r);
-    }
-    Ok(())
+    Ok(FsJob {
+        root: t.root.to_string(),
+        mountpoint: t.mountpoint.to_path_buf(),
+        grow,
+        limit_bytes: kernel.min(part_bytes),
+        fs_uuid,
+        start,
+        table_ms,
+        kernel_ms,
+        table_grew: table.growth.is_some(),
+        partition_from,
+        partition_to: part_bytes,
+    })
 }
 
 /// Open the disk read-write for [`run`].

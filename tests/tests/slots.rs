@@ -28,6 +28,18 @@ fn boot_record(vm: &Vm) -> Result<Value> {
     )?)
 }
 
+/// Guest seconds keel-init spent choosing the slot and setting up verity
+/// (its `root` → `usr` timing marks), printed for the measurement.
+fn report_slot_time(what: &str, rec: &Value) {
+    let t = &rec["timings"];
+    if let (Some(root), Some(usr)) = (t["root"].as_f64(), t["usr"].as_f64()) {
+        eprintln!(
+            "slots: {what}: slot choice + verity setup {:.3} s",
+            usr - root
+        );
+    }
+}
+
 fn slot_json(status: &Value, slot: &str) -> Result<Value> {
     status["slots"]
         .as_array()
@@ -62,7 +74,9 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
     let mut vm = Vm::boot("slots_a", &img, opts.clone())?;
     let state = vm.wait_ready(BOOT)?;
     ensure!(state == "running", "system {state}");
-    ensure!(boot_record(&vm)?["slot"] == "A", "first boot not from A");
+    let rec = boot_record(&vm)?;
+    ensure!(rec["slot"] == "A", "first boot not from A: {rec}");
+    report_slot_time("successful USR-A", &rec);
     for (what, cmd) in [
         ("create a file", "sudo touch /usr/keel-write-test"),
         ("remount rw", "sudo mount -o remount,rw /usr"),
@@ -103,6 +117,7 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
         rec["slot"] == "B" && rec["consumed_try"] == true,
         "boot record: {rec}"
     );
+    report_slot_time("unproven USR-B (try written to both headers)", &rec);
     let b_dev = vm.ssh_ok("readlink -f /dev/disk/by-partlabel/USR-B")?;
     let deps = vm.ssh_ok("sudo dmsetup deps -o devname usr")?;
     ensure!(
@@ -148,6 +163,7 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
     ensure!(state == "running", "system {state}");
     let rec = boot_record(&vm)?;
     ensure!(rec["slot"] == "A", "did not fall back to A: {rec}");
+    report_slot_time("USR-B rejected, fallback to USR-A", &rec);
     let failed = &rec["failed_slots"][0];
     ensure!(
         failed["slot"] == "B"

@@ -74,14 +74,18 @@ pub struct LinkCtl {
 pub trait Host {
     /// (driver, udev DEVTYPE) for a link name.
     fn facts(&self, name: &str) -> (Option<String>, Option<String>);
+    /// Set the (transient) hostname; may complete asynchronously.
     fn set_hostname(&mut self, name: &str) -> std::io::Result<()>;
     /// Write `/proc/sys/net/ipv6/conf/<link>/<key>`.
     fn ipv6_sysctl(&mut self, link: &str, key: &str, value: &str) -> std::io::Result<()>;
 }
 
-/// The real host: /sys and sethostname(2).
+/// The real host: /sys, and the hostname through systemd-hostnamed or
+/// sethostname(2) on a worker thread (a D-Bus call must not stall DHCP).
 #[derive(Debug, Default)]
-pub struct RealHost;
+pub struct RealHost {
+    hostname: Option<crate::bus::HostnameWorker>,
+}
 
 impl Host for RealHost {
     fn facts(&self, name: &str) -> (Option<String>, Option<String>) {
@@ -98,7 +102,19 @@ impl Host for RealHost {
         (driver, devtype)
     }
     fn set_hostname(&mut self, name: &str) -> std::io::Result<()> {
-        nix::unistd::sethostname(name).map_err(std::io::Error::from)
+        if self.hostname.is_none() {
+            match crate::bus::HostnameWorker::start() {
+                Ok(w) => self.hostname = Some(w),
+                Err(e) => {
+                    tracing::warn!("starting the hostname thread: {e}; using sethostname(2)");
+                    return nix::unistd::sethostname(name).map_err(std::io::Error::from);
+                }
+            }
+        }
+        match &self.hostname {
+            Some(w) => w.request(name),
+            None => nix::unistd::sethostname(name).map_err(std::io::Error::from),
+        }
     }
     fn ipv6_sysctl(&mut self, link: &str, key: &str, value: &str) -> std::io::Result<()> {
         std::fs::write(
@@ -140,6 +156,8 @@ pub struct Manager<N: Netlink, H: Host> {
     resolv_dirty: bool,
     /// Last state written per link, to skip identical rewrites.
     written: BTreeMap<u32, LinkStatus>,
+    /// The same state for the D-Bus thread, when it runs.
+    pub snapshot: Option<crate::bus::Snapshot>,
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -162,6 +180,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             dirty: Default::default(),
             resolv_dirty: true,
             written: BTreeMap::new(),
+            snapshot: None,
         };
         m.load_config();
         m
@@ -236,6 +255,11 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             state::remove_link(&self.paths.run_dir, &ctl.link.name);
             self.written.remove(&index);
             self.dirty.remove(&index);
+            if let Some(snap) = &self.snapshot {
+                snap.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .remove(&index);
+            }
             self.write_resolv();
         }
     }
@@ -710,7 +734,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             return;
         }
         match self.host.set_hostname(h) {
-            Ok(()) => tracing::info!("hostname set to {h} from DHCP"),
+            Ok(()) => tracing::debug!("hostname {h} from DHCP requested"),
             Err(e) => tracing::warn!("setting hostname {h}: {e}"),
         }
     }
@@ -908,6 +932,11 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             let Some(s) = self.status(index) else {
                 continue;
             };
+            if let Some(snap) = &self.snapshot {
+                snap.lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(index, s.clone());
+            }
             if self.written.get(&index) == Some(&s) {
                 continue;
             }
@@ -968,10 +997,15 @@ pub fn run(paths: Paths) -> anyhow::Result<()> {
         .context("creating signalfd")?;
     let mut events = crate::netlink::Events::open().context("opening rtnetlink event socket")?;
     let nl = crate::netlink::Rtnl::open().context("opening rtnetlink socket")?;
-    let mut m = Manager::new(nl, RealHost, paths);
+    let mut m = Manager::new(nl, RealHost::default(), paths);
+    let snapshot = crate::bus::Snapshot::default();
+    m.snapshot = Some(snapshot.clone());
     let out = m.sync(Instant::now());
     m.send(out);
     m.flush();
+    // After the first flush, so the bus never serves an empty list while
+    // links are being enumerated.
+    crate::bus::spawn_server(snapshot);
     let _ = sd_notify::notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("managing links"),

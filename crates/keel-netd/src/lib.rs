@@ -14,10 +14,19 @@
 //! Writes: leases under `/var/lib/keel/netd/`, link state under
 //! `/run/keel/netd/` (read by `status` and `wait-online`),
 //! `/run/keel/resolv.conf`. Units: `keel-netd.service` (Type=notify) and
-//! `keel-netd-wait-online.service`. No kernel arguments. No D-Bus: status
-//! is served from the state files, and the DHCP hostname is set with
-//! sethostname(2).
+//! `keel-netd-wait-online.service`. No kernel arguments.
+//!
+//! D-Bus ([`bus`]): the daemon owns `org.keel.Network1` on the system bus
+//! and serves `ListLinks`/`Describe` on `/org/keel/Network1` (JSON, the
+//! state-file schema); `status` asks it there and falls back to the state
+//! files when the bus or the daemon is not available. Policy:
+//! `/usr/share/dbus-1/system.d/org.keel.Network1.conf`. The DHCP hostname
+//! goes through systemd-hostnamed (`SetHostname(name, false)`, transient)
+//! and falls back to sethostname(2) when hostnamed is not reachable. The
+//! daemon runs the same without a bus. `DBUS_SYSTEM_BUS_ADDRESS` is
+//! honoured (the tests use a private bus).
 
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -25,6 +25,10 @@ struct Args {
     /// Runtime directory: netd/links/*.json and resolv.conf.
     #[arg(long, global = true, default_value = "/run/keel")]
     run_dir: PathBuf,
+    /// The admin's hostname file: a DHCP hostname is applied only when it
+    /// is absent or empty.
+    #[arg(long, default_value = "/etc/hostname")]
+    hostname_file: PathBuf,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -65,6 +69,7 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             let mut paths = daemon::Paths {
                 state_dir: args.state_dir,
                 run_dir: args.run_dir,
+                hostname_file: args.hostname_file,
                 ..Default::default()
             };
             if !args.network_dirs.is_empty() {

@@ -23,7 +23,11 @@ build=${KEEL_BUILD_DIR:-$top/build}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 bash "$top/tests/bench/peer/build-peer.sh" "$build" "$out/peer"
+# A boot that fails is named in the report, and makes this script fail.
+rc=0
 python3 "$top/tests/bench/peer/bench.py" --build "$build" --peer "$out/peer" --out "$out/peers" \
-  --runs "${KEEL_BENCH_RUNS:-3}"
+  --runs "${KEEL_BENCH_RUNS:-3}" || rc=$?
+[ -s "$out/peers/peers.md" ] || exit "$((rc ? rc : 1))"
 cp "$out/peers/peers.md" "$out/peers.md"
 cp "$out/peers/peers.md" "$top/docs/bench-peers.md"
+exit "$rc"

@@ -30,6 +30,7 @@ import datetime
 import json
 import os
 import re
+import select
 import shutil
 import socket
 import statistics
@@ -40,6 +41,29 @@ from pathlib import Path
 
 HOSTNAME = "bench-host"
 SSH_TIMEOUT = 300
+# How SSH is polled. QEMU's user network accepts a forwarded connection on
+# the host at once and only then connects to the guest: while the guest has
+# no address yet the connection just hangs (slirp retransmits the SYN with
+# back-off), once it has one but sshd is not listening the connection is
+# closed at once, and once sshd listens its banner arrives, after a few
+# seconds on a loaded TCG guest. A plain `ssh -o ConnectTimeout=N` loop
+# therefore either hangs N seconds per attempt while the guest has no
+# address or, with a short N, never gets past a slow banner. So sshd's
+# banner is watched with plain TCP probes, gently (every probe costs the
+# guest an sshd process once it listens):
+#   - until the guest has closed a probe, a probe every PROBE_EVERY s that
+#     is dropped after SHORT_WAIT s (it may be hanging in slirp), and one
+#     in LONG_EVERY kept LONG_WAIT s (sshd may listen before the network is
+#     up and answer slowly);
+#   - once the guest has closed one (its network is up), one probe at a
+#     time, kept LONG_WAIT s.
+# The first banner ends the wait; then `ssh core@ true` runs (ConnectTimeout
+# LOGIN_TIMEOUT), and its end is the measurement.
+PROBE_EVERY = 1.0
+SHORT_WAIT = 2
+LONG_WAIT = 30
+LONG_EVERY = 10
+LOGIN_TIMEOUT = 30
 # Kernel arguments both systems get: the serial console and its log level.
 # Keel's own (systemd.gpt_auto=0, the verity hashes, ...) come from image.json.
 CONSOLE_ARGS = "console=ttyS0,115200 loglevel=4 panic=5 systemd.show_status=auto"
@@ -157,14 +181,63 @@ def qemu_command(cfg, disk, port, console):
 # --- one boot ---------------------------------------------------------------
 
 
-def ssh_cmd(key, port, command, connect_timeout=2):
+def ssh_cmd(key, port, command, connect_timeout=2, quiet=True):
     return [
-        "ssh", "-q", "-i", str(key), "-p", str(port),
+        "ssh", *(["-q"] if quiet else []), "-i", str(key), "-p", str(port),
         "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
         "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes",
         "-o", f"ConnectTimeout={connect_timeout}",
         "core@127.0.0.1", "--", command,
     ]
+
+
+def wait_banner(port, qemu, deadline):
+    """Time (monotonic) the first SSH banner arrives on the forwarded port."""
+    open_ = {}  # socket -> time it is given up
+    next_at = 0.0
+    n = 0
+    net_up = False
+    try:
+        while time.monotonic() < deadline:
+            if qemu.poll() is not None:
+                raise RuntimeError(f"QEMU exited ({qemu.returncode}): "
+                                   f"{qemu.stderr.read().decode(errors='replace')}")
+            now = time.monotonic()
+            due = (not open_) if net_up else (now >= next_at)
+            if due:
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", port))
+                long_ = net_up or n % LONG_EVERY == LONG_EVERY - 1
+                open_[s] = now + (LONG_WAIT if long_ else SHORT_WAIT)
+                n += 1
+                next_at = now + PROBE_EVERY
+            for s, until in list(open_.items()):
+                if now > until:
+                    s.close()
+                    del open_[s]
+            ready, _, _ = select.select(list(open_), [], [], 0.05)
+            for s in ready:
+                try:
+                    data = s.recv(64)
+                except ConnectionRefusedError:
+                    data = None  # QEMU's forward is not listening yet
+                except OSError:
+                    data = b""
+                if data and data.startswith(b"SSH-"):
+                    return time.monotonic()
+                # Closed or reset by the guest: its network is up, sshd is
+                # not listening yet.
+                if data is not None:
+                    net_up = True
+                s.close()
+                del open_[s]
+            if net_up and not open_:
+                time.sleep(0.2)
+        raise RuntimeError(f"no SSH banner within {SSH_TIMEOUT} s")
+    finally:
+        for s in open_:
+            s.close()
 
 
 def drop_caches():
@@ -193,6 +266,11 @@ echo "=== meminfo"; grep -E '^(MemTotal|MemAvailable):' /proc/meminfo
 echo "=== init"; sudo -n dmesg 2>/dev/null | grep -m1 'Run /init as init process'
 echo "=== uptime"; cat /proc/uptime
 echo "=== failed"; systemctl --failed --no-legend --plain 2>&1 | head -n 5
+echo "=== membreak"; grep -E '^(Buffers|Cached|Shmem|AnonPages|Slab|SReclaimable|SUnreclaim|KernelStack|PageTables|Percpu):' /proc/meminfo
+echo "=== rss"; ps -eo rss=,comm= --sort=-rss | head -n 12
+echo "=== sshd"; systemctl show -p ActiveEnterTimestampMonotonic ssh.service
+echo "=== blame"; systemd-analyze blame 2>&1 | head -n 12
+echo "=== chain"; systemd-analyze critical-chain 2>&1 | head -n 25
 """
 
 
@@ -224,6 +302,13 @@ def parse_probe(out):
     m = re.search(r"\[\s*([\d.]+)\] Run /init", " ".join(sec.get("init", [])))
     r["run_init_s"] = float(m.group(1)) if m else None
     r["failed_units"] = [x for x in sec.get("failed", []) if x.strip()]
+    r["blame"] = sec.get("blame", [])
+    r["meminfo_kib"] = {line.split(":")[0]: int(line.split()[1]) for line in sec.get("membreak", [])
+                        if ":" in line}
+    r["top_rss"] = [x.strip() for x in sec.get("rss", [])]
+    m = re.search(r"ActiveEnterTimestampMonotonic=(\d+)", " ".join(sec.get("sshd", [])))
+    r["sshd_active_s"] = int(m.group(1)) / 1e6 if m and int(m.group(1)) > 0 else None
+    r["critical_chain"] = sec.get("chain", [])
     return r
 
 
@@ -245,14 +330,18 @@ def boot_once(cfg, key, work, logs, run_no):
     result = {"config": name, "run": run_no, "load_before": load, "cold": cold}
     try:
         ssh_s = None
+        ssh_log = result["ssh_log"] = []
         while time.monotonic() - t0 < SSH_TIMEOUT:
-            if qemu.poll() is not None:
-                raise RuntimeError(f"{name}: QEMU exited ({qemu.returncode}): "
-                                   f"{qemu.stderr.read().decode(errors='replace')}")
-            r = subprocess.run(ssh_cmd(key, port, "true"), stdin=subprocess.DEVNULL,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            banner = wait_banner(port, qemu, t0 + SSH_TIMEOUT)
+            result.setdefault("banner_wall_s", banner - t0)
+            r = subprocess.run(ssh_cmd(key, port, "true", LOGIN_TIMEOUT, quiet=False),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+            done = time.monotonic() - t0
+            err = (r.stderr.strip().splitlines() or [""])[-1]
+            ssh_log.append(f"banner {banner - t0:.1f} s, login done {done:.1f} s rc={r.returncode} {err}")
             if r.returncode == 0:
-                ssh_s = time.monotonic() - t0
+                ssh_s = done
                 break
             time.sleep(0.25)
         if ssh_s is None:
@@ -396,8 +485,12 @@ def report(results, meta):
     L.append("## How it was measured")
     L.append("")
     L.append("- Wall times: from just before QEMU is spawned to the end of the first `ssh core@127.0.0.1 "
-             "true` that succeeds with the benchmark's key (polled every 0.25 s, ConnectTimeout 2 s), and "
-             "to the return of `systemctl is-system-running --wait` run right after it.")
+             "true` that succeeds with the benchmark's key, and to the return of `systemctl "
+             "is-system-running --wait` run right after it. The login is tried as soon as sshd's "
+             "banner arrives on the forwarded port, watched with TCP probes (one a second while the guest has no address, QEMU's "
+             "user network holds connections then; one at a time once the guest answers), so that "
+             "neither slirp's SYN back-off nor a connect timeout is what gets measured; "
+             "`tests/bench/peer/bench.py` explains the details.")
     L.append("- kernel start → switch_root: the \"(kernel)\" term of `systemd-analyze time`, the same "
              "method on both: neither initramfs runs systemd (Debian's is initramfs-tools, Keel's is "
              "keel-init), so systemd counts everything before it started in the real root as kernel "
@@ -422,6 +515,9 @@ def report(results, meta):
     failed = sorted({f"{r['config']}: {u.split()[0]}" for r in results for u in r.get("failed_units", [])})
     if failed:
         L.append(f"- Failed units seen: {'; '.join(failed)}.")
+    if meta.get("errors"):
+        L.append("- **Boots that failed** (left out of the tables above): "
+                 + "; ".join(meta["errors"]) + ".")
     L.append("")
     return "\n".join(L)
 
@@ -464,10 +560,17 @@ def main():
     if args.only:
         cfgs = [c for c in cfgs if c["name"] in args.only.split(",")]
     results = []
+    errors = []
     for i in range(1, args.runs + 1):
         for cfg in cfgs:
-            results.append(boot_once(cfg, key, work, logs, i))
-            (args.out / "peers.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+            try:
+                results.append(boot_once(cfg, key, work, logs, i))
+            except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+                log(f"{cfg['name']} #{i} FAILED: {e}")
+                errors.append(f"{cfg['name']} #{i}: {e}")
+            (args.out / "peers.json").write_text(
+                json.dumps({"meta": meta, "results": results, "errors": errors}, indent=1))
+    meta["errors"] = errors
     meta["load_end"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
     meta["cold"] = all(r["cold"] for r in results)
     meta["peer"] = env
@@ -497,10 +600,13 @@ def main():
     same = (p / "vmlinuz").read_bytes() == (b / image["kernel"]).read_bytes()
     meta["same_kernel"] = (f"{env.get('KERNEL_PACKAGE')} ({image.get('kernel_release')}); the peer's "
                            f"/boot/vmlinuz is {'byte-identical to' if same else 'DIFFERENT from'} Keel's")
-    (args.out / "peers.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    (args.out / "peers.json").write_text(
+        json.dumps({"meta": meta, "results": results, "errors": errors}, indent=1))
     text = report(results, meta)
     (args.out / "peers.md").write_text(text)
     print(text)
+    if errors:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

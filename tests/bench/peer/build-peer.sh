@@ -56,17 +56,33 @@ mirrors=(
   "deb http://deb.debian.org/debian bookworm-updates main"
   "deb http://deb.debian.org/debian-security bookworm-security main"
 )
+# The root file system's UUID: fixed, so that the cached tree's fstab and
+# initramfs (whose fsck hook reads fstab) match every disk made from it.
+uuid=8c3e6a7e-2d4b-4f0e-9a51-6b1f0c0de0a1
 # Hooks run inside the tree after the packages are installed. They only do
-# what an installer does: a loopback-only /etc/network/interfaces that
-# sources interfaces.d (where cloud-init's fallback DHCP config goes), and
-# no machine-id (first boot, like a cloud image).
+# what an installer does: fstab, a loopback-only /etc/network/interfaces
+# that sources interfaces.d (where cloud-init's fallback DHCP config goes),
+# no machine-id (first boot, like a cloud image), and the initramfs rebuilt
+# now that fstab names the root file system, as on an installed system.
+# initramfs-tools finds the root's type for its fsck hook by probing the
+# device, which does not exist here; FSTYPE=ext4 tells it what the probe
+# would find on the installed machine, so the initramfs checks the root
+# file system the way Debian's does. The locale is the installer's default
+# (en_US.UTF-8 generated and set); without it cloud-init's locale module
+# fails on a fresh tree and leaves the system degraded.
 hook='set -e
+sed -i "s/^# *en_US.UTF-8 UTF-8/en_US.UTF-8 UTF-8/" "$1/etc/locale.gen"
+chroot "$1" locale-gen
+echo LANG=en_US.UTF-8 > "$1/etc/default/locale"
+printf "UUID='"$uuid"' / ext4 errors=remount-ro 0 1\n" > "$1/etc/fstab"
+echo FSTYPE=ext4 > "$1/etc/initramfs-tools/conf.d/fstype"
 mkdir -p "$1/etc/network/interfaces.d"
 printf "%s\n" "# The loopback network interface" "auto lo" "iface lo inet loopback" "" "source /etc/network/interfaces.d/*" > "$1/etc/network/interfaces"
 echo localhost > "$1/etc/hostname"
 printf "127.0.0.1\tlocalhost\n::1\t\tlocalhost ip6-localhost ip6-loopback\n" > "$1/etc/hosts"
 : > "$1/etc/machine-id"
-rm -f "$1/var/lib/dbus/machine-id"'
+rm -f "$1/var/lib/dbus/machine-id"
+chroot "$1" update-initramfs -u -k all'
 key=$(printf '%s\n' peer-tree-v1 "${mirrors[@]}" "$(printf '%s\n' "${packages[@]}" | sort)" "$hook" | sha256sum | cut -c1-24)
 tarball=$cache/peer/tree-$key.tar
 if [ -f "$tarball" ]; then
@@ -92,8 +108,6 @@ rm -rf "$tree" "$out/peer.raw" "$out/peer.qcow2"
 mkdir -p "$tree"
 tar --numeric-owner --xattrs --xattrs-include='*' -xpf "$tarball" -C "$tree"
 vsize=$(qemu-img info --output=json "$build/keel.qcow2" | python3 -c 'import json,sys; print(json.load(sys.stdin)["virtual-size"])')
-uuid=$(cat /proc/sys/kernel/random/uuid)
-printf 'UUID=%s / ext4 errors=remount-ro 0 1\n' "$uuid" > "$tree/etc/fstab"
 truncate -s "$vsize" "$out/peer.raw"
 printf 'label: gpt\nstart=2048, type=4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709, name=root\n' | sfdisk -q "$out/peer.raw"
 start=$(sfdisk -J "$out/peer.raw" | python3 -c 'import json,sys; p=json.load(sys.stdin)["partitiontable"]["partitions"][0]; print(p["start"], p["size"])')

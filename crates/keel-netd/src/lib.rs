@@ -26,6 +26,7 @@
 //! daemon runs the same without a bus. `DBUS_SYSTEM_BUS_ADDRESS` is
 //! honoured (the tests use a private bus).
 
+pub mod args;
 pub mod bus;
 pub mod cli;
 pub mod config;

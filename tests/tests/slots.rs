@@ -82,7 +82,7 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
         ("remount rw", "sudo mount -o remount,rw /usr"),
         (
             "write the dm device",
-            "sudo dd if=/dev/zero of=/dev/mapper/usr bs=4k count=1 conv=fsync",
+            "sudo dd if=/dev/zero of=$(findmnt -n -o SOURCE /usr) bs=4k count=1 conv=fsync",
         ),
     ] {
         let out = vm.ssh(cmd)?;
@@ -136,7 +136,7 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
         st["booted"] == "B" && b["successful"] == true && b["tries"] == 0,
         "B not proven: {st}"
     );
-    let text = vm.ssh_ok("keel-bootctl status")?;
+    let text = vm.ssh_ok("sudo keel-bootctl status")?;
     ensure!(
         text.contains("Booted: USR-B (an unproven slot on trial"),
         "status: {text}"
@@ -172,7 +172,7 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
                 .is_some_and(|r| r.contains("dm-verity")),
         "boot record does not say why B failed: {rec}"
     );
-    let text = vm.ssh_ok("keel-bootctl status")?;
+    let text = vm.ssh_ok("sudo keel-bootctl status")?;
     ensure!(
         text.contains("Booted: USR-A (fallback in the same boot (USR-B failed:"),
         "status does not explain the fallback: {text}"

@@ -13,15 +13,21 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum DiskError {
     /// Opening failed.
-    #[error("opening {path}: {source}")]
+    #[error("opening {path}")]
     Open {
         /// The disk.
         path: PathBuf,
         /// The error.
         source: std::io::Error,
     },
+    /// Not allowed to open the disk.
+    #[error("opening {path}: permission denied (the partition table is root's: use sudo)")]
+    NeedsRoot {
+        /// The disk.
+        path: PathBuf,
+    },
     /// Another process holds the lock.
-    #[error("locking {path}: {source}")]
+    #[error("locking {path}")]
     Lock {
         /// The disk.
         path: PathBuf,
@@ -29,7 +35,7 @@ pub enum DiskError {
         source: nix::Error,
     },
     /// The table is unreadable.
-    #[error("{path}: {source}")]
+    #[error("the partition table of {path}")]
     Table {
         /// The disk.
         path: PathBuf,
@@ -106,9 +112,12 @@ impl Disk {
             .read(true)
             .write(write)
             .open(path)
-            .map_err(|source| DiskError::Open {
-                path: path.into(),
-                source,
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::PermissionDenied => DiskError::NeedsRoot { path: path.into() },
+                _ => DiskError::Open {
+                    path: path.into(),
+                    source,
+                },
             })?;
         let ss = sector_size(path, &file);
         let arg = if write {

@@ -380,6 +380,8 @@ def boot_once(cfg, key, work, logs, run_no):
 MEASURES = [
     # key, title, unit, scale, decimals
     ("ssh_wall_s", "QEMU start → first SSH login as core (wall)", "s", 1, 1),
+    ("banner_wall_s", "QEMU start → sshd's banner on the forwarded port (wall)", "s", 1, 1),
+    ("sshd_active_s", "kernel start → ssh.service active (guest)", "s", 1, 1),
     ("kernel_s", "kernel start → switch_root (guest, systemd-analyze \"kernel\")", "s", 1, 2),
     ("initramfs_s", "initramfs phase: `Run /init` → switch_root (guest)", "s", 1, 2),
     ("multi_user_s", "kernel start → multi-user.target (guest)", "s", 1, 1),
@@ -465,6 +467,26 @@ def report(results, meta):
             L.append(f"| {n} | {fmt(median(v), scale, dec)} | {fmt(min(v) if v else None, scale, dec)} | "
                      f"{fmt(max(v) if v else None, scale, dec)} | "
                      f"{', '.join(fmt(x, scale, dec) for x in v)} | {rr} |")
+    L.append("")
+    L.append("### Where the memory is (median KiB from /proc/meminfo once running)")
+    L.append("")
+    fields = ["AnonPages", "Cached", "Shmem", "Buffers", "SReclaimable", "SUnreclaim", "KernelStack",
+              "PageTables"]
+    L.append("| configuration | " + " | ".join(fields) + " |")
+    L.append("|---|" + "---:|" * len(fields))
+    for n in NAMES:
+        cells = []
+        for f in fields:
+            v = [r["meminfo_kib"][f] for r in by[n] if f in r.get("meminfo_kib", {})]
+            cells.append(fmt(median(v), 1, 0))
+        L.append(f"| {n} | " + " | ".join(cells) + " |")
+    L.append("")
+    L.append("### Slowest units (`systemd-analyze blame`, first boot of each configuration)")
+    L.append("")
+    for n in NAMES:
+        if by[n] and by[n][0].get("blame"):
+            top = [" ".join(x.split()) for x in by[n][0]["blame"][:6]]
+            L.append(f"- {n}: " + "; ".join(f"`{t}`" for t in top))
     L.append("")
     L.append("### Disk image and boot files (bytes)")
     L.append("")

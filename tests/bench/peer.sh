@@ -22,10 +22,34 @@ build=${KEEL_BUILD_DIR:-$top/build}
 [ -f "$build/image.json" ] || { echo "peer.sh: no $build/image.json (./run image)" >&2; exit 1; }
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-bash "$top/tests/bench/peer/build-peer.sh" "$build" "$out/peer"
+
+# A consistent copy of Keel's build: other work may rebuild $build while
+# this runs (the boots take half an hour), and every boot must see the same
+# image, kernel command line (verity root hash) and initramfs. keel-image
+# writes image.json last, so a disk newer than it means a build in progress.
+keel=$out/keel
+files=(image.json keel.qcow2 keel.img vmlinuz initramfs.img work/tree/usr/share/keel/dpkg-status)
+stamp() { (cd "$build" && stat -c '%n %Y %s' "${files[@]}" 2>/dev/null) || true; }
+consistent=no
+for try in 1 2 3 4 5 6; do
+  before=$(stamp)
+  if [ -z "$(find "$build" -maxdepth 1 \( -name '*.qcow2' -o -name '*.img' \) -newer "$build/image.json")" ]; then
+    rm -rf "$keel"
+    mkdir -p "$keel/work/tree/usr/share/keel"
+    for f in "${files[@]}"; do
+      if [ -e "$build/$f" ]; then cp --sparse=always --preserve=timestamps "$build/$f" "$keel/$f"; fi
+    done
+    [ "$before" = "$(stamp)" ] && { consistent=yes; break; }
+  fi
+  echo "peer.sh: $build is being rebuilt (try $try); waiting" >&2
+  sleep 30
+done
+[ $consistent = yes ] || { echo "peer.sh: no consistent copy of $build" >&2; exit 1; }
+
+bash "$top/tests/bench/peer/build-peer.sh" "$keel" "$out/peer"
 # A boot that fails is named in the report, and makes this script fail.
 rc=0
-python3 "$top/tests/bench/peer/bench.py" --build "$build" --peer "$out/peer" --out "$out/peers" \
+python3 "$top/tests/bench/peer/bench.py" --build "$keel" --peer "$out/peer" --out "$out/peers" \
   --runs "${KEEL_BENCH_RUNS:-3}" || rc=$?
 [ -s "$out/peers/peers.md" ] || exit "$((rc ? rc : 1))"
 cp "$out/peers/peers.md" "$out/peers.md"

@@ -434,7 +434,8 @@ def report(results, meta):
              f"{meta['peer'].get('SYSTEMD')}, cloud-init {meta['peer'].get('CLOUD_INIT')}), "
              f"ext4 root, Debian's initramfs-tools initrd ({meta['sizes']['peer_initrd']:,} bytes), "
              f"cmdline `{meta['peer_append']}` |")
-    L.append(f"| keel-cidata | Keel {meta['keel_version']} (`{meta['keel_commit']}`), its "
+    L.append(f"| keel-cidata | Keel {meta['keel_version']} (image built {meta.get('keel_built', '?')}, "
+             f"checkout at `{meta['keel_commit']}` when measured), its "
              f"initramfs ({meta['sizes']['keel_initramfs']:,} bytes), the same cidata ISO |")
     L.append("| keel-ignition | the same Keel image, Ignition 3.4 (users.core.sshAuthorizedKeys, "
              "/etc/hostname) over fw_cfg |")
@@ -602,6 +603,8 @@ def main():
     commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     meta["keel_commit"] = commit or "?"
+    meta["keel_built"] = datetime.datetime.fromtimestamp(
+        (args.build / "image.json").stat().st_mtime, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     meta["qemu_common"] = ("qemu-system-x86_64 -machine q35,accel=tcg -cpu max -smp 2 -m 1024 -nodefaults "
                            "-kernel K -initrd I -append A -drive if=virtio,format=qcow2 "
                            "-netdev user -device virtio-net-pci -device virtio-rng-pci -serial file")

@@ -423,6 +423,13 @@ def report(results, meta):
              f"{meta['runs']} boots per configuration, interleaved, each from a fresh copy of "
              f"its disk with the host page cache dropped before QEMU starts "
              f"({'done' if meta['cold'] else 'NOT possible here: warm caches'}).")
+    load1 = float(meta["load_start"].split()[0])
+    if load1 > meta["nproc"] / 2:
+        L.append("")
+        L.append(f"**The host was busy** (load {meta['load_start']} on {meta['nproc']} cores at the "
+                 "start: other work, including other QEMU guests, shared the CPUs). TCG guests slow "
+                 "down with it, so absolute times are inflated and noisy; the configurations were "
+                 "interleaved so that they share the noise, and the ratios are what compare.")
     L.append("")
     L.append("Identical QEMU settings for all three: `" + meta["qemu_common"] + "`; "
              "the cidata ISO as a second virtio disk (peer, keel-cidata) or the Ignition "
@@ -572,7 +579,16 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--runs", type=int, default=int(os.environ.get("KEEL_BENCH_RUNS", "3")))
     ap.add_argument("--only", default="", help="comma-separated configurations (default: all)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="re-render OUT/peers.md from OUT/peers.json without booting")
     args = ap.parse_args()
+    if args.report_only:
+        d = json.loads((args.out / "peers.json").read_text())
+        d["meta"].setdefault("errors", d.get("errors", []))
+        text = report(d["results"], d["meta"])
+        (args.out / "peers.md").write_text(text)
+        print(text)
+        return
     meta = host_meta(args)
     work = args.out / "work"
     logs = args.out / "logs"

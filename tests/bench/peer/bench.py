@@ -451,6 +451,8 @@ def report(results, meta):
     L.append("")
     L.append("## Targets (issue 8)")
     L.append("")
+    L.append("![Keel / peer, medians](bench-peers.svg)")
+    L.append("")
     L.append("| target | peer median | keel-cidata | ratio | verdict | keel-ignition | ratio | verdict |")
     L.append("|---|---:|---:|---:|---|---:|---:|---|")
     for k, t, words in TARGETS:
@@ -552,6 +554,39 @@ def report(results, meta):
     return "\n".join(L)
 
 
+def svg_plot(results):
+    """Bars of the medians per measure, each scaled to the peer's (stdlib SVG)."""
+    plot = [("ssh_wall_s", "first SSH login (wall)"), ("kernel_s", "kernel → switch_root"),
+            ("initramfs_s", "initramfs phase"), ("multi_user_s", "kernel → multi-user"),
+            ("mem_used_kib", "memory used")]
+    colors = {"peer": "#888888", "keel-cidata": "#2a6fb0", "keel-ignition": "#e08a1e"}
+    row_h, bar_h, left, width = 54, 14, 190, 420
+    h = 40 + row_h * len(plot) + 30
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 140}" height="{h}" '
+           'font-family="sans-serif" font-size="12">',
+           f'<text x="10" y="20" font-size="14">Keel / peer (median; peer = 1.0, shorter is better)</text>']
+    for i, (k, title) in enumerate(plot):
+        y0 = 40 + i * row_h
+        out.append(f'<text x="10" y="{y0 + 26}">{title}</text>')
+        meds = {n: median([r[k] for r in results if r["config"] == n and r.get(k) is not None])
+                for n in NAMES}
+        base = meds["peer"]
+        if not base:
+            continue
+        for j, n in enumerate(NAMES):
+            if meds[n] is None:
+                continue
+            rr = meds[n] / base
+            w = min(rr, 1.5) / 1.5 * width
+            y = y0 + j * (bar_h + 2)
+            out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{colors[n]}"/>')
+            out.append(f'<text x="{left + w + 4:.1f}" y="{y + 11}">{n} {rr:.2f}</text>')
+    x1 = left + width / 1.5
+    out.append(f'<line x1="{x1:.1f}" y1="32" x2="{x1:.1f}" y2="{h - 20}" stroke="#444" stroke-dasharray="3,3"/>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
 def host_meta(args):
     cpu = "unknown CPU"
     for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -587,6 +622,7 @@ def main():
         d["meta"].setdefault("errors", d.get("errors", []))
         text = report(d["results"], d["meta"])
         (args.out / "peers.md").write_text(text)
+        (args.out / "peers.svg").write_text(svg_plot(d["results"]))
         print(text)
         return
     meta = host_meta(args)
@@ -645,6 +681,7 @@ def main():
         json.dumps({"meta": meta, "results": results, "errors": errors}, indent=1))
     text = report(results, meta)
     (args.out / "peers.md").write_text(text)
+    (args.out / "peers.svg").write_text(svg_plot(results))
     print(text)
     if errors:
         sys.exit(1)

@@ -4,6 +4,11 @@
 //! fixture is torn down in `Drop` (processes killed, namespaces deleted),
 //! so a failing assertion still cleans up. Waits are bounded.
 //!
+//! keel-netd runs in its own UTS namespace (a DHCP hostname never reaches
+//! the build machine) and sees `DBUS_SYSTEM_BUS_ADDRESS` pointing either
+//! at a private `dbus-daemon` the test starts or at a path with no bus, so
+//! no test talks to a real system bus.
+//!
 //! Run: `cargo test -p keel-netd --test privileged -- --test-threads=1`.
 
 use std::path::PathBuf;
@@ -46,6 +51,8 @@ struct Net {
     dir: tempfile::TempDir,
     dnsmasq: Option<Child>,
     netd: Option<Child>,
+    /// A private dbus-daemon ("system bus" for this test).
+    bus: Option<Child>,
     /// Next veth pair number.
     pairs: u32,
 }
@@ -67,6 +74,7 @@ impl Net {
             dir,
             dnsmasq: None,
             netd: None,
+            bus: None,
             pairs: 0,
         };
         sh(&["ip", "netns", "add", &net.srv]);
@@ -166,6 +174,72 @@ impl Net {
         self.dnsmasq_log().matches(what).count()
     }
 
+    /// The address keel-netd and its CLI use as the system bus: the
+    /// private bus once started, else a socket path that does not exist.
+    fn bus_address(&self) -> String {
+        let sock = if self.bus.is_some() { "bus" } else { "no-bus" };
+        format!("unix:path={}", self.path(sock).display())
+    }
+
+    /// Start a private dbus-daemon configured like Debian's system bus
+    /// (default deny for method calls and names) plus the policy file the
+    /// image ships for org.keel.Network1 and `extra` policy elements.
+    fn start_bus(&mut self, extra: &str) {
+        let policy = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../overlay/share/dbus-1/system.d/org.keel.Network1.conf"
+        );
+        let conf = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Peer"/>
+  </policy>
+  <include>{policy}</include>
+  {extra}
+</busconfig>
+"#,
+            sock = self.path("bus").display(),
+        );
+        std::fs::write(self.path("bus.conf"), conf).unwrap();
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", self.path("bus.conf").display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (Debian package dbus-daemon) is installed");
+        self.bus = Some(child);
+        wait_for("the private bus", Duration::from_secs(10), || {
+            self.path("bus").exists()
+        });
+    }
+
+    fn stop_bus(&mut self) {
+        if let Some(mut c) = self.bus.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(self.path("bus"));
+    }
+
     fn start_netd(&mut self) {
         let bin = env!("CARGO_BIN_EXE_keel-netd");
         let log = std::fs::OpenOptions::new()
@@ -173,14 +247,18 @@ impl Net {
             .append(true)
             .open(self.path("netd.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.cli, bin])
+        // unshare and ip exec in place: the child pid is keel-netd's.
+        let child = Command::new("unshare")
+            .args(["--uts", "ip", "netns", "exec", &self.cli, bin])
             .arg("--network-dir")
             .arg(self.path("net"))
             .arg("--state-dir")
             .arg(self.path("state"))
             .arg("--run-dir")
             .arg(self.path("run"))
+            .arg("--hostname-file")
+            .arg(self.path("hostname"))
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
             .env("KEEL_LOG", "debug")
             .env("NO_COLOR", "1")
             .env_remove("JOURNAL_STREAM")
@@ -194,7 +272,7 @@ impl Net {
     /// Stop keel-netd with SIGTERM (as systemd does) and wait for it.
     fn stop_netd(&mut self) {
         if let Some(mut c) = self.netd.take() {
-            // `ip netns exec` execs the binary, so the child pid is keel-netd.
+            // `unshare` and `ip netns exec` exec, so the child pid is keel-netd.
             let _ = Command::new("kill").arg(c.id().to_string()).status();
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
@@ -233,6 +311,7 @@ impl Net {
             .arg("--run-dir")
             .arg(self.path("run"))
             .args(args)
+            .env("DBUS_SYSTEM_BUS_ADDRESS", self.bus_address())
             .output()
             .unwrap();
         (
@@ -263,6 +342,7 @@ impl Drop for Net {
             let _ = c.wait();
         }
         self.stop_dnsmasq();
+        self.stop_bus();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.srv])
             .status();
@@ -704,7 +784,318 @@ for i in range(50):
     assert!(log.contains("ignoring dhcp packet"), "{log}");
     net.dnsmasq(0, 80, (50, 60), &[]);
     wait_for("the real lease", Duration::from_secs(40), || {
-        has_addr_in(&net, &c, "10.80.0.5")
+        has_addr_in(&net, &c, "10.80.0.")
     });
+    net.assert_alive();
+}
+
+/// A `dbus-send` to org.keel.Network1 on the test's bus as `nobody`: the
+/// shipped policy lets anyone call the read methods.
+fn dbus_send_as_nobody(net: &Net, method: &str, args: &[&str]) -> (bool, String) {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "dbus-send",
+        ])
+        .arg(format!("--bus={}", net.bus_address()))
+        .args([
+            "--print-reply",
+            "--dest=org.keel.Network1",
+            "/org/keel/Network1",
+            &format!("org.keel.Network1.{method}"),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// keel-netd owns org.keel.Network1 on a (private) system bus; `status`
+/// answers over the bus with the lease, non-root callers may read, and
+/// when the bus goes away `status` falls back to the state files.
+#[test]
+fn status_over_dbus() {
+    let mut net = Net::new();
+    let c = net.pair(81, true);
+    net.network("50-dhcp.network", DHCP);
+    net.dnsmasq(0, 81, (50, 60), &[]);
+    net.start_bus("");
+    net.start_netd();
+    wait_for("a DHCP address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.81.0.")
+    });
+    wait_for("keel-netd on the bus", Duration::from_secs(10), || {
+        net.netd_log()
+            .contains("serving org.keel.Network1 on the system bus")
+    });
+    wait_for("the lease over D-Bus", Duration::from_secs(10), || {
+        let (ok, out) = net.cli_cmd(&["status", &c]);
+        ok && out.contains("DHCPv4 Lease: 10.81.0.")
+    });
+    let (ok, out) = net.cli_cmd(&["status", &c]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Source: keel-netd over D-Bus (org.keel.Network1)"),
+        "{out}"
+    );
+    assert!(out.contains("Gateway: 10.81.0.1"), "{out}");
+    // The bus answer, not the files: with the state files gone, the bus
+    // still has the link.
+    std::fs::remove_file(net.path(&format!("run/netd/links/{c}.json"))).unwrap();
+    let (ok, out) = net.cli_cmd(&["status", &c]);
+    assert!(ok && out.contains("DHCPv4 Lease: 10.81.0."), "{out}");
+
+    let (ok, out) = dbus_send_as_nobody(&net, "ListLinks", &[]);
+    assert!(
+        ok && out.contains(&format!("\"name\":\"{c}\"")) && out.contains("10.81.0."),
+        "{out}"
+    );
+    let (ok, out) = dbus_send_as_nobody(&net, "Describe", &[&format!("string:{c}")]);
+    assert!(ok && out.contains("10.81.0."), "{out}");
+    let (ok, out) = dbus_send_as_nobody(&net, "Describe", &["string:nosuch0"]);
+    assert!(
+        !ok && out.contains("org.keel.Network1.Error.NoSuchLink"),
+        "{out}"
+    );
+
+    // The bus goes away: status says so and reads the files.
+    net.stop_bus();
+    wait_for("keel-netd to notice", Duration::from_secs(10), || {
+        net.netd_log().contains("system bus connection closed")
+    });
+    // A state-file rewrite happens on the next change; recreate it now.
+    net.stop_netd();
+    net.start_netd();
+    wait_for("the state file", Duration::from_secs(10), || {
+        net.path(&format!("run/netd/links/{c}.json")).exists()
+    });
+    let (ok, out) = net.cli_cmd(&["status", &c]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("Source: state files in") && out.contains("D-Bus not available"),
+        "{out}"
+    );
+    assert!(out.contains("10.81.0."), "{out}");
+    net.assert_alive();
+}
+
+/// No system bus at all: the daemon warns once and works; `status` reads
+/// the state files and says why.
+#[test]
+fn no_bus_status_from_files() {
+    let mut net = Net::new();
+    let c = net.pair(84, true);
+    net.network(
+        "10-static.network",
+        "[Match]\nName=kt*\n[Network]\nAddress=10.84.0.10/24\n",
+    );
+    net.start_netd();
+    wait_for("the static address", Duration::from_secs(10), || {
+        has_addr_in(&net, &c, "10.84.0.10/24")
+    });
+    let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
+    assert!(ok, "{out}");
+    let (ok, out) = net.cli_cmd(&["status"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("10.84.0.10/24"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "Source: state files in {} (D-Bus not available: connecting to the system bus:",
+            net.path("run/netd/links").display()
+        )),
+        "{out}"
+    );
+    assert_eq!(
+        net.netd_log()
+            .matches("D-Bus system bus not available")
+            .count(),
+        1,
+        "one warning, quiet retries"
+    );
+    net.assert_alive();
+}
+
+/// Stands in for systemd-hostnamed on the private bus and records calls.
+struct FakeHostnamed {
+    calls: std::sync::Arc<std::sync::Mutex<Vec<(String, bool)>>>,
+}
+
+#[zbus::interface(name = "org.freedesktop.hostname1")]
+impl FakeHostnamed {
+    fn set_hostname(&self, name: String, interactive: bool) {
+        self.calls.lock().unwrap().push((name, interactive));
+    }
+}
+
+fn uts_hostname(pid: u32) -> String {
+    sh(&["nsenter", "-t", &pid.to_string(), "-u", "hostname"])
+        .trim()
+        .to_string()
+}
+
+/// A DHCP hostname goes to systemd-hostnamed as a transient hostname
+/// (`SetHostname(name, false)`); with hostnamed not on the bus keel-netd
+/// falls back to sethostname(2); an admin hostname file wins over both.
+#[test]
+fn dhcp_hostname_through_hostnamed() {
+    let mut net = Net::new();
+    let c = net.pair(82, false);
+    sh(&[
+        "ip",
+        "link",
+        "set",
+        "dev",
+        &c,
+        "address",
+        "02:00:00:00:82:01",
+    ]);
+    sh(&["ip", "link", "set", &c, "netns", &net.cli]);
+    net.network("50-dhcp.network", DHCP);
+    net.dnsmasq(
+        0,
+        82,
+        (50, 60),
+        &["--dhcp-host=02:00:00:00:82:01,10.82.0.82,keel-dhcp"],
+    );
+    net.start_bus(
+        r#"<policy user="root">
+    <allow own="org.freedesktop.hostname1"/>
+    <allow send_destination="org.freedesktop.hostname1"/>
+  </policy>"#,
+    );
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let hostnamed = zbus::blocking::connection::Builder::address(net.bus_address().as_str())
+        .unwrap()
+        .name("org.freedesktop.hostname1")
+        .unwrap()
+        .serve_at(
+            "/org/freedesktop/hostname1",
+            FakeHostnamed {
+                calls: calls.clone(),
+            },
+        )
+        .unwrap()
+        .build()
+        .unwrap();
+    net.start_netd();
+    wait_for("the reserved address", Duration::from_secs(20), || {
+        has_addr_in(&net, &c, "10.82.0.82/24")
+    });
+    wait_for("SetHostname on hostnamed", Duration::from_secs(15), || {
+        !calls.lock().unwrap().is_empty()
+    });
+    assert_eq!(calls.lock().unwrap()[0], ("keel-dhcp".to_string(), false));
+    assert!(
+        net.netd_log()
+            .contains("hostname set to keel-dhcp from DHCP through systemd-hostnamed"),
+        "{}",
+        net.netd_log()
+    );
+
+    // hostnamed gone from the bus: sethostname(2) in keel-netd's UTS namespace.
+    drop(hostnamed);
+    net.stop_netd();
+    net.start_netd();
+    let pid = net.netd.as_ref().unwrap().id();
+    wait_for("the fallback hostname", Duration::from_secs(20), || {
+        uts_hostname(pid) == "keel-dhcp"
+    });
+    assert!(
+        net.netd_log().contains("systemd-hostnamed not reachable"),
+        "{}",
+        net.netd_log()
+    );
+
+    // The admin set a hostname: DHCP's is not applied.
+    std::fs::write(net.path("hostname"), "admin-name\n").unwrap();
+    net.stop_netd();
+    let log_before = net.netd_log().len();
+    net.start_netd();
+    let pid = net.netd.as_ref().unwrap().id();
+    wait_for("the lease again", Duration::from_secs(20), || {
+        net.netd_log()[log_before..].contains("DHCPv4 lease configured")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_ne!(uts_hostname(pid), "keel-dhcp");
+    assert_eq!(calls.lock().unwrap().len(), 1);
+    net.assert_alive();
+}
+
+/// LinkLocalAddressing= and IPv6AcceptRA= are written per link, both ways:
+/// against namespace defaults of "no link-local, no RA", `ipv6` and `yes`
+/// turn them on (and the kernel makes the fe80:: address).
+#[test]
+fn ipv6_link_local_and_accept_ra_sysctls() {
+    let mut net = Net::new();
+    let sysctl = |net: &Net, key: &str| -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &net.cli, "cat"])
+            .arg(format!("/proc/sys/net/ipv6/conf/{key}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    for (k, v) in [("addr_gen_mode", "1"), ("accept_ra", "0")] {
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &net.cli,
+            "sh",
+            "-c",
+            &format!("echo {v} > /proc/sys/net/ipv6/conf/default/{k}"),
+        ]);
+    }
+    let on = net.pair(83, true);
+    let off = net.pair(85, true);
+    assert_eq!(
+        sysctl(&net, &format!("{on}/addr_gen_mode")),
+        "1",
+        "precondition"
+    );
+    assert_eq!(
+        sysctl(&net, &format!("{on}/accept_ra")),
+        "0",
+        "precondition"
+    );
+    net.network(
+        "10-on.network",
+        &format!("[Match]\nName={on}\n[Network]\nAddress=10.83.0.10/24\nLinkLocalAddressing=ipv6\nIPv6AcceptRA=yes\n"),
+    );
+    net.network(
+        "10-off.network",
+        &format!("[Match]\nName={off}\n[Network]\nAddress=10.85.0.10/24\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"),
+    );
+    net.start_netd();
+    wait_for(
+        "a link-local address on the ipv6 link",
+        Duration::from_secs(10),
+        || {
+            net.ip(&["-6", "addr", "show", "dev", &on])
+                .contains("inet6 fe80")
+        },
+    );
+    assert_eq!(sysctl(&net, &format!("{on}/addr_gen_mode")), "0");
+    assert_eq!(sysctl(&net, &format!("{on}/accept_ra")), "1");
+    assert_eq!(sysctl(&net, &format!("{off}/addr_gen_mode")), "1");
+    assert_eq!(sysctl(&net, &format!("{off}/accept_ra")), "0");
+    wait_for("the other link configured", Duration::from_secs(10), || {
+        has_addr_in(&net, &off, "10.85.0.10/24")
+    });
+    assert!(
+        !net.ip(&["-6", "addr", "show", "dev", &off])
+            .contains("fe80"),
+        "{}",
+        net.ip(&["-6", "addr", "show", "dev", &off])
+    );
     net.assert_alive();
 }

@@ -230,6 +230,8 @@ pub struct Vm {
     pub started: Instant,
     ssh_key: Option<PathBuf>,
     child: Option<Child>,
+    /// Console problems this test expects (substrings), see [`Vm::allow`].
+    allowed: Vec<String>,
 }
 
 impl Vm {
@@ -302,6 +304,7 @@ impl Vm {
             started,
             ssh_key: opts.ssh_key.clone().or_else(|| image.ssh_key()),
             child: Some(child),
+            allowed: Vec::new(),
         })
     }
 
@@ -310,6 +313,17 @@ impl Vm {
         fs::read(&self.console_path)
             .map(|b| String::from_utf8_lossy(&b).into_owned())
             .unwrap_or_default()
+    }
+
+    /// Console problems (substrings of [`scan_console`]'s findings) this
+    /// boot is expected to show, e.g. dm-verity rejecting a corrupted slot:
+    /// neither [`Vm::wait_ssh`] nor [`Vm::finish`] fails on them.
+    pub fn allow(&mut self, problems: &[&str]) {
+        self.allowed.extend(problems.iter().map(|p| p.to_string()));
+    }
+
+    fn is_allowed(&self, problem: &str) -> bool {
+        self.allowed.iter().any(|a| problem.contains(a.as_str()))
     }
 
     /// Fail if QEMU has exited.
@@ -402,7 +416,7 @@ impl Vm {
             self.check_alive()?;
             let fatal: Vec<String> = scan_console(&self.console())
                 .into_iter()
-                .filter(|p| !p.starts_with("failed unit"))
+                .filter(|p| !p.starts_with("failed unit") && !self.is_allowed(p))
                 .collect();
             if !fatal.is_empty() {
                 bail!(
@@ -471,7 +485,7 @@ impl Vm {
         self.save_log(&text);
         let problems: Vec<String> = scan_console(&text)
             .into_iter()
-            .filter(|p| !allowed.iter().any(|a| p.contains(a)))
+            .filter(|p| !allowed.iter().any(|a| p.contains(a)) && !self.is_allowed(p))
             .collect();
         ensure!(
             problems.is_empty(),

@@ -120,13 +120,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let mut disk = Disk::open(&disk_path, true)?;
-            let mut gpt = disk.read_for_write()?;
-            if slots::mark_successful(&mut gpt, slot)? {
-                disk.write(&gpt)?;
-                info!("USR-{slot} marked successful");
-            } else {
+            // Already proven needs no write, so a damaged header (which
+            // blocks writes) does not make a good boot look bad.
+            let mut gpt = disk.read()?.gpt;
+            if !slots::mark_successful(&mut gpt, slot)? {
                 info!("USR-{slot} was already marked successful");
+                return Ok(ExitCode::SUCCESS);
             }
+            let mut gpt = disk.read_for_write()?;
+            slots::mark_successful(&mut gpt, slot)?;
+            disk.write(&gpt)?;
+            info!("USR-{slot} marked successful");
         }
     }
     Ok(ExitCode::SUCCESS)

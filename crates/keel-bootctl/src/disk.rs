@@ -141,13 +141,16 @@ impl Disk {
         &self.path
     }
 
+    fn read_report(&self) -> Result<(Gpt, ReadReport), DiskError> {
+        Gpt::read(&*self.file, self.sector_size).map_err(|source| DiskError::Table {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
     /// Read the table.
     pub fn read(&self) -> Result<Read, DiskError> {
-        let (gpt, report) =
-            Gpt::read(&*self.file, self.sector_size).map_err(|source| DiskError::Table {
-                path: self.path.clone(),
-                source,
-            })?;
+        let (gpt, report) = self.read_report()?;
         let damaged = report.primary_error.is_some() || report.backup_error.is_some();
         let mut warnings = warnings_of(&report);
         if damaged {
@@ -158,11 +161,7 @@ impl Disk {
 
     /// Read the table for changing it: refuses a table with a damaged header.
     pub fn read_for_write(&self) -> Result<Gpt, DiskError> {
-        let (gpt, report) =
-            Gpt::read(&*self.file, self.sector_size).map_err(|source| DiskError::Table {
-                path: self.path.clone(),
-                source,
-            })?;
+        let (gpt, report) = self.read_report()?;
         if let Some(e) = report
             .primary_error
             .as_ref()

@@ -8,8 +8,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP,
-    NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
+    NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, CacheInfo};
 use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage};
@@ -387,12 +387,18 @@ impl Netlink for Rtnl {
             .map(drop)
     }
 
+    /// Add a route next to any other route to the same destination and
+    /// metric (NLM_F_APPEND, as systemd-networkd does): NLM_F_REPLACE would
+    /// take over another link's default route, or one keel-netd did not add.
+    /// The same route already present is success (a renewal, a restart).
     fn add_route(&mut self, index: u32, r: &Route) -> io::Result<()> {
-        self.request(
+        match self.request(
             RouteNetlinkMessage::NewRoute(route_message(index, r)),
-            NLM_F_ACK | NLM_F_CREATE | NLM_F_REPLACE,
-        )
-        .map(drop)
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     fn del_route(&mut self, index: u32, r: &Route) -> io::Result<()> {

@@ -1099,3 +1099,35 @@ fn ipv6_link_local_and_accept_ra_sysctls() {
     );
     net.assert_alive();
 }
+
+/// Two links on DHCP, each with a default route at the same metric: both
+/// routes stay (a route is appended, never put in place of another link's).
+#[test]
+fn two_dhcp_links_keep_both_default_routes() {
+    let mut net = Net::new();
+    let a = net.pair(86, true);
+    let b = net.pair(87, true);
+    net.network("50-dhcp.network", DHCP);
+    let second = net.server_if(1);
+    net.dnsmasq(
+        0,
+        86,
+        (50, 60),
+        &[
+            &format!("--interface={second}"),
+            "--dhcp-range=10.87.0.50,10.87.0.60,2m",
+        ],
+    );
+    net.start_netd();
+    wait_for("both leases", Duration::from_secs(30), || {
+        has_addr_in(&net, &a, "10.86.0.") && has_addr_in(&net, &b, "10.87.0.")
+    });
+    wait_for("both default routes", Duration::from_secs(10), || {
+        let r = net.ip(&["-4", "route", "show", "default"]);
+        r.contains(&format!("default via 10.86.0.1 dev {a} proto dhcp"))
+            && r.contains(&format!("default via 10.87.0.1 dev {b} proto dhcp"))
+    });
+    let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
+    assert!(ok, "{out}");
+    net.assert_alive();
+}

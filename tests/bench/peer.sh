@@ -9,7 +9,7 @@
 # under identical QEMU settings, KEEL_BENCH_RUNS (default 3) cold first
 # boots each (tests/bench/peer/bench.py). Called by `./run bench` with an
 # output directory; writes OUT/peers.md, OUT/peers/peers.json (raw data and
-# console logs) and docs/bench-peers.md.
+# console logs), docs/bench-peers.md and its plot docs/bench-peers.svg.
 #
 # Needs root (mmdebstrap --mode=root like keel-image, dropping the page
 # cache), and the Debian packages mmdebstrap, genisoimage, fdisk, e2fsprogs,
@@ -54,4 +54,5 @@ python3 "$top/tests/bench/peer/bench.py" --build "$keel" --peer "$out/peer" --ou
 [ -s "$out/peers/peers.md" ] || exit "$((rc ? rc : 1))"
 cp "$out/peers/peers.md" "$out/peers.md"
 cp "$out/peers/peers.md" "$top/docs/bench-peers.md"
+cp "$out/peers/peers.svg" "$top/docs/bench-peers.svg"
 exit "$rc"

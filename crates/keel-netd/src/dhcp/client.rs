@@ -534,7 +534,7 @@ fn check_reply(data: &[u8], xid: u32, mac: &[u8; 6]) -> Result<Message, String> 
 fn option_len_ok(code: u8, len: usize) -> Option<bool> {
     Some(match code {
         1 | 28 | 51 | 54 | 58 | 59 => len == 4,
-        3 | 6 => len >= 4 && len % 4 == 0,
+        3 | 6 => len >= 4 && len.is_multiple_of(4),
         12 | 15 => len >= 1,
         26 => len == 2,
         53 => len == 1,

@@ -27,7 +27,7 @@ demote() { sed -E 's/^(#{1,5}) /#\1 /'; }
 {
   echo "# Keel benchmark report"
   echo
-  echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by \`./run bench\` on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores (load average now: $(cut -d' ' -f1-3 /proc/loadavg)); Keel $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?')."
+  echo "Generated $(date -u '+%Y-%m-%d %H:%M UTC') by \`tests/bench/report.sh\` (run last by \`./run bench\`) on $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores (load average now: $(cut -d' ' -f1-3 /proc/loadavg)); Keel $(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?')."
   echo "Every section below was measured in one run, each against its peer on the same machine; ratios are Keel / peer unless a table says otherwise."
   echo
   echo "| section | source | result |"
@@ -40,7 +40,7 @@ demote() { sed -E 's/^(#{1,5}) /#\1 /'; }
     fi
     echo "| $title | \`$src\` | $state |"
   done
-  echo "| Binary sizes | \`$build/image.json\` | $( [ -f "$build/image.json" ] && echo "this build" || echo "no image built" ) |"
+  echo "| Binary sizes | \`image.json\` of the image measured | $( [ -f "$build/image.json" ] && echo "this build" || echo "no image built" ) |"
   for p in "${parts[@]}"; do
     IFS='|' read -r f title src doc <<<"$p"
     echo

@@ -62,6 +62,16 @@ fn boots_to_multi_user_with_verified_usr() -> Result<()> {
     let wr = vm.ssh("sudo touch /usr/keel-write-test")?;
     ensure!(!wr.status.success(), "root could write to /usr");
 
+    // podman-restart stays enabled but is skipped while podman has never
+    // stored a container (it cost seconds of CPU at first boot).
+    let pr = vm.ssh_ok(
+        "systemctl is-enabled podman-restart.service; systemctl show -p ConditionResult --value podman-restart.service",
+    )?;
+    ensure!(
+        pr.split_whitespace().collect::<Vec<_>>() == ["enabled", "no"],
+        "podman-restart.service enabled and skipped: {pr:?}"
+    );
+
     let boot: serde_json::Value = serde_json::from_str(&vm.ssh_ok("cat /run/keel/boot.json")?)?;
     ensure!(boot["slot"] == "A", "booted slot: {}", boot["slot"]);
     ensure!(

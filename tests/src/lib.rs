@@ -346,6 +346,16 @@ impl Vm {
 
     /// Wait until the console contains `pattern`; fail early if QEMU exits.
     pub fn wait_console(&mut self, pattern: &str, timeout: Duration) -> Result<Duration> {
+        self.poll_console(pattern, timeout, Duration::from_millis(200))
+    }
+
+    /// Check the console for `pattern` every `every` until `timeout`.
+    fn poll_console(
+        &mut self,
+        pattern: &str,
+        timeout: Duration,
+        every: Duration,
+    ) -> Result<Duration> {
         let start = Instant::now();
         loop {
             if self.console().contains(pattern) {
@@ -358,7 +368,7 @@ impl Vm {
                     tail(&self.console(), 40)
                 );
             }
-            std::thread::sleep(Duration::from_millis(200));
+            std::thread::sleep(every);
         }
     }
 
@@ -653,9 +663,9 @@ pub fn fw_cfg(name: &str, file: &Path) -> Vec<String> {
     ]
 }
 
-/// A raw copy of the image whose OEM partition holds `tree` instead of the
-/// platform's (mkfs.ext4 from the directory, written at OEM's offset).
-pub fn image_with_oem(image: &Image, tree: &Path, dest: &Path) -> Result<()> {
+/// A sparse copy of the image's raw disk at `dest`, for tests that edit the
+/// disk before booting it.
+pub fn raw_image_copy(image: &Image, dest: &Path) -> Result<()> {
     let raw = image.path("raw")?;
     let st = Command::new("cp")
         .arg("--sparse=always")
@@ -663,6 +673,13 @@ pub fn image_with_oem(image: &Image, tree: &Path, dest: &Path) -> Result<()> {
         .arg(dest)
         .status()?;
     ensure!(st.success(), "copying {}", raw.display());
+    Ok(())
+}
+
+/// A raw copy of the image whose OEM partition holds `tree` instead of the
+/// platform's (mkfs.ext4 from the directory, written at OEM's offset).
+pub fn image_with_oem(image: &Image, tree: &Path, dest: &Path) -> Result<()> {
+    raw_image_copy(image, dest)?;
     let f = fs::OpenOptions::new().read(true).write(true).open(dest)?;
     let (gpt, _) = keel_gpt::Gpt::read(&f, 512)?;
     let oem = gpt.by_name("OEM").context("no OEM partition")?;
@@ -795,21 +812,10 @@ impl Vm {
     /// Cut the power as soon as `pattern` shows on the console (a power
     /// cut in the middle of a boot); returns when QEMU is gone.
     pub fn kill_on_console(&mut self, pattern: &str, timeout: Duration) -> Result<Duration> {
-        let start = Instant::now();
-        loop {
-            if self.console().contains(pattern) {
-                self.kill();
-                return Ok(self.started.elapsed());
-            }
-            self.check_alive()?;
-            if start.elapsed() > timeout {
-                bail!(
-                    "{pattern:?} not on the console after {timeout:?}\n--- console tail ---\n{}",
-                    tail(&self.console(), 40)
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // A fine poll: the cut should land close to the pattern.
+        let at = self.poll_console(pattern, timeout, Duration::from_millis(20))?;
+        self.kill();
+        Ok(at)
     }
 }
 

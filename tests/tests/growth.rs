@@ -239,12 +239,7 @@ fn bad_primary_gpt_boots_from_the_backup_without_writing() -> Result<()> {
     let img = image();
     let dir = tempfile::tempdir()?;
     let raw = dir.path().join("disk.img");
-    let st = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(img.path("raw")?)
-        .arg(&raw)
-        .status()?;
-    ensure!(st.success(), "copying the raw image");
+    keel_tests::raw_image_copy(&img, &raw)?;
     {
         let f = fs::OpenOptions::new().read(true).write(true).open(&raw)?;
         let mut b = [0u8; 1];

@@ -166,12 +166,7 @@ fn missing_partition_is_named() -> Result<()> {
     let img = image();
     let dir = tempfile::tempdir()?;
     let raw = dir.path().join("disk.img");
-    let st = std::process::Command::new("cp")
-        .arg("--sparse=always")
-        .arg(img.path("raw")?)
-        .arg(&raw)
-        .status()?;
-    ensure!(st.success(), "copying the raw image");
+    keel_tests::raw_image_copy(&img, &raw)?;
     {
         let mut f = std::fs::OpenOptions::new()
             .read(true)

@@ -110,15 +110,6 @@ impl BootRecord {
         })?;
         Self::parse(&p, &text)
     }
-
-    /// The booted slot's letter.
-    pub fn slot_char(&self) -> char {
-        if self.slot == "B" {
-            'B'
-        } else {
-            'A'
-        }
-    }
 }
 
 #[cfg(test)]
@@ -134,7 +125,7 @@ mod tests {
                 "failed_slots":[{"slot":"A","reason":"bad"}],"timings":{"start":0.5}}"#,
         )
         .expect("parses");
-        assert_eq!(r.slot_char(), 'B');
+        assert_eq!(r.slot, "B");
         assert_eq!(r.disk, "/dev/vda");
         assert!(r.consumed_try);
         assert_eq!(r.failed_slots[0].reason, "bad");

@@ -237,11 +237,8 @@ pub fn status(
     let next = next_boot(&states);
     let (booted, reason, failed) = match record {
         Some(r) => {
-            let slot = if r.slot_char() == 'B' {
-                Slot::B
-            } else {
-                Slot::A
-            };
+            // BootRecord::parse accepted only "A" or "B".
+            let slot = r.slot.parse().unwrap_or(Slot::A);
             let reason = if !r.failed_slots.is_empty() {
                 let why: Vec<String> = r
                     .failed_slots

@@ -1,0 +1,3 @@
+//! `keel-update`: the daemon and its CLI.
+
+fn main() {}

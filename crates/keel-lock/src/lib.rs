@@ -1,0 +1,2 @@
+//! Fleet reboot coordination (placeholder header, filled below).
+pub mod window;

@@ -33,7 +33,6 @@ use std::time::Instant;
 
 use keel_gpt::grow::{grow_disk, GrowError, GrowRequest};
 use keel_gpt::{BlockDevice, Gpt, Uuid};
-use serde::Serialize;
 use thiserror::Error;
 use tracing::{info, warn};
 
@@ -227,43 +226,9 @@ pub fn mounts_from(mountinfo: &str, disk: &str) -> bool {
     })
 }
 
-/// What growth did, for `/run/keel/boot.json` (`growth`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct GrowthRecord {
-    /// ROOT's filesystem size before, in bytes.
-    pub from_bytes: u64,
-    /// ROOT's filesystem size after, in bytes.
-    pub to_bytes: u64,
-    /// ROOT partition size before, in bytes.
-    pub partition_from_bytes: u64,
-    /// ROOT partition size after, in bytes.
-    pub partition_to_bytes: u64,
-    /// Wall time of the whole step (table, kernel, filesystem, UUID), ms.
-    pub ms: f64,
-    /// Reading and writing the GPT, ms.
-    pub table_ms: f64,
-    /// Telling the kernel, ms.
-    pub kernel_ms: f64,
-    /// Growing ext4 online, ms.
-    pub fs_ms: f64,
-    /// How long keel-init waited for the filesystem steps, which run on
-    /// their own thread while it opens USR; what growth added to the boot
-    /// is `table_ms + kernel_ms + wait_ms`.
-    pub wait_ms: f64,
-}
-
-/// The identity first boot gave the machine (`identity` in boot.json).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct Identity {
-    /// The new disk GUID.
-    pub disk_guid: String,
-    /// The image's disk GUID it replaced.
-    pub old_disk_guid: String,
-    /// ROOT's new partition GUID.
-    pub root_partuuid: String,
-    /// ROOT's new filesystem UUID (absent if the filesystem refused).
-    pub root_fs_uuid: Option<String>,
-}
+/// What growth did and the identity first boot gave the machine: fields
+/// `growth` and `identity` of `/run/keel/boot.json` (the contract's types).
+pub use keel_contract::boot_record::{GrowthRecord, Identity};
 
 /// Where growth works.
 #[derive(Debug, Clone)]

@@ -17,15 +17,17 @@
 //! ext4 (online growth, first-boot UUID), ROOT's `/.keel/` (the /etc upper
 //! layer, the first-boot marker), `/run/keel/boot.json`.
 //!
-//! Pure logic lives in [`cmdline`], [`modules`], [`verity`], [`growth`]
-//! (behind its `GrowthSys` trait) and `keel_gpt`; the effects are in
-//! [`boot`]; all unsafe code is in [`dm`] and [`blk`].
+//! The kernel command line, `boot.json`, the places and the atomic write
+//! are Keel's shared contracts, from `keel_contract`. Pure logic lives in
+//! [`modules`], [`verity`], [`slot`] (the A/B decision, behind its `UsrSys`
+//! trait), [`growth`] (behind its `GrowthSys` trait) and `keel_gpt`; the
+//! effects are in [`boot`]; all unsafe code is in [`dm`] and [`blk`].
 
 pub mod blk;
 pub mod boot;
-pub mod cmdline;
 pub mod console;
 pub mod dm;
 pub mod growth;
 pub mod modules;
+pub mod slot;
 pub mod verity;

@@ -5,7 +5,9 @@
 //! prints how long that took, powers the machine off and exits 0 (1 on failure).
 //! Either way the machine boots a copy-on-write overlay, so the image stays
 //! pristine. `--uefi` boots the disk through OVMF and systemd-boot (the
-//! loader entry's command line applies, `--append` does not).
+//! loader entry's command line applies, `--append` does not). `--config FILE`
+//! hands the machine a first-boot config (Ignition JSON or `#cloud-config`)
+//! over QEMU's fw_cfg, as a cloud or a hypervisor would.
 
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
@@ -14,7 +16,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use keel_tests::{overlay, qemu_command, BootOptions, Firmware, Image, Vm, OVMF_VARS};
+use keel_tests::{fw_cfg, overlay, qemu_command, BootOptions, Firmware, Image, Vm, OVMF_VARS};
 
 #[derive(Parser)]
 #[command(about = "Boot Keel's image in QEMU")]
@@ -35,6 +37,10 @@ struct Cli {
     /// QEMU's direct kernel boot.
     #[arg(long)]
     uefi: bool,
+    /// A first-boot config (Ignition JSON or #cloud-config) given to the
+    /// machine over fw_cfg (`opt/org.flatcar-linux/config`).
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Seconds to wait for readiness with --wait.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -51,11 +57,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// The fw_cfg arguments for `--config`, after checking the file is there.
+fn config_args(cli: &Cli) -> Result<Vec<String>> {
+    let Some(f) = &cli.config else {
+        return Ok(Vec::new());
+    };
+    let f = std::fs::canonicalize(f).with_context(|| format!("--config {}", f.display()))?;
+    Ok(fw_cfg(FW_CFG_CONFIG, &f))
+}
+
+/// Where Flatcar's QEMU platform (and so Keel's) reads its config.
+const FW_CFG_CONFIG: &str = "opt/org.flatcar-linux/config";
+
 fn run(cli: Cli) -> Result<()> {
     let image = Image::load(&cli.build)?;
+    let config = config_args(&cli)?;
     if cli.wait {
         let opts = BootOptions {
             extra_cmdline: cli.append.clone(),
+            qemu_args: config,
             uefi: cli.uefi,
             ..BootOptions::default()
         };
@@ -98,7 +118,7 @@ fn run(cli: Cli) -> Result<()> {
         }
     };
     let mut cmd = qemu_command(&image, &disk, &firmware, port, 1024)?;
-    cmd.args(["-serial", "mon:stdio"]);
+    cmd.args(["-serial", "mon:stdio"]).args(&config);
     if let Some(k) = image.ssh_key() {
         eprintln!(
             "keel-vm: console below (Ctrl-A X quits). SSH: ssh -i {} -p {port} core@127.0.0.1",

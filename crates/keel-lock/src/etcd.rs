@@ -425,6 +425,11 @@ impl EtcdLock {
         } else {
             snippet(&text)
         };
+        let message = if message.contains("user name is empty") {
+            format!("{message} (auth is enabled on this etcd: give a user name and password)")
+        } else {
+            message
+        };
         if eb.code == GRPC_UNAVAILABLE || status == 503 {
             return Ok(Sent::Next(format!("{endpoint}: unavailable: {message}")));
         }

@@ -13,7 +13,8 @@
 //! Durability is batched: instead of fsyncing every file and directory (two
 //! fsyncs per step made a 50-file config take ~400 ms here, four times the
 //! budget), one syncfs(2) after the commit makes everything durable, before
-//! the result and the run-once marker are written with a full fsync each.
+//! the result and the run-once marker are written with a full fsync each
+//! (`keel_contract::AtomicWrite`).
 //! A crash before the marker is durable means the next boot is still a
 //! first boot and provisions again. Ownership goes through [`System`].
 
@@ -128,8 +129,7 @@ fn stage(
             ..
         } => {
             let tmp = temp_name(host);
-            write_temp(&tmp, contents, *mode, *uid, *gid, sys, false)
-                .map_err(err("writing", &tmp))?;
+            write_temp(&tmp, contents, *mode, *uid, *gid, sys).map_err(err("writing", &tmp))?;
             Ok(Staged::Temp(tmp))
         }
         Action::Symlink {
@@ -220,7 +220,8 @@ fn temp_name(path: &Path) -> PathBuf {
 }
 
 /// Write `contents` to a temp file: owner and mode set (owner first: chown
-/// clears set-id bits); with `durable`, fsynced. Removed again on error.
+/// clears set-id bits); not fsynced (one syncfs after the commit makes the
+/// whole config durable). Removed again on error.
 fn write_temp(
     tmp: &Path,
     contents: &[u8],
@@ -228,7 +229,6 @@ fn write_temp(
     uid: u32,
     gid: u32,
     sys: &dyn System,
-    durable: bool,
 ) -> std::io::Result<()> {
     let result = (|| {
         let mut f = fs::OpenOptions::new()
@@ -239,39 +239,10 @@ fn write_temp(
         f.write_all(contents)?;
         sys.lchown(tmp, uid, gid)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
-        if durable {
-            f.sync_all()?;
-        }
         Ok(())
     })();
     if result.is_err() {
         let _ = fs::remove_file(tmp);
     }
     result
-}
-
-/// Write `contents` to `path` atomically: a temp file in the same
-/// directory, owner and mode set, rename; with `durable`, fsync the file
-/// before and the directory after the rename.
-pub fn write_atomic(
-    path: &Path,
-    contents: &[u8],
-    mode: u32,
-    uid: u32,
-    gid: u32,
-    sys: &dyn System,
-    durable: bool,
-) -> std::io::Result<()> {
-    let tmp = temp_name(path);
-    write_temp(&tmp, contents, mode, uid, gid, sys, durable)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
-    }
-    if durable {
-        if let Some(dir) = path.parent() {
-            fs::File::open(dir)?.sync_all()?;
-        }
-    }
-    Ok(())
 }

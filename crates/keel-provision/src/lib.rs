@@ -121,9 +121,9 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 /// The run-once marker, relative to the sysroot.
-pub const MARKER: &str = "/var/lib/keel/provisioned";
+pub const MARKER: &str = keel_contract::paths::PROVISIONED;
 /// The result file, relative to the sysroot.
-pub const RESULT: &str = "/etc/.keel-provision-result.json";
+pub const RESULT: &str = keel_contract::paths::PROVISION_RESULT;
 
 /// Inputs of a first-boot run, all as paths so tests run on temp dirs.
 #[derive(Debug, Clone)]
@@ -209,6 +209,10 @@ pub enum Error {
     /// not written.
     #[error("applying the config: {0}")]
     Apply(#[from] apply::ApplyError),
+    /// A Keel parameter on the kernel command line has a bad value
+    /// (keel-init stops the boot on it before provisioning runs).
+    #[error(transparent)]
+    Cmdline(#[from] keel_contract::CmdlineError),
     /// Writing the result or marker failed.
     #[error("writing {path}: {error}")]
     Record {
@@ -239,7 +243,9 @@ pub fn load(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Loaded, Error> {
         None => match sources::config_drive(
             &fb.block_dir,
             &fb.dev_dir,
-            &fb.run_root.join("keel/config-drive"),
+            // CONFIG_DRIVE_MOUNT is /run/keel/config-drive; run_root is /run.
+            &fb.run_root
+                .join(keel_contract::paths::CONFIG_DRIVE_MOUNT.trim_start_matches("/run/")),
             sys,
         )? {
             Some(f) => Some(f),
@@ -301,7 +307,7 @@ pub fn load(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Loaded, Error> {
 pub fn first_boot(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Outcome, Error> {
     let start = Instant::now();
     let marker = fb.sysroot.join(MARKER.trim_start_matches('/'));
-    if marker.exists() && !sources::forced(&fb.cmdline) {
+    if marker.exists() && !sources::forced(&fb.cmdline)? {
         tracing::info!(marker = %marker.display(), "already provisioned");
         return Ok(Outcome::AlreadyProvisioned);
     }
@@ -362,10 +368,11 @@ fn provision(
             path: path.clone(),
             error,
         };
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(record)?;
-        }
-        apply::write_atomic(&path, &json, mode, 0, 0, sys, true).map_err(record)?;
+        // Owned by whoever provisions (root at boot), durable each.
+        keel_contract::AtomicWrite::new()
+            .mode(mode)
+            .write(&path, &json)
+            .map_err(record)?;
     }
     tracing::info!(source = %report.source, steps = report.steps, duration_us = report.duration_us, "provisioned");
     Ok(report)

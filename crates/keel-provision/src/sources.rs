@@ -6,6 +6,8 @@ use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
+use keel_contract::{Cmdline, CmdlineError};
+
 use crate::sys::System;
 
 /// fw_cfg keys, read as `<fw_cfg_root>/<key>/raw`: Keel's own first, then
@@ -15,13 +17,6 @@ pub const FW_CFG_KEYS: &[&str] = &[
     "opt/org.flatcar-linux/config",
     "opt/com.coreos/config",
 ];
-
-/// Kernel command line parameters holding a `data:` URL: Keel's own, and
-/// Ignition's name for the same thing.
-pub const CMDLINE_PARAMS: &[&str] = &["keel.config_url", "ignition.config.url"];
-
-/// Forces provisioning to run again although the marker exists.
-pub const FORCE_PARAM: &str = "keel.first_boot";
 
 /// A source that exists but cannot be read.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -206,56 +201,19 @@ fn read_probe(dev: &Path) -> Option<Probe> {
     probe(&buf)
 }
 
-/// Split a kernel command line into parameters (double quotes group, as
-/// the kernel does).
-pub fn cmdline_params(cmdline: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    for c in cmdline.chars() {
-        match c {
-            '"' => quoted = !quoted,
-            c if c.is_whitespace() && !quoted => {
-                if !cur.is_empty() {
-                    out.push(std::mem::take(&mut cur));
-                }
-            }
-            c => cur.push(c),
-        }
-    }
-    if !cur.is_empty() {
-        out.push(cur);
-    }
-    out
-}
-
-/// The value of `key=` on the command line (the last one wins, as in the
-/// kernel).
-pub fn cmdline_value(cmdline: &str, key: &str) -> Option<String> {
-    cmdline_params(cmdline)
-        .into_iter()
-        .filter_map(|p| {
-            p.strip_prefix(key)
-                .and_then(|r| r.strip_prefix('='))
-                .map(str::to_string)
-        })
-        .next_back()
-}
-
-/// True when `keel.first_boot=1` (or `=true`/`=yes`) is on the command line.
-pub fn forced(cmdline: &str) -> bool {
-    matches!(
-        cmdline_value(cmdline, FORCE_PARAM).as_deref(),
-        Some("1" | "true" | "yes")
-    )
+/// Whether `keel.first_boot` forces provisioning to run again although the
+/// marker exists: read by the shared parser, so provisioning and keel-init
+/// agree (a bare `keel.first_boot` is true for both).
+pub fn forced(cmdline: &str) -> Result<bool, CmdlineError> {
+    Cmdline::parse(cmdline).first_boot()
 }
 
 /// A config in a `data:` URL on the kernel command line.
+/// The parameters are `keel.config_url` and Ignition's `ignition.config.url`
+/// ([`keel_contract::cmdline::CONFIG_URL`]).
 pub fn cmdline(cmdline: &str) -> Result<Option<Found>, SourceError> {
-    for key in CMDLINE_PARAMS {
-        let Some(url) = cmdline_value(cmdline, key) else {
-            continue;
-        };
+    let line = Cmdline::parse(cmdline);
+    if let Some((key, url)) = line.config_url() {
         let source_name = format!("kernel command line {key}");
         if !url
             .get(..5)
@@ -266,7 +224,7 @@ pub fn cmdline(cmdline: &str) -> Result<Option<Found>, SourceError> {
                 message: "only data: URLs are supported (the initramfs has no network)".into(),
             });
         }
-        let data = crate::dataurl::decode(&url).map_err(|e| SourceError {
+        let data = crate::dataurl::decode(url).map_err(|e| SourceError {
             source_name: source_name.clone(),
             message: e.to_string(),
         })?;
@@ -359,10 +317,13 @@ pub(crate) mod tests {
     fn command_line() {
         let c =
             "root=/dev/vda7 quiet \"keel.config_url=data:,%23cloud-config%0A\" keel.first_boot=1";
-        assert_eq!(cmdline_params(c).len(), 4);
-        assert!(forced(c));
-        assert!(!forced("keel.first_boot=0"));
-        assert!(!forced("keel.first_boot_x=1"));
+        assert!(forced(c).unwrap());
+        assert!(!forced("keel.first_boot=0").unwrap());
+        assert!(!forced("keel.first_boot_x=1").unwrap());
+        assert_eq!(
+            forced("keel.first_boot=maybe").unwrap_err().to_string(),
+            "kernel command line: keel.first_boot=\"maybe\" is not 0 or 1"
+        );
         let f = cmdline(c).unwrap().unwrap();
         assert_eq!(f.name, "kernel command line keel.config_url");
         assert_eq!(f.data, b"#cloud-config\n");
@@ -377,6 +338,15 @@ pub(crate) mod tests {
                 .to_string(),
             "kernel command line keel.config_url: invalid base64 at offset 14: invalid byte '*'"
         );
+    }
+
+    /// keel-init reads a bare `keel.first_boot` as true (it redoes growth
+    /// and identity); provisioning must agree, or it says "already
+    /// provisioned" on the boot that was meant to redo it.
+    #[test]
+    fn bare_first_boot_forces_as_for_keel_init() {
+        assert_eq!(forced("quiet keel.first_boot"), Ok(true));
+        assert_eq!(forced("keel.first_boot= quiet"), Ok(true));
     }
 
     proptest! {

@@ -8,7 +8,8 @@
 //! once the boot is good (called by `keel-mark-successful.service`).
 //!
 //! Reads: the boot disk's GPT (through [`keel_gpt`]), `/run/keel/boot.json`
-//! (written by keel-init: booted slot, disk, slots that failed and why) and,
+//! (written by keel-init: booted slot, disk, slots that failed and why; read
+//! through `keel_contract::BootRecord`) and,
 //! for `mark-successful --if-boot-good`, systemd's state through
 //! [`health::SystemState`]. Writes: both GPT headers of the boot disk, under
 //! an exclusive `flock` on the device so two callers never interleave, and
@@ -21,5 +22,4 @@
 
 pub mod disk;
 pub mod health;
-pub mod record;
 pub mod slots;

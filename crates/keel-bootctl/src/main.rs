@@ -8,8 +8,8 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
 use keel_bootctl::disk::Disk;
-use keel_bootctl::record::{self, BootRecord};
 use keel_bootctl::{health, slots};
+use keel_contract::{paths, BootRecord};
 
 #[derive(Parser, Debug)]
 #[command(name = "keel-bootctl", version, about = "Keel's A/B /usr slots")]
@@ -18,7 +18,7 @@ struct Cli {
     #[arg(long, global = true)]
     disk: Option<PathBuf>,
     /// keel-init's boot record.
-    #[arg(long, global = true, default_value = record::DEFAULT_PATH, hide = true)]
+    #[arg(long, global = true, default_value = paths::BOOT_RECORD, hide = true)]
     boot_record: PathBuf,
     #[command(subcommand)]
     cmd: Cmd,
@@ -110,7 +110,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                         .as_ref()
                         .map_err(|e| anyhow::anyhow!("{e}"))
                         .context("which slot is booted (or pass --slot)")?;
-                    r.slot.parse()?
+                    r.slot
                 }
             };
             if if_boot_good {

@@ -9,77 +9,28 @@
 //! - `mark-successful S` sets successful and clears tries (a proven slot
 //!   never runs out of tries), keeping the priority.
 
-use std::fmt::{self, Write as _};
-use std::str::FromStr;
+use std::fmt::Write as _;
 
 use keel_gpt::prio::{boot_order, Prio, PrioError};
 use keel_gpt::Gpt;
 use serde::Serialize;
 use thiserror::Error;
 
-use crate::record::BootRecord;
+use keel_contract::boot_record::SlotFailure;
+use keel_contract::BootRecord;
 
 /// Priority `set-next` gives its slot.
 pub const NEXT_PRIORITY: u8 = 2;
 /// Priority the other slot keeps as the fallback.
 pub const FALLBACK_PRIORITY: u8 = 1;
 
-/// One of the two `/usr` slots.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub enum Slot {
-    /// USR-A.
-    A,
-    /// USR-B.
-    B,
-}
-
-impl Slot {
-    /// Both slots, in table order.
-    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
-
-    /// The partition label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Slot::A => "USR-A",
-            Slot::B => "USR-B",
-        }
-    }
-
-    /// The other slot.
-    pub fn other(self) -> Slot {
-        match self {
-            Slot::A => Slot::B,
-            Slot::B => Slot::A,
-        }
-    }
-}
-
-impl fmt::Display for Slot {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Slot::A => "A",
-            Slot::B => "B",
-        })
-    }
-}
-
-impl FromStr for Slot {
-    type Err = SlotError;
-    fn from_str(s: &str) -> Result<Self, SlotError> {
-        match s {
-            "A" | "a" | "USR-A" => Ok(Slot::A),
-            "B" | "b" | "USR-B" => Ok(Slot::B),
-            _ => Err(SlotError::BadName(s.to_string())),
-        }
-    }
-}
+/// One of the two `/usr` slots (the contract's type: `A`/`a`/`USR-A` on
+/// the command line, `"A"` in JSON).
+pub use keel_contract::Slot;
 
 /// Something about the slots that cannot be done.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum SlotError {
-    /// Not a slot name.
-    #[error("{0:?} is not a slot: use A or B")]
-    BadName(String),
     /// The table has no such partition.
     #[error("the partition table has no partition labelled {0}")]
     Missing(&'static str),
@@ -220,7 +171,7 @@ pub struct Status {
     /// Why that slot runs.
     pub reason: Option<String>,
     /// Slots keel-init tried first this boot, with why they failed.
-    pub failed: Vec<crate::record::SlotFailure>,
+    pub failed: Vec<SlotFailure>,
     /// The slot the next boot tries first.
     pub next: Option<Slot>,
     /// Problems with the table itself (a damaged header).
@@ -237,8 +188,7 @@ pub fn status(
     let next = next_boot(&states);
     let (booted, reason, failed) = match record {
         Some(r) => {
-            // BootRecord::parse accepted only "A" or "B".
-            let slot = r.slot.parse().unwrap_or(Slot::A);
+            let slot = r.slot;
             let reason = if !r.failed_slots.is_empty() {
                 let why: Vec<String> = r
                     .failed_slots
@@ -419,7 +369,7 @@ mod tests {
         let g = table(p(1, 0, true), Some(p(2, 0, true)));
         let rec = BootRecord::parse(
             "b",
-            r#"{"version":1,"slot":"A","disk":"/dev/vda","failed_slots":
+            br#"{"version":1,"slot":"A","disk":"/dev/vda","failed_slots":
                [{"slot":"B","reason":"dm-verity rejected the data"}]}"#,
         )
         .expect("record");

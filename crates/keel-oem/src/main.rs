@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use keel_contract::paths;
 use keel_oem::manifest::Stage;
 use keel_oem::state::Paths;
 use keel_oem::{generator, spawn, status};
@@ -18,22 +19,22 @@ const GENERATOR_NAME: &str = "keel-oem-generator";
 #[command(name = "keel-oem", version, about = "Keel's OEM hooks runner")]
 struct Cli {
     /// The OEM tree.
-    #[arg(long, global = true, default_value = "/oem", hide = true)]
+    #[arg(long, global = true, default_value = paths::OEM_DIR, hide = true)]
     oem_dir: PathBuf,
     /// Persistent state (markers, results).
-    #[arg(long, global = true, default_value = "/var/lib/keel/oem", hide = true)]
+    #[arg(long, global = true, default_value = paths::OEM_STATE_DIR, hide = true)]
     state_dir: PathBuf,
     /// Runtime status directory.
-    #[arg(long, global = true, default_value = "/run/keel/oem", hide = true)]
+    #[arg(long, global = true, default_value = paths::OEM_RUN_DIR, hide = true)]
     run_dir: PathBuf,
     /// Platform facts file.
-    #[arg(long, global = true, default_value = "/run/keel/metadata", hide = true)]
+    #[arg(long, global = true, default_value = paths::METADATA, hide = true)]
     metadata: PathBuf,
     /// keel-init's boot record.
     #[arg(
         long,
         global = true,
-        default_value = "/run/keel/boot.json",
+        default_value = paths::BOOT_RECORD,
         hide = true
     )]
     boot_json: PathBuf,

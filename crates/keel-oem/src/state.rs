@@ -10,6 +10,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use keel_contract::{paths, BootRecord};
 use serde::{Deserialize, Serialize};
 
 /// Every path keel-oem touches; the defaults are the installed system's,
@@ -31,11 +32,11 @@ pub struct Paths {
 impl Default for Paths {
     fn default() -> Self {
         Paths {
-            oem_dir: PathBuf::from("/oem"),
-            state_dir: PathBuf::from("/var/lib/keel/oem"),
-            run_dir: PathBuf::from("/run/keel/oem"),
-            metadata: PathBuf::from("/run/keel/metadata"),
-            boot_json: PathBuf::from("/run/keel/boot.json"),
+            oem_dir: PathBuf::from(paths::OEM_DIR),
+            state_dir: PathBuf::from(paths::OEM_STATE_DIR),
+            run_dir: PathBuf::from(paths::OEM_RUN_DIR),
+            metadata: PathBuf::from(paths::METADATA),
+            boot_json: PathBuf::from(paths::BOOT_RECORD),
         }
     }
 }
@@ -91,9 +92,10 @@ pub enum StateError {
 }
 
 /// Write `data` to `path` atomically and durably, creating the parent
-/// directory (`keel_fs`; on `/run`, a tmpfs, the fsyncs cost nothing).
+/// directory (`keel_contract::write_atomic`; on `/run`, a tmpfs, the fsyncs
+/// cost nothing).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), StateError> {
-    keel_fs::write_atomic(path, data).map_err(|source| StateError::Io {
+    keel_contract::write_atomic(path, data).map_err(|source| StateError::Io {
         action: "writing",
         path: path.to_path_buf(),
         source,
@@ -301,31 +303,14 @@ fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<(), StateError> {
     write_atomic(path, &data)
 }
 
-#[derive(Deserialize)]
-struct BootJson {
-    first_boot: bool,
-}
-
 /// Whether this is the first boot, from keel-init's `boot.json`. A missing or
 /// unreadable file means "not first boot" (with a warning): running first-boot
 /// hooks is guarded by markers anyway, this only feeds `KEEL_FIRST_BOOT`.
 pub fn first_boot(paths: &Paths) -> bool {
-    match fs::read(&paths.boot_json) {
-        Ok(b) => match serde_json::from_slice::<BootJson>(&b) {
-            Ok(j) => j.first_boot,
-            Err(e) => {
-                tracing::warn!(
-                    "{}: {e}; assuming this is not the first boot",
-                    paths.boot_json.display()
-                );
-                false
-            }
-        },
+    match BootRecord::load(&paths.boot_json) {
+        Ok(r) => r.first_boot,
         Err(e) => {
-            tracing::warn!(
-                "reading {}: {e}; assuming this is not the first boot",
-                paths.boot_json.display()
-            );
+            tracing::warn!("{e}; assuming this is not the first boot");
             false
         }
     }
@@ -392,8 +377,13 @@ mod tests {
             ..Paths::default()
         };
         assert!(!first_boot(&paths), "missing file means not first boot");
-        fs::write(&paths.boot_json, r#"{"first_boot": true, "slot": "A"}"#).unwrap();
+        let mut r = BootRecord::new(keel_contract::Slot::A, "/dev/vda");
+        r.first_boot = true;
+        r.store(&paths.boot_json).unwrap();
         assert!(first_boot(&paths));
+        r.first_boot = false;
+        r.store(&paths.boot_json).unwrap();
+        assert!(!first_boot(&paths));
         fs::write(&paths.boot_json, "garbage").unwrap();
         assert!(!first_boot(&paths));
     }

@@ -52,6 +52,23 @@ pub struct ImageConfig {
     pub disk: Disk,
     /// OEM partition contents.
     pub oem: Oem,
+    /// Update keys shipped in the image.
+    #[serde(default)]
+    pub update: Update,
+}
+
+/// Public keys the image trusts for updates (`/usr/share/keel/update-keys/`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Update {
+    /// Generate a per-build development key pair (`<out>/dev-update-key/`)
+    /// and trust its public half.
+    #[serde(default)]
+    pub dev_key: bool,
+    /// Vendor public keys (minisign `.pub` files, relative to the
+    /// repository), all trusted at once (rotation).
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 /// The Debian tree.
@@ -192,6 +209,20 @@ impl ImageConfig {
                 }
             }
         }
+        if let Err(e) = keel_release::Version::parse(&cfg.os_version) {
+            return Err(invalid("os_version", e.to_string()));
+        }
+        for k in &cfg.update.keys {
+            if k.starts_with('/')
+                || k.split('/').any(|c| c == ".." || c.is_empty())
+                || !k.ends_with(".pub")
+            {
+                return Err(invalid(
+                    "update.keys",
+                    format!("{k:?} must be a relative path to a .pub file in the repository"),
+                ));
+            }
+        }
         if cfg.name.is_empty() || cfg.name.contains('/') {
             return Err(invalid(
                 "name",
@@ -247,6 +278,11 @@ mod tests {
                 "sector_size = 512",
                 "sector_size = 1000",
                 "image.toml: disk.sector_size: 1000 is not 512 or 4096",
+            ),
+            (
+                "os_version = \"0.1.0\"",
+                "os_version = \"0.1.0-rc1\"",
+                "image.toml: os_version: version \"0.1.0-rc1\": component 2 (\"0-rc1\") is not a decimal number without leading zeros",
             ),
             (
                 "oem_mib = 128",

@@ -15,6 +15,7 @@ pub mod config;
 pub mod disk;
 pub mod esp;
 pub mod initramfs;
+pub mod release;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -25,7 +26,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub use config::ImageConfig;
@@ -43,10 +44,17 @@ pub struct Options {
     pub out: PathBuf,
     /// Download and tree cache.
     pub cache: PathBuf,
+    /// Build this version instead of image.toml's `os_version` (the same
+    /// cached Debian tree; `--version` / `KEEL_VERSION`).
+    pub version: Option<String>,
+    /// Where the development update key lives [default: `<out>/dev-update-key`];
+    /// share it between builds of N and N+1 so N trusts N+1's releases.
+    pub dev_update_key: Option<PathBuf>,
 }
 
-/// What a build produced, written to `<out>/image.json` for the VM harness.
-#[derive(Debug, Clone, Serialize)]
+/// What a build produced, written to `<out>/image.json` for the VM harness
+/// and `keel-image release`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     /// Image name.
     pub name: String,
@@ -68,10 +76,33 @@ pub struct Manifest {
     pub usr_root_hash: String,
     /// Private key for `core`, when the image carries a development key.
     pub dev_ssh_key: Option<String>,
+    /// Architecture (`uname -m`).
+    #[serde(default = "default_arch")]
+    pub arch: String,
+    /// The USR EROFS image (relative to out).
+    #[serde(default)]
+    pub usr: Option<String>,
+    /// Its verity hash tree with superblock (relative to out).
+    #[serde(default)]
+    pub usr_verity: Option<String>,
+    /// The development update key's secret half (relative to out), when the
+    /// image trusts one.
+    #[serde(default)]
+    pub dev_update_key: Option<String>,
+    /// Key ids of every update key the image trusts.
+    #[serde(default)]
+    pub update_key_ids: Vec<String>,
     /// Byte sizes of the artifacts.
     pub sizes: BTreeMap<String, u64>,
     /// Step timings in seconds.
     pub steps: Vec<(String, f64)>,
+}
+
+/// The image's architecture (the USR partition type is x86-64's).
+pub const ARCH: &str = "x86_64";
+
+fn default_arch() -> String {
+    ARCH.to_string()
 }
 
 /// Debian packages providing each tool the build runs.
@@ -100,6 +131,7 @@ pub struct Build {
     tree: PathBuf,
     kver: String,
     root_hash: String,
+    update_key_ids: Vec<String>,
     timings: Vec<(String, f64)>,
 }
 
@@ -213,7 +245,11 @@ pub fn elf_is_static(data: &[u8]) -> Result<bool> {
 impl Build {
     /// Set up a build.
     pub fn new(opts: Options) -> Result<Self> {
-        let cfg = ImageConfig::load(&opts.config)?;
+        let mut cfg = ImageConfig::load(&opts.config)?;
+        if let Some(v) = &opts.version {
+            keel_release::Version::parse(v).with_context(|| format!("--version {v:?}"))?;
+            cfg.os_version = v.clone();
+        }
         let work = opts.out.join("work");
         let tree = work.join("tree");
         Ok(Build {
@@ -223,6 +259,7 @@ impl Build {
             tree,
             kver: String::new(),
             root_hash: String::new(),
+            update_key_ids: Vec::new(),
             timings: Vec::new(),
         })
     }
@@ -395,7 +432,7 @@ impl Build {
             &usr.join("lib/os-release"),
             &format!(
                 "NAME=\"Keel\"\nID=keel\nID_LIKE=debian\nPRETTY_NAME=\"Keel {v}\"\nVERSION=\"{v}\"\n\
-                 VERSION_ID={v}\nBUILD_ID={b}\nHOME_URL=\"https://example.invalid/keel\"\n\
+                 VERSION_ID={v}\nIMAGE_VERSION={v}\nBUILD_ID={b}\nHOME_URL=\"https://example.invalid/keel\"\n\
                  DEFAULT_HOSTNAME=keel\n",
                 v = self.cfg.os_version,
                 b = self.tree_key(),
@@ -438,6 +475,8 @@ impl Build {
             let _ = fs::remove_file(&p);
             symlink("/dev/null", &p)?;
         }
+
+        self.update_keys()?;
 
         // Keel's binaries, units and overlay.
         for b in &self.cfg.binaries {
@@ -585,6 +624,47 @@ impl Build {
             cpio.len() / 1024,
             fs::metadata(&out)?.len() / 1024
         );
+        Ok(())
+    }
+
+    fn dev_update_key_dir(&self) -> PathBuf {
+        self.opts
+            .dev_update_key
+            .clone()
+            .unwrap_or_else(|| self.opts.out.join("dev-update-key"))
+    }
+
+    /// The public keys updates are checked against, into
+    /// `/usr/share/keel/update-keys/`: the build's development key and the
+    /// vendor keys image.toml names (each checked to be a minisign key).
+    fn update_keys(&mut self) -> Result<()> {
+        let dir = self
+            .tree
+            .join(keel_release::sign::KEYS_DIR.trim_start_matches('/'));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir)?;
+        let mut trusted = keel_release::TrustedKeys::new();
+        if self.cfg.update.dev_key {
+            let (pubkey, id) = release::ensure_dev_key(&self.dev_update_key_dir())?;
+            trusted
+                .add("development key", &pubkey)
+                .context("the development update key")?;
+            write_file(&dir.join(format!("dev-{id}.pub")), &pubkey, 0o644)?;
+        }
+        for k in &self.cfg.update.keys {
+            let src = self.opts.repo.join(k);
+            let text = fs::read_to_string(&src)
+                .with_context(|| format!("update key {k} listed in image.toml"))?;
+            trusted
+                .add(k, &text)
+                .with_context(|| format!("update key {k} listed in image.toml"))?;
+            let name = Path::new(k).file_name().context("key file name")?;
+            fs::write(dir.join(name), &text)?;
+        }
+        self.update_key_ids = trusted.keys().iter().map(|k| k.key_id.clone()).collect();
+        if self.update_key_ids.is_empty() {
+            eprintln!("      warning: the image trusts no update key (image.toml [update])");
+        }
         Ok(())
     }
 
@@ -813,6 +893,20 @@ impl Build {
                 size(&self.opts.bin_dir.join(&b.name)),
             );
         }
+        // Keep USR and its hash tree beside the disk for `keel-image
+        // release` (hard links: no copy of the work files).
+        for f in ["usr.erofs", "usr.verity"] {
+            let dst = out.join(f);
+            let _ = fs::remove_file(&dst);
+            fs::hard_link(self.work.join(f), &dst)
+                .or_else(|_| fs::copy(self.work.join(f), &dst).map(drop))
+                .with_context(|| format!("keeping {}", dst.display()))?;
+        }
+        let dev_key_rel = self.dev_update_key_dir().join(release::DEV_KEY);
+        let dev_key_rel = dev_key_rel
+            .strip_prefix(out)
+            .map(Path::to_path_buf)
+            .unwrap_or(dev_key_rel);
         let m = Manifest {
             name: self.cfg.name.clone(),
             version: self.cfg.os_version.clone(),
@@ -831,6 +925,15 @@ impl Build {
                 .oem
                 .dev_ssh_key
                 .then(|| "dev-ssh/id_ed25519".to_string()),
+            arch: ARCH.to_string(),
+            usr: Some("usr.erofs".into()),
+            usr_verity: Some("usr.verity".into()),
+            dev_update_key: self
+                .cfg
+                .update
+                .dev_key
+                .then(|| dev_key_rel.to_string_lossy().into_owned()),
+            update_key_ids: self.update_key_ids.clone(),
             sizes,
             steps: self.timings.clone(),
         };

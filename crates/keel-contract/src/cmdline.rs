@@ -3,6 +3,7 @@
 //! | parameter | read by | meaning |
 //! |---|---|---|
 //! | `keel.usrhash.a=HEX`, `keel.usrhash.b=HEX` | keel-init | dm-verity root hash (SHA-256, 64 hex digits) of a USR slot; a slot without one is never mounted |
+//! | `keel.usr=a`, `keel.usr=b` | keel-init | the slot a UEFI loader entry belongs to (its kernel and initramfs are that slot's; written by keel-image and the update agent through keel-release's ESP layout) |
 //! | `keel.first_boot` (`=1`, `=yes`, `=true`, bare) | keel-init, keel-provision | redo first-boot work (identity, provisioning); `=0`/`=no`/`=false` or absent: no |
 //! | `keel.disk_timeout=SECONDS` | keel-init | how long to wait for the boot disk (default 15) |
 //! | `keel.config_url=data:…` (or `ignition.config.url=`) | keel-provision | a first-boot config in a `data:` URL |
@@ -26,6 +27,9 @@ pub const PROC_CMDLINE: &str = "/proc/cmdline";
 pub const USRHASH_A: &str = "keel.usrhash.a";
 /// The root hash of USR-B.
 pub const USRHASH_B: &str = "keel.usrhash.b";
+/// The slot whose loader entry booted (`a` or `b`): the kernel and
+/// initramfs running are that slot's.
+pub const USR_SLOT: &str = "keel.usr";
 /// Forces first-boot work again.
 pub const FIRST_BOOT: &str = "keel.first_boot";
 /// Bound of the wait for the boot disk, in seconds.
@@ -225,6 +229,11 @@ pub fn usrhash_param(slot: Slot) -> &'static str {
 /// `keel.usrhash.a=HASH`, as an image builder puts it on a command line.
 pub fn usrhash_arg(slot: Slot, hash: &str) -> String {
     format!("{}={hash}", usrhash_param(slot))
+}
+
+/// `keel.usr=a`, as a loader entry names its slot.
+pub fn usr_slot_arg(slot: Slot) -> String {
+    format!("{USR_SLOT}={}", slot.as_str().to_ascii_lowercase())
 }
 
 /// Every Keel parameter keel-init needs, validated at once (a bad value of

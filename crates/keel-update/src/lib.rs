@@ -20,5 +20,16 @@
 //! not); everything that touches the network, the disk or the clock sits
 //! behind a small trait with a real and a fake side.
 
+pub mod agent;
 pub mod config;
+pub mod disk;
+pub mod esp;
 pub mod machine;
+pub mod source;
+pub mod status;
+pub mod update;
+
+/// The synthetic release tree the unit and privileged tests share.
+#[cfg(test)]
+#[path = "../tests/common/tree.rs"]
+pub(crate) mod testtree;

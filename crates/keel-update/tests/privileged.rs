@@ -1,0 +1,1 @@
+//! Privileged tests of keel-update (root: loop devices, a real nginx).

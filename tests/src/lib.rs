@@ -21,6 +21,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+
+pub mod serve;
 use serde_json::Value;
 
 /// The built image, from `image.json`.

@@ -93,8 +93,8 @@ Options:
 pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, UsageError> {
     let mut out = Args {
         network_dirs: Vec::new(),
-        state_dir: "/var/lib/keel/netd".into(),
-        run_dir: "/run/keel".into(),
+        state_dir: keel_contract::paths::NETD_STATE_DIR.into(),
+        run_dir: keel_contract::paths::RUN_DIR.into(),
         hostname_file: "/etc/hostname".into(),
         cmd: Cmd::Daemon,
     };

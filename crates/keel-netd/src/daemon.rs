@@ -36,8 +36,8 @@ impl Default for Paths {
                 .iter()
                 .map(PathBuf::from)
                 .collect(),
-            state_dir: "/var/lib/keel/netd".into(),
-            run_dir: "/run/keel".into(),
+            state_dir: keel_contract::paths::NETD_STATE_DIR.into(),
+            run_dir: keel_contract::paths::RUN_DIR.into(),
             hostname_file: "/etc/hostname".into(),
             machine_id_file: "/etc/machine-id".into(),
         }
@@ -952,7 +952,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             let text = state::render_resolv(&links);
             let p = self.paths.run_dir.join("resolv.conf");
             if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
-                if let Err(e) = crate::fsutil::write_atomic(&p, text.as_bytes()) {
+                if let Err(e) = keel_contract::write_atomic(&p, text.as_bytes()) {
                     tracing::warn!("writing {}: {e}", p.display());
                 }
             }

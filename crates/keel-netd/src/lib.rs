@@ -32,7 +32,6 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dhcp;
-pub mod fsutil;
 pub mod netlink;
 pub mod sock;
 pub mod state;

@@ -64,7 +64,7 @@ pub fn links_dir(run: &Path) -> PathBuf {
 
 pub fn write_link(run: &Path, s: &LinkStatus) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(s).map_err(std::io::Error::other)?;
-    crate::fsutil::write_atomic(&links_dir(run).join(format!("{}.json", s.name)), &text)
+    keel_contract::write_atomic(&links_dir(run).join(format!("{}.json", s.name)), &text)
 }
 
 pub fn remove_link(run: &Path, name: &str) {

@@ -10,11 +10,7 @@ use std::path::{Path, PathBuf};
 use super::{from_sections, syntax, ConfigError, Network, Warning};
 
 /// The search path, lowest priority first.
-pub const DEFAULT_DIRS: [&str; 3] = [
-    "/usr/lib/keel/network",
-    "/run/keel/network",
-    "/etc/keel/network",
-];
+pub const DEFAULT_DIRS: [&str; 3] = keel_contract::paths::NETWORK_DIRS;
 
 /// The outcome of loading: usable networks in match order, rejected files
 /// with their error, and warnings.

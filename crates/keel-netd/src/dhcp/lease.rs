@@ -244,7 +244,7 @@ impl StoredLease {
     pub fn store(&self, path: &Path) -> Result<(), StoreError> {
         // Serialising a struct of plain fields to a Vec cannot fail.
         let text = serde_json::to_vec_pretty(self).unwrap_or_default();
-        crate::fsutil::write_atomic(path, &text).map_err(|source| StoreError::Write {
+        keel_contract::write_atomic(path, &text).map_err(|source| StoreError::Write {
             path: path.display().to_string(),
             source,
         })

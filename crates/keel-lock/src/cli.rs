@@ -177,6 +177,9 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
         Cmd::Status { json } => {
             let l = cli.etcd("")?;
             let r = l.read().context("reading the reboot lock")?;
+            let since = l
+                .holders_since()
+                .context("reading since when the holders hold it")?;
             let s = r
                 .value
                 .clone()
@@ -191,9 +194,11 @@ pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<()> {
                 writeln!(out, "Max: {}", s.max)?;
                 if !s.holders.is_empty() {
                     writeln!(out)?;
-                    writeln!(out, "MACHINE ID")?;
+                    let w = s.holders.iter().map(|h| h.len()).max().unwrap_or(0).max(32);
+                    writeln!(out, "{:<w$}  SINCE", "MACHINE ID")?;
                     for h in &s.holders {
-                        writeln!(out, "{h}")?;
+                        let when = since.get(h).map(String::as_str).unwrap_or("?");
+                        writeln!(out, "{h:<w$}  {when}")?;
                     }
                 }
             }

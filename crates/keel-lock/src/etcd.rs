@@ -18,6 +18,7 @@
 //! `/v3/auth/authenticate` goes in the `Authorization` header and is renewed
 //! once when etcd says it is invalid (tokens expire).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -247,6 +248,8 @@ struct RangeResponse {
 
 #[derive(Deserialize)]
 struct Kv {
+    #[serde(default)]
+    key: String,
     #[serde(default)]
     value: String,
     #[serde(default, deserialize_with = "int64")]
@@ -570,9 +573,18 @@ impl EtcdLock {
         ))
     }
 
-    /// Write `value` if the key's version is still `version`; false = lost.
-    fn compare_and_swap(&self, value: &Semaphore, version: i64) -> Result<bool, EtcdError> {
+    /// Write `value` if the key's version is still `version`, together
+    /// with `extra` operations (the holders' "since" keys); false = lost.
+    fn compare_and_swap(
+        &self,
+        value: &Semaphore,
+        version: i64,
+        extra: Vec<serde_json::Value>,
+    ) -> Result<bool, EtcdError> {
         let key = B64.encode(&self.key);
+        let mut success =
+            vec![json!({ "request_put": { "key": key, "value": B64.encode(value.to_json()) } })];
+        success.extend(extra);
         let body = json!({
             "compare": [{
                 "key": key,
@@ -580,7 +592,7 @@ impl EtcdLock {
                 "result": "EQUAL",
                 "version": version.to_string(),
             }],
-            "success": [{ "request_put": { "key": key, "value": B64.encode(value.to_json()) } }],
+            "success": success,
         });
         let (ep, v) = self.call("/v3/kv/txn", "a compare-and-swap", &body)?;
         let t: TxnResponse = serde_json::from_value(v).map_err(|e| EtcdError::Protocol {
@@ -598,14 +610,26 @@ impl EtcdLock {
         &self,
         mut f: impl FnMut(&mut Semaphore) -> (T, bool),
     ) -> Result<(T, Semaphore), EtcdError> {
+        self.modify_ops(|s| {
+            let (out, write) = f(s);
+            (out, write.then(Vec::new))
+        })
+    }
+
+    /// As [`EtcdLock::modify`]; `f` returns None (no write) or the extra
+    /// operations to write in the same transaction.
+    fn modify_ops<T>(
+        &self,
+        mut f: impl FnMut(&mut Semaphore) -> (T, Option<Vec<serde_json::Value>>),
+    ) -> Result<(T, Semaphore), EtcdError> {
         for attempt in 1..=self.cas_attempts {
             let r = self.read()?;
             let mut sem = r.value.unwrap_or_else(|| Semaphore::new(1));
             let (out, write) = f(&mut sem);
-            if !write {
+            let Some(extra) = write else {
                 return Ok((out, sem));
-            }
-            if self.compare_and_swap(&sem, r.version)? {
+            };
+            if self.compare_and_swap(&sem, r.version, extra)? {
                 return Ok((out, sem));
             }
             tracing::debug!(key = %self.key, attempt, "lost the compare-and-swap; reading again");
@@ -619,20 +643,71 @@ impl EtcdLock {
         })
     }
 
+    /// The key recording since when `id` holds a slot: a sibling of the
+    /// semaphore key, `…/since/<id>`, written in the same transaction as
+    /// the lock and deleted with the unlock. locksmith-era tools ignore it.
+    pub fn since_key(&self, id: &str) -> String {
+        format!("{}{id}", self.since_prefix())
+    }
+
+    fn since_prefix(&self) -> String {
+        let base = self.key.strip_suffix("/semaphore").unwrap_or(&self.key);
+        format!("{base}/since/")
+    }
+
+    /// Since when each holder holds its slot (RFC 3339, the locking
+    /// client's clock), from the `since` keys.
+    pub fn holders_since(&self) -> Result<BTreeMap<String, String>, EtcdError> {
+        let prefix = self.since_prefix();
+        let mut end = prefix.clone().into_bytes();
+        // The prefix ends in '/', so incrementing the last byte cannot overflow.
+        if let Some(last) = end.last_mut() {
+            *last += 1;
+        }
+        let body = json!({ "key": B64.encode(&prefix), "range_end": B64.encode(&end) });
+        let (ep, v) = self.call("/v3/kv/range", "a read", &body)?;
+        let r: RangeResponse = serde_json::from_value(v).map_err(|e| EtcdError::Protocol {
+            endpoint: ep.clone(),
+            what: "a read",
+            why: e.to_string(),
+        })?;
+        let mut out = BTreeMap::new();
+        for kv in r.kvs {
+            let (Ok(k), Ok(v)) = (
+                B64.decode(kv.key.as_bytes()),
+                B64.decode(kv.value.as_bytes()),
+            ) else {
+                continue;
+            };
+            let k = String::from_utf8_lossy(&k).into_owned();
+            if let Some(id) = k.strip_prefix(&prefix) {
+                out.insert(id.to_string(), String::from_utf8_lossy(&v).into_owned());
+            }
+        }
+        Ok(out)
+    }
+
     /// Take a slot for `id`.
     pub fn lock_as(&self, id: &str) -> Result<(LockChange, Semaphore), EtcdError> {
-        self.modify(|s| {
+        let since = B64.encode(self.since_key(id));
+        self.modify_ops(|s| {
             let c = s.lock(id);
-            let write = c == LockChange::Taken;
+            let write = (c == LockChange::Taken).then(|| {
+                let now = jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+                    .unwrap_or_else(|_| jiff::Timestamp::now());
+                vec![json!({ "request_put": { "key": since, "value": B64.encode(now.to_string()) } })]
+            });
             (c, write)
         })
     }
 
     /// Give `id`'s slot back.
     pub fn unlock_as(&self, id: &str) -> Result<(UnlockChange, Semaphore), EtcdError> {
-        self.modify(|s| {
+        let since = B64.encode(self.since_key(id));
+        self.modify_ops(|s| {
             let c = s.unlock(id);
-            let write = c == UnlockChange::Released;
+            let write = (c == UnlockChange::Released)
+                .then(|| vec![json!({ "request_delete_range": { "key": since } })]);
             (c, write)
         })
     }
@@ -703,11 +778,13 @@ impl RebootLock for EtcdLock {
         let (ep, r) = self.read_at()?;
         let exists = r.value.is_some();
         let s = r.value.unwrap_or_else(|| Semaphore::new(1));
+        let since = self.holders_since()?;
         Ok(LockStatus {
             source: format!("etcd key {} at {ep}", self.key),
             exists,
             max: s.max,
             available: s.semaphore,
+            since: s.holders.iter().map(|h| since.get(h).cloned()).collect(),
             holders: s.holders,
         })
     }

@@ -57,6 +57,8 @@ pub struct LockStatus {
     pub available: i64,
     /// Who holds a slot.
     pub holders: Vec<String>,
+    /// Since when each of `holders` holds it (RFC 3339), where recorded.
+    pub since: Vec<Option<String>>,
 }
 
 /// Errors of either lock client.

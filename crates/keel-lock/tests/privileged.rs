@@ -454,6 +454,7 @@ fn a_killed_holder_keeps_the_lock_until_unlocked() {
             "LOCKSMITHCTL_ENDPOINT={} {BIN} lock victim && exec sleep 600",
             e.endpoint()
         ))
+        .stdout(Stdio::null())
         .spawn()
         .expect("holder");
     wait_for("victim to hold the lock", Duration::from_secs(10), || {
@@ -473,11 +474,24 @@ fn a_killed_holder_keeps_the_lock_until_unlocked() {
     );
     let st = run_ok(e.cmd().arg("status"));
     assert!(
-        st.contains("Available: 0") && st.contains("MACHINE ID\nvictim"),
+        st.contains("Available: 0") && st.contains("MACHINE ID"),
         "{st}"
     );
+    // The holder line says since when (this test's day, UTC).
+    let today = jiff::Timestamp::now().to_string()[..10].to_string();
+    let line = st
+        .lines()
+        .find(|l| l.starts_with("victim"))
+        .expect("holder line");
+    assert!(line.contains(&today), "{st}");
+    let l = EtcdLock::new(&e.config(), "reader").expect("client");
+    assert_eq!(l.holders_since().expect("since").len(), 1);
     // The operator frees it.
     assert!(run_ok(e.cmd().args(["unlock", "victim"])).contains("unlocked victim"));
+    assert!(
+        l.holders_since().expect("since").is_empty(),
+        "since key deleted with the unlock"
+    );
     assert!(run_ok(e.cmd().args(["lock", "other"])).contains("locked for other"));
     // Unlocking someone who holds nothing says so.
     let o = e.keel_lock(&["unlock", "victim"]);

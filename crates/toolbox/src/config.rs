@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use crate::reference::{ImageSource, ReferenceError};
 
 /// The vendor default shipped in the image.
-pub const VENDOR_CONFIG: &str = "/usr/share/keel/toolbox";
+pub const VENDOR_CONFIG: &str = keel_contract::paths::TOOLBOX_DEFAULTS;
 /// The administrator's defaults (same name as CoreOS).
 pub const SYSTEM_CONFIG: &str = "/etc/default/toolbox";
 

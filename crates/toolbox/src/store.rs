@@ -11,7 +11,7 @@
 //! ```
 
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::io::{self, BufRead, BufReader, Read};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -326,7 +326,7 @@ impl Store {
         let path = self.hidden(&s.name, "json");
         let mut bytes = serde_json::to_vec_pretty(&meta).map_err(|e| io_at(&path)(e.into()))?;
         bytes.push(b'\n');
-        write_atomic(&path, &bytes).map_err(io_at(&path))?;
+        keel_contract::write_atomic(&path, &bytes).map_err(io_at(&path))?;
         Ok(meta)
     }
 
@@ -552,27 +552,10 @@ fn libc_nofollow() -> i32 {
     rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
-/// Write a file atomically: temp file in the same directory, fsync, rename,
-/// fsync the directory.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        path.file_name()
-            .map_or("f".into(), |n| n.to_string_lossy().into_owned()),
-        std::process::id()
-    ));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write;
+
     use super::*;
     use crate::unpack::tests::{layer, E};
 

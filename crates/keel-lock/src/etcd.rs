@@ -214,6 +214,32 @@ fn load_tls(c: &EtcdConfig) -> Result<ureq::tls::TlsConfig, EtcdError> {
     Ok(b.build())
 }
 
+impl EtcdConfig {
+    /// The settings locksmith read from its environment, with `prefix`
+    /// "LOCKSMITHD_" (the daemon; also cloud-config's `coreos.locksmith`)
+    /// or "LOCKSMITHCTL_" (the tool): `ENDPOINT` (comma-separated),
+    /// `ETCD_CAFILE`, `ETCD_CERTFILE`, `ETCD_KEYFILE`, `ETCD_USERNAME`,
+    /// `ETCD_PASSWORD`, `GROUP`. Unset or empty variables keep the defaults.
+    pub fn from_env(prefix: &str, get: impl Fn(&str) -> Option<String>) -> EtcdConfig {
+        let var = |name: &str| get(&format!("{prefix}{name}")).filter(|v| !v.trim().is_empty());
+        let mut c = EtcdConfig::default();
+        if let Some(e) = var("ENDPOINT") {
+            c.endpoints = e
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        c.ca_file = var("ETCD_CAFILE").map(PathBuf::from);
+        c.cert_file = var("ETCD_CERTFILE").map(PathBuf::from);
+        c.key_file = var("ETCD_KEYFILE").map(PathBuf::from);
+        c.username = var("ETCD_USERNAME");
+        c.password = var("ETCD_PASSWORD");
+        c.group = var("GROUP");
+        c
+    }
+}
+
 /// Normalise an endpoint: scheme added when missing, trailing '/' removed.
 pub fn normalize_endpoint(e: &str, tls: bool) -> String {
     let e = e.trim().trim_end_matches('/');
@@ -805,6 +831,27 @@ mod tests {
             semaphore_key(Some("workers")),
             "coreos.com/updateengine/rebootlock/groups/workers/semaphore"
         );
+    }
+
+    #[test]
+    fn locksmithd_environment() {
+        let env = |k: &str| match k {
+            "LOCKSMITHD_ENDPOINT" => Some("https://a:2379, https://b:2379".to_string()),
+            "LOCKSMITHD_ETCD_CAFILE" => Some("/etc/ssl/etcd/ca.pem".to_string()),
+            "LOCKSMITHD_GROUP" => Some("workers".to_string()),
+            "LOCKSMITHD_ETCD_USERNAME" => Some(String::new()),
+            _ => None,
+        };
+        let c = EtcdConfig::from_env("LOCKSMITHD_", env);
+        assert_eq!(c.endpoints, ["https://a:2379", "https://b:2379"]);
+        assert_eq!(
+            c.ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/ca.pem"))
+        );
+        assert_eq!(c.group.as_deref(), Some("workers"));
+        assert_eq!(c.username, None);
+        let d = EtcdConfig::from_env("LOCKSMITHCTL_", env);
+        assert_eq!(d.endpoints, EtcdConfig::default().endpoints);
     }
 
     #[test]

@@ -172,10 +172,11 @@ pub fn parse_weekday(s: &str) -> Option<Weekday> {
         .map(|(_, _, d)| *d)
 }
 
-/// "HH:MM" (one or two hour digits, two minute digits), 00:00–23:59.
+/// "HH:MM", 00:00–23:59; one or two digits each ("4:05", "04:5"), as
+/// coreos-cloudinit's check of `window-start` allowed.
 fn parse_hhmm(s: &str) -> Option<Time> {
     let (h, m) = s.split_once(':')?;
-    if h.is_empty() || h.len() > 2 || m.len() != 2 {
+    if h.is_empty() || h.len() > 2 || m.is_empty() || m.len() > 2 {
         return None;
     }
     if !h.bytes().chain(m.bytes()).all(|b| b.is_ascii_digit()) {
@@ -531,15 +532,21 @@ mod tests {
             parse_locksmith_start("4:05").expect("ok").1,
             Time::constant(4, 5, 0, 0)
         );
+        assert_eq!(
+            parse_locksmith_start("Mon 4:5").expect("ok").1,
+            Time::constant(4, 5, 0, 0)
+        );
         for bad in [
             "",
             "Thu",
             "Thx 04:00",
             "24:00",
             "04:60",
-            "04:0",
+            "04:",
+            "04:000",
             "Thu 04:00 x",
             "-1:00",
+            "+1:00",
         ] {
             assert!(parse_locksmith_start(bad).is_err(), "{bad:?} accepted");
         }

@@ -321,6 +321,7 @@ mod tests {
                 booted: Slot::A,
                 arch: std::env::consts::ARCH.into(),
                 keys,
+                boot_id: "boot1".into(),
             },
             StateDir {
                 path: t.path().join("state"),

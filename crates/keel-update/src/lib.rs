@@ -25,6 +25,7 @@ pub mod config;
 pub mod disk;
 pub mod esp;
 pub mod machine;
+pub mod runtime;
 pub mod source;
 pub mod status;
 pub mod update;

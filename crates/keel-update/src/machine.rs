@@ -226,6 +226,9 @@ pub struct Pending {
     pub from_version: String,
     /// When (seconds since the epoch).
     pub at: u64,
+    /// The boot it was staged in (`/proc/sys/kernel/random/boot_id`).
+    #[serde(default)]
+    pub boot_id: String,
 }
 
 /// What a start of the agent concludes from a pending record and the boot.
@@ -434,6 +437,7 @@ mod tests {
             slot: "B".into(),
             from_version: "0.1.0".into(),
             at: 5,
+            boot_id: "b1".into(),
         }
     }
 

@@ -103,6 +103,8 @@ pub struct Machine {
     pub arch: String,
     /// The trusted keys.
     pub keys: TrustedKeys,
+    /// This boot's id (recorded with a staged update).
+    pub boot_id: String,
 }
 
 /// Resumable transfer state, `progress.json`: which chunks of which
@@ -573,6 +575,7 @@ pub fn stage(
         slot: slot.to_string(),
         from_version: m.current.to_string(),
         at: now,
+        boot_id: m.boot_id.clone(),
     };
     state.set_pending(Some(&pending))?;
     state.remove("progress.json")?;

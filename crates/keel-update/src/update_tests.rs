@@ -178,6 +178,7 @@ fn world() -> World {
             booted: Slot::A,
             arch: std::env::consts::ARCH.into(),
             keys,
+            boot_id: "boot1".into(),
         },
         built,
     }

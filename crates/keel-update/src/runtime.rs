@@ -1,0 +1,535 @@
+//! The real side: where things are on a Keel host, the machine's facts
+//! (boot record, os-release, trusted keys), the boot disk and the ESP, the
+//! status publisher (status file, `STATUS=`, `/run/reboot-required`, a
+//! progress bar), the commands `check`, `apply`, `status`, and the daemon
+//! loop.
+
+use std::fs::File;
+use std::io::{IsTerminal, Write as _};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, bail, Context, Result};
+use keel_bootctl::slots::Slot;
+use keel_contract::BootRecord;
+use keel_release::{TrustedKeys, Version};
+use nix::fcntl::{Flock, FlockArg};
+use tracing::{info, warn};
+
+use crate::agent::{Agent, Effects, Outcome};
+use crate::config::{self, Settings, Sources};
+use crate::disk::GptSlots;
+use crate::esp::{self, BootInstaller, EspDir, NoEsp};
+use crate::machine::{self, Blocked, BootOutcome, Schedule, State};
+use crate::source::{self, Dir, Source, Timeouts};
+use crate::status::{self, Status};
+use crate::update::{Machine, StateDir};
+
+/// Every place the agent reads or writes; tests point them elsewhere.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Configuration files.
+    pub config: Sources,
+    /// keel-init's boot record.
+    pub boot_record: PathBuf,
+    /// The boot disk (default: the boot record's).
+    pub disk: Option<PathBuf>,
+    /// os-release of the running `/usr`.
+    pub os_release: PathBuf,
+    /// Trusted public keys.
+    pub keys: PathBuf,
+    /// Persistent state.
+    pub state_dir: PathBuf,
+    /// The status file.
+    pub status_file: PathBuf,
+    /// The kured marker.
+    pub reboot_required: PathBuf,
+    /// A mounted ESP (default: `/boot` or `/efi` when they hold loader
+    /// entries; `None` after `--no-esp`: a direct-kernel machine).
+    pub esp: Option<PathBuf>,
+    /// Whether to look for an ESP at all.
+    pub use_esp: bool,
+    /// Serialises the daemon and the CLI.
+    pub lock: PathBuf,
+    /// HTTP timeouts.
+    pub timeouts: Timeouts,
+    /// Progress save interval.
+    pub save_every: Duration,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            config: Sources::default(),
+            boot_record: keel_contract::paths::BOOT_RECORD.into(),
+            disk: None,
+            os_release: "/usr/lib/os-release".into(),
+            keys: keel_release::sign::KEYS_DIR.into(),
+            state_dir: StateDir::DEFAULT.into(),
+            status_file: status::STATUS_FILE.into(),
+            reboot_required: status::REBOOT_REQUIRED.into(),
+            esp: None,
+            use_esp: true,
+            lock: "/run/keel/update.lock".into(),
+            timeouts: Timeouts::default(),
+            save_every: Duration::from_secs(1),
+        }
+    }
+}
+
+/// `IMAGE_VERSION=` (else `VERSION_ID=`) of an os-release file.
+pub fn os_version(text: &str) -> Option<String> {
+    let get = |key: &str| {
+        text.lines().find_map(|l| {
+            let v = l.trim().strip_prefix(key)?.strip_prefix('=')?;
+            Some(v.trim().trim_matches('"').trim_matches('\'').to_string())
+        })
+    };
+    get("IMAGE_VERSION")
+        .or_else(|| get("VERSION_ID"))
+        .filter(|v| !v.is_empty())
+}
+
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The machine's facts and the boot record.
+pub fn machine(paths: &Paths) -> Result<(Machine, BootRecord)> {
+    let rec = BootRecord::load(&paths.boot_record)
+        .map_err(|e| anyhow!("{e}"))
+        .context("which slot is running")?;
+    let text = std::fs::read_to_string(&paths.os_release)
+        .with_context(|| format!("reading {}", paths.os_release.display()))?;
+    let v = os_version(&text).ok_or_else(|| {
+        anyhow!(
+            "{}: no IMAGE_VERSION= or VERSION_ID=",
+            paths.os_release.display()
+        )
+    })?;
+    let current = Version::parse(&v)
+        .with_context(|| format!("the running version in {}", paths.os_release.display()))?;
+    let keys = TrustedKeys::load_dir(&paths.keys)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("loading the trusted keys from {}", paths.keys.display()))?;
+    let booted: Slot = rec
+        .slot
+        .to_string()
+        .parse()
+        .map_err(|e| anyhow!("{e}"))
+        .context("the boot record's slot")?;
+    Ok((
+        Machine {
+            current,
+            booted,
+            arch: std::env::consts::ARCH.into(),
+            keys,
+            boot_id: boot_id(),
+        },
+        rec,
+    ))
+}
+
+fn installer(paths: &Paths) -> Box<dyn BootInstaller> {
+    if !paths.use_esp {
+        return Box::new(NoEsp);
+    }
+    let dir = paths.esp.clone().or_else(|| {
+        ["/boot", "/efi", "/boot/efi"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|d| esp::is_esp(d))
+    });
+    match dir {
+        Some(root) => Box::new(EspDir { root }),
+        None => {
+            warn!("no mounted ESP with loader entries (/boot, /efi): the new slot's kernel is not installed; a direct-kernel boot does not need it");
+            Box::new(NoEsp)
+        }
+    }
+}
+
+/// Publishes to the status file, systemd and, for the CLI, the terminal.
+struct Publisher<'a> {
+    paths: &'a Paths,
+    daemon: bool,
+    tty: bool,
+    last_line: Option<u64>,
+}
+
+impl Effects for Publisher<'_> {
+    fn publish(&mut self, s: &Status) {
+        let mut s = s.clone();
+        s.from_daemon = self.daemon;
+        if let Err(e) = s.store(&self.paths.status_file) {
+            warn!("writing {}: {e}", self.paths.status_file.display());
+        }
+        if matches!(s.state, State::Staged { .. }) {
+            if let Err(e) = keel_fs::write_atomic(&self.paths.reboot_required, b"") {
+                warn!("writing {}: {e}", self.paths.reboot_required.display());
+            }
+        }
+        if self.daemon {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s.one_line())]);
+        }
+        if !self.daemon && !matches!(s.state, State::Downloading { .. }) {
+            if self.tty {
+                eprint!("\r\x1b[K");
+            }
+            eprintln!("{}", s.one_line());
+        }
+    }
+
+    fn progress(&mut self, done: u64, total: u64) {
+        if self.daemon {
+            return;
+        }
+        if self.tty {
+            eprint!("\r{}", status::bar(done, total, 30));
+            let _ = std::io::stderr().flush();
+        } else {
+            // Plain lines, one per 10 %.
+            let tenth = done.saturating_mul(10) / total.max(1);
+            if self.last_line != Some(tenth) {
+                self.last_line = Some(tenth);
+                eprintln!("downloading: {}%", tenth * 10);
+            }
+        }
+    }
+
+    fn now(&self) -> u64 {
+        now()
+    }
+}
+
+fn lock(paths: &Paths) -> Result<Flock<File>> {
+    if let Some(d) = paths.lock.parent() {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let f =
+        File::create(&paths.lock).with_context(|| format!("opening {}", paths.lock.display()))?;
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
+        anyhow!(
+            "{}: {e}: another keel-update (the daemon or a CLI) is applying an update",
+            paths.lock.display()
+        )
+    })
+}
+
+fn agent(paths: &Paths, settings: Settings) -> Result<(Agent, BootRecord)> {
+    let (m, rec) = machine(paths)?;
+    let state = StateDir {
+        path: paths.state_dir.clone(),
+        save_every: paths.save_every,
+    };
+    let mut a = Agent::new(settings, m, state);
+    // A version staged in this boot is still staged.
+    if let Ok(Some(p)) = a.state.pending() {
+        if p.boot_id == a.machine.boot_id {
+            a.staged = Version::parse(&p.version).ok();
+            a.status.new_version = Some(p.version.clone());
+            a.status.state = State::Staged { version: p.version };
+        }
+    }
+    Ok((a, rec))
+}
+
+fn disk_of(paths: &Paths, rec: &BootRecord) -> PathBuf {
+    paths
+        .disk
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(&rec.disk))
+}
+
+/// `keel-update check`: one check now, applying what the channel offers.
+pub fn check(paths: &Paths, dry_run: bool) -> Result<Outcome> {
+    let settings = config::load(&paths.config)?;
+    let base = settings
+        .base_url
+        .clone()
+        .ok_or_else(|| anyhow!("no release server configured (base_url in /etc/keel/update.d/*.toml, or SERVER= in /etc/flatcar/update.conf)"))?;
+    let mut src = source::for_url(&base, paths.timeouts);
+    run_once(paths, settings, src.as_mut(), dry_run)
+}
+
+/// `keel-update apply PATH`: the same from a release tree directory.
+pub fn apply(paths: &Paths, tree: &Path, channel: Option<&str>) -> Result<Outcome> {
+    let mut settings = config::load(&paths.config)?;
+    if let Some(c) = channel {
+        settings.channel = c.to_string();
+    }
+    if !tree
+        .join(&settings.channel)
+        .join(keel_release::CHANNEL_FILE)
+        .is_file()
+    {
+        bail!(
+            "{}: no {}/{} (a release tree has one directory per channel; --channel picks another)",
+            tree.display(),
+            settings.channel,
+            keel_release::CHANNEL_FILE
+        );
+    }
+    settings.base_url = Some(format!("file://{}", tree.display()));
+    let mut src = Dir::new(tree);
+    run_once(paths, settings, &mut src, false)
+}
+
+fn run_once(
+    paths: &Paths,
+    settings: Settings,
+    src: &mut dyn Source,
+    dry_run: bool,
+) -> Result<Outcome> {
+    let _lock = lock(paths)?;
+    let (mut a, rec) = agent(paths, settings)?;
+    let mut slots = GptSlots::open(&disk_of(paths, &rec))?;
+    let mut esp = installer(paths);
+    let mut fx = Publisher {
+        paths,
+        daemon: false,
+        tty: std::io::stderr().is_terminal(),
+        last_line: None,
+    };
+    let out = a.check(src, &mut slots, esp.as_mut(), &mut fx, dry_run);
+    if fx.tty {
+        eprintln!();
+    }
+    let out = out?;
+    if let Outcome::NoUpdate = out {
+        if let Some(v) = &a.status.new_version {
+            if dry_run {
+                eprintln!("{v} is available (dry run: nothing written)");
+            }
+        }
+        eprintln!("no update: {}", a.status.why_no_update);
+    }
+    Ok(out)
+}
+
+/// `keel-update status`: the daemon's status file, or what can be said
+/// without the daemon.
+pub fn status(paths: &Paths) -> Status {
+    if let Some(s) = Status::load(&paths.status_file) {
+        return s;
+    }
+    let settings = config::load(&paths.config);
+    let (channel, server, why) = match &settings {
+        Ok(s) => (
+            s.channel.clone(),
+            s.base_url.clone(),
+            "the keel-update daemon has not written a status (is keel-update.service running?)"
+                .to_string(),
+        ),
+        Err(e) => (
+            config::DEFAULT_CHANNEL.into(),
+            None,
+            format!("the configuration is invalid ({e})"),
+        ),
+    };
+    let current = std::fs::read_to_string(&paths.os_release)
+        .ok()
+        .and_then(|t| os_version(&t))
+        .unwrap_or_default();
+    let mut s = Status::new(&current, &channel, server.as_deref());
+    s.why_no_update = why;
+    let state = StateDir::new(&paths.state_dir);
+    s.blocked = state.blocked().unwrap_or_default();
+    if let Ok(Some(p)) = state.pending() {
+        if p.boot_id == boot_id() {
+            s.new_version = Some(p.version.clone());
+            s.state = State::Staged { version: p.version };
+        }
+    }
+    s
+}
+
+/// Judge the boot after a staging: blocked list and status.
+fn judge(a: &mut Agent, rec: &BootRecord) {
+    let pending = a.state.pending().ok().flatten();
+    let changed = pending
+        .as_ref()
+        .is_some_and(|p| p.boot_id != a.machine.boot_id);
+    let failed: Vec<(String, String)> = rec
+        .failed_slots
+        .iter()
+        .map(|f| (f.slot.to_string(), f.reason.clone()))
+        .collect();
+    let booted = a.machine.booted.to_string();
+    match machine::judge_boot(
+        pending.as_ref(),
+        changed,
+        Some(&booted),
+        a.machine.current.as_str(),
+        &failed,
+    ) {
+        BootOutcome::Nothing | BootOutcome::StillStaged => {}
+        BootOutcome::Updated => {
+            info!("now running {} (updated)", a.machine.current);
+            let _ = a.state.set_pending(None);
+        }
+        BootOutcome::RolledBack { version, why } => {
+            warn!("{version} did not boot: {why}; blocking it until a newer version appears");
+            let mut b = a.state.blocked().unwrap_or_default();
+            if !b.iter().any(|x| x.version == version) {
+                b.push(Blocked {
+                    version: version.clone(),
+                    why: why.clone(),
+                    at: now(),
+                });
+            }
+            if let Err(e) = a.state.set_blocked(&b) {
+                warn!("{e}");
+            }
+            let _ = a.state.set_pending(None);
+            a.status.blocked = b;
+            a.status.state = State::RolledBack { version, why };
+        }
+    }
+}
+
+/// The daemon: first check a few minutes after start, then every interval
+/// with jitter, backing off on errors; the configuration is re-read before
+/// every check and a bad one keeps the last good settings.
+pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
+    let (settings, mut config_error) = match config::load(&paths.config) {
+        Ok(s) => (s, None),
+        Err(e) => {
+            warn!("{e}; not checking until the configuration is fixed");
+            (
+                Settings {
+                    enabled: false,
+                    ..Settings::default()
+                },
+                Some(e.to_string()),
+            )
+        }
+    };
+    let mut fx = Publisher {
+        paths,
+        daemon: true,
+        tty: false,
+        last_line: None,
+    };
+    // Without the machine's facts (boot record, version, keys) there is
+    // nothing to check against; say so and retry rather than fail the unit
+    // (a failed keel-* unit would keep the boot from being marked good).
+    let (mut a, rec) = loop {
+        match agent(paths, settings.clone()) {
+            Ok(x) => break x,
+            Err(e) => {
+                warn!("{e:#}; retrying in 60 s");
+                let mut s = Status::new("", &settings.channel, settings.base_url.as_deref());
+                s.last_error = Some(format!("{e:#}"));
+                s.state = State::Error {
+                    message: format!("{e:#}"),
+                };
+                s.why_no_update = format!("the agent cannot start: {e:#}");
+                fx.publish(&s);
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                std::thread::sleep(Duration::from_secs(60));
+            }
+        }
+    };
+    a.config_error = config_error.clone();
+    judge(&mut a, &rec);
+    let mut sched = Schedule::new(a.settings.interval);
+    let mut wait = first_delay.unwrap_or_else(|| sched.first(fastrand::f64()));
+    a.status.next_check = Some(now() + wait.as_secs());
+    let st = a.status.state.clone();
+    a.set_state(st, &mut fx);
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    loop {
+        std::thread::sleep(wait);
+        match config::load(&paths.config) {
+            Ok(s) => {
+                if s != a.settings {
+                    info!("configuration changed: {:?}", s.files);
+                }
+                if s.interval != a.settings.interval {
+                    sched.interval = s.interval;
+                }
+                a.settings = s;
+                config_error = None;
+            }
+            Err(e) => {
+                warn!("{e}; keeping the last good configuration");
+                config_error = Some(e.to_string());
+            }
+        }
+        a.config_error = config_error.clone();
+        let base = match (&a.settings.base_url, a.settings.enabled) {
+            (Some(b), true) => b.clone(),
+            _ => {
+                let st = a.status.state.clone();
+                a.set_state(st, &mut fx);
+                wait = sched.after_success(fastrand::f64());
+                continue;
+            }
+        };
+        let result = (|| -> Result<Outcome> {
+            let _lock = lock(paths)?;
+            let mut src = source::for_url(&base, paths.timeouts);
+            let mut slots = GptSlots::open(&disk_of(paths, &rec))?;
+            let mut esp = installer(paths);
+            Ok(a.check(src.as_mut(), &mut slots, esp.as_mut(), &mut fx, false)?)
+        })();
+        wait = match &result {
+            Ok(_) => sched.after_success(fastrand::f64()),
+            Err(e) => {
+                warn!("update check failed: {e:#}");
+                if !matches!(a.status.state, State::Error { .. }) {
+                    a.status.last_error = Some(format!("{e:#}"));
+                    a.set_state(
+                        State::Error {
+                            message: format!("{e:#}"),
+                        },
+                        &mut fx,
+                    );
+                }
+                sched.after_error(fastrand::f64())
+            }
+        };
+        a.status.next_check = Some(now() + wait.as_secs());
+        if let Ok(Outcome::Staged(v)) = &result {
+            info!("{v} staged in USR-{}", a.machine.booted.other());
+            if machine::reboot_now(a.settings.strategy) {
+                a.set_state(State::Rebooting { version: v.clone() }, &mut fx);
+                let st = std::process::Command::new("systemctl")
+                    .arg("reboot")
+                    .status();
+                match st {
+                    Ok(s) if s.success() => {}
+                    other => warn!("systemctl reboot: {other:?}"),
+                }
+            }
+        }
+        let st = a.status.state.clone();
+        a.set_state(st, &mut fx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_from_os_release() {
+        assert_eq!(
+            os_version("NAME=Keel\nVERSION_ID=0.1.0\nIMAGE_VERSION=\"0.1.2\"\n").as_deref(),
+            Some("0.1.2")
+        );
+        assert_eq!(os_version("VERSION_ID='3'\n").as_deref(), Some("3"));
+        assert_eq!(os_version("NAME=x\n"), None);
+        assert_eq!(os_version("VERSION_ID=\n"), None);
+    }
+}

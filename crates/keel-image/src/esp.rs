@@ -19,6 +19,9 @@
 //! other slot in the same boot. keel-init chooses the slot by the GPT
 //! attributes either way; the entry only decides which kernel runs.
 
+use keel_contract::cmdline::usrhash_arg;
+use keel_contract::Slot;
+
 /// systemd-boot as shipped by Debian's `systemd-boot-efi` on the build host.
 pub const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
@@ -45,7 +48,7 @@ pub struct Entry<'a> {
     /// The image's kernel command line, without root hashes.
     pub cmdline: &'a str,
     /// `(slot, verity root hash)` for every slot the entry may mount.
-    pub root_hashes: &'a [(char, &'a str)],
+    pub root_hashes: &'a [(Slot, &'a str)],
 }
 
 impl Entry<'_> {
@@ -73,7 +76,8 @@ impl Entry<'_> {
     pub fn options(&self) -> String {
         let mut o = self.cmdline.trim().to_string();
         for (slot, hash) in self.root_hashes {
-            o.push_str(&format!(" keel.usrhash.{slot}={hash}"));
+            o.push(' ');
+            o.push_str(&usrhash_arg(*slot, hash));
         }
         o
     }
@@ -113,7 +117,7 @@ mod tests {
             os_name: "Keel",
             version: "0.2.0",
             cmdline: "console=ttyS0 ",
-            root_hashes: &[('a', "aa11"), ('b', "bb22")],
+            root_hashes: &[(Slot::A, "aa11"), (Slot::B, "bb22")],
         };
         assert_eq!(
             e.render(),

@@ -26,6 +26,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use keel_contract::cmdline::usrhash_arg;
+use keel_contract::Slot;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -752,7 +754,7 @@ impl Build {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir)?;
         // The same skeleton keel-init ensures on every boot.
-        keel_init::boot::prepare_root(&dir)?;
+        keel_contract::root::prepare(&dir)?;
         // ROOT grows online at first boot and gets a new UUID while
         // mounted: 4 KiB blocks whatever root_mib is (mke2fs's "small"
         // type would pick 1 KiB), and metadata_csum_seed so the kernel can
@@ -783,7 +785,7 @@ impl Build {
             os_name: "Keel",
             version: &self.cfg.os_version,
             cmdline: &self.cfg.kernel.cmdline,
-            root_hashes: &[('a', &self.root_hash)],
+            root_hashes: &[(Slot::A, &self.root_hash)],
         };
         write_file(
             &loader.join("loader.conf"),
@@ -916,8 +918,9 @@ impl Build {
             raw: format!("{}.img", self.cfg.name),
             qcow2: format!("{}.qcow2", self.cfg.name),
             cmdline: format!(
-                "{} keel.usrhash.a={}",
-                self.cfg.kernel.cmdline, self.root_hash
+                "{} {}",
+                self.cfg.kernel.cmdline,
+                usrhash_arg(Slot::A, &self.root_hash)
             ),
             usr_root_hash: self.root_hash.clone(),
             dev_ssh_key: self

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use keel_contract::cmdline::usrhash_arg;
-use keel_contract::Slot;
+use keel_contract::{paths, Slot};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -427,7 +427,7 @@ impl Build {
         for f in ["machine-id", "hostname", "resolv.conf", "os-release"] {
             let _ = fs::remove_file(etc.join(f));
         }
-        symlink("../run/keel/resolv.conf", etc.join("resolv.conf"))?;
+        symlink(format!("..{}", paths::RESOLV_CONF), etc.join("resolv.conf"))?;
         symlink("../usr/lib/os-release", etc.join("os-release"))?;
         let _ = fs::remove_file(usr.join("lib/os-release"));
         write_file(
@@ -514,7 +514,7 @@ impl Build {
             // Files under overlay/share/keel/factory/etc land in the factory /etc
             // after the move below; copy into the tree's /etc for now.
             copy_tree(&overlay, &usr)?;
-            let fetc = usr.join("share/keel/factory/etc");
+            let fetc = paths::under(&t, paths::FACTORY_ETC);
             if fetc.exists() {
                 copy_tree(&fetc, &etc)?;
                 fs::remove_dir_all(&fetc)?;

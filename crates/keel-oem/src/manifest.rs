@@ -31,7 +31,7 @@ use toml::Spanned;
 /// The only manifest version this runner understands.
 pub const MANIFEST_VERSION: i64 = 1;
 /// Where the OEM partition is mounted; hook commands must live below it.
-pub const OEM_MOUNT: &str = "/oem";
+pub const OEM_MOUNT: &str = keel_contract::paths::OEM_DIR;
 /// Longest timeout a hook may ask for, in seconds (one hour).
 pub const MAX_TIMEOUT_SECS: i64 = 3600;
 /// Environment names the runner sets itself; a hook cannot override them.

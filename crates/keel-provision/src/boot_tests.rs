@@ -353,6 +353,32 @@ fn run_once_and_forced_rerun() {
     );
 }
 
+/// The command line keel-init reads as "redo first boot" is the one
+/// provisioning reads so too: a bare `keel.first_boot` re-applies, and a
+/// bad value is an error, not a silent "already provisioned".
+#[test]
+fn bare_first_boot_reapplies_and_a_bad_value_is_named() {
+    let env = env();
+    fw_cfg(&env, "opt/keel/config", "#cloud-config\nhostname: one\n");
+    let sys = Recording::default();
+    assert!(matches!(
+        first_boot(&env.fb, &sys).unwrap(),
+        Outcome::Applied(_)
+    ));
+    let mut bare = env.fb.clone();
+    bare.cmdline.push_str(" keel.first_boot");
+    assert!(matches!(
+        first_boot(&bare, &sys).unwrap(),
+        Outcome::Applied(_)
+    ));
+    let mut bad = env.fb.clone();
+    bad.cmdline.push_str(" keel.first_boot=maybe");
+    assert_eq!(
+        first_boot(&bad, &sys).unwrap_err().to_string(),
+        "kernel command line: keel.first_boot=\"maybe\" is not 0 or 1"
+    );
+}
+
 #[test]
 fn cidata_drive_cloud_config() {
     let env = env();

@@ -273,8 +273,9 @@ mod tests {
         }
     }
 
-    /// The record keel-init wrote before this crate existed (a fallback
-    /// boot after first boot grew ROOT), byte for byte as it was written.
+    /// A record in the form keel-init wrote before this crate existed (its
+    /// field order and pretty printing; a fallback boot after first boot
+    /// grew ROOT).
     #[test]
     fn reads_the_records_keel_init_has_written() {
         let text = br#"{

@@ -21,6 +21,7 @@
 //! behind a small trait with a real and a fake side.
 
 pub mod agent;
+pub mod bus;
 pub mod config;
 pub mod disk;
 pub mod esp;

@@ -24,7 +24,7 @@ commands:
 
 options (for tests and unusual layouts):
   --disk DEV  --boot-record FILE  --os-release FILE  --keys DIR  --state-dir DIR
-  --status-file FILE  --config-root DIR  --esp DIR  --no-esp  --lock FILE
+  --status-file FILE  --config-root DIR  --esp DIR  --no-esp  --no-bus  --lock FILE
   --read-timeout SECONDS  --save-every-chunk
 ";
 
@@ -59,6 +59,7 @@ fn parse(args: Vec<String>) -> Result<(Paths, Cmd), String> {
             "--json" => json = true,
             "--dry-run" => dry_run = true,
             "--no-esp" => p.use_esp = false,
+            "--no-bus" => p.use_bus = false,
             "--save-every-chunk" => p.save_every = Duration::ZERO,
             "--channel" => channel = Some(val("--channel")?),
             "--disk" => p.disk = Some(val("--disk")?.into()),

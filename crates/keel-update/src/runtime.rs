@@ -17,6 +17,7 @@ use nix::fcntl::{Flock, FlockArg};
 use tracing::{info, warn};
 
 use crate::agent::{Agent, Effects, Outcome};
+use crate::bus;
 use crate::config::{self, Settings, Sources};
 use crate::disk::GptSlots;
 use crate::esp::{self, BootInstaller, EspDir, NoEsp};
@@ -55,6 +56,8 @@ pub struct Paths {
     pub timeouts: Timeouts,
     /// Progress save interval.
     pub save_every: Duration,
+    /// Whether the daemon serves `org.keel.Update1`.
+    pub use_bus: bool,
 }
 
 impl Default for Paths {
@@ -73,6 +76,7 @@ impl Default for Paths {
             lock: "/run/keel/update.lock".into(),
             timeouts: Timeouts::default(),
             save_every: Duration::from_secs(1),
+            use_bus: true,
         }
     }
 }
@@ -164,6 +168,7 @@ struct Publisher<'a> {
     daemon: bool,
     tty: bool,
     last_line: Option<u64>,
+    bus: Option<(bus::Snapshot, bus::Conn)>,
 }
 
 impl Effects for Publisher<'_> {
@@ -180,6 +185,9 @@ impl Effects for Publisher<'_> {
         }
         if self.daemon {
             let _ = sd_notify::notify(&[sd_notify::NotifyState::Status(&s.one_line())]);
+        }
+        if let Some((snap, conn)) = &self.bus {
+            bus::publish(snap, conn, &s);
         }
         if !self.daemon && !matches!(s.state, State::Downloading { .. }) {
             if self.tty {
@@ -299,6 +307,7 @@ fn run_once(
         daemon: false,
         tty: std::io::stderr().is_terminal(),
         last_line: None,
+        bus: None,
     };
     let out = a.check(src, &mut slots, esp.as_mut(), &mut fx, dry_run);
     if fx.tty {
@@ -414,11 +423,18 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
             )
         }
     };
+    let snapshot: bus::Snapshot = Default::default();
+    let conn: bus::Conn = Default::default();
+    let (check_now, check_rx) = std::sync::mpsc::channel();
+    if paths.use_bus {
+        bus::spawn_server(snapshot.clone(), conn.clone(), check_now);
+    }
     let mut fx = Publisher {
         paths,
         daemon: true,
         tty: false,
         last_line: None,
+        bus: Some((snapshot, conn)),
     };
     // Without the machine's facts (boot record, version, keys) there is
     // nothing to check against; say so and retry rather than fail the unit
@@ -449,7 +465,12 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
     a.set_state(st, &mut fx);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
-        std::thread::sleep(wait);
+        // Sleep until the planned check, or until `Check()` on the bus.
+        match check_rx.recv_timeout(wait) {
+            Ok(()) => info!("check requested over D-Bus"),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
+        }
         match config::load(&paths.config) {
             Ok(s) => {
                 if s != a.settings {
@@ -509,7 +530,12 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
                     .status();
                 match st {
                     Ok(s) if s.success() => {}
-                    other => warn!("systemctl reboot: {other:?}"),
+                    other => {
+                        let msg = format!("{v} is staged, but systemctl reboot failed: {other:?}");
+                        warn!("{msg}");
+                        a.status.last_error = Some(msg);
+                        a.status.state = State::Staged { version: v.clone() };
+                    }
                 }
             }
         }

@@ -275,7 +275,10 @@ impl Host {
         std::fs::create_dir_all(&d).expect("mkdir");
         std::fs::write(
             d.join("10-test.toml"),
-            format!("base_url = \"{base_url}\"\nchannel = \"stable\"\n"),
+            // Never "immediate" here: the daemon would reboot the test host.
+            format!(
+                "base_url = \"{base_url}\"\nchannel = \"stable\"\n[reboot]\nstrategy = \"off\"\n"
+            ),
         )
         .expect("config");
     }
@@ -581,4 +584,182 @@ fn apply_from_a_directory_verifies_the_same_way() {
         .iter()
         .all(|b| *b == 0));
     assert_eq!(prio(&h.disk.dev, "USR-B").priority, 0);
+}
+
+/// A private dbus-daemon configured like Debian's system bus (default deny
+/// for method calls and names) plus the policy file the image ships.
+struct Bus {
+    addr: String,
+    _child: Guard,
+}
+
+impl Bus {
+    fn start(dir: &Path) -> Bus {
+        let policy = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../overlay/share/dbus-1/system.d/org.keel.Update1.conf"
+        );
+        let sock = dir.join("bus");
+        let conf = format!(
+            r#"<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-BUS Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>system</type>
+  <listen>unix:path={sock}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <deny own="*"/>
+    <deny send_type="method_call"/>
+    <allow send_type="signal"/>
+    <allow send_requested_reply="true" send_type="method_return"/>
+    <allow send_requested_reply="true" send_type="error"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+    <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Monitoring"/>
+  </policy>
+  <include>{policy}</include>
+</busconfig>
+"#,
+            sock = sock.display(),
+        );
+        std::fs::write(dir.join("bus.conf"), conf).expect("bus.conf");
+        let child = Command::new("dbus-daemon")
+            .arg(format!("--config-file={}", dir.join("bus.conf").display()))
+            .args(["--nofork", "--nopidfile"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dbus-daemon (Debian package dbus-daemon)");
+        let t = Instant::now();
+        while !sock.exists() {
+            assert!(t.elapsed() < Duration::from_secs(10), "no bus socket");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Bus {
+            addr: format!("unix:path={}", sock.display()),
+            _child: Guard(child),
+        }
+    }
+
+    /// `dbus-send` to org.keel.Update1, as root or as nobody.
+    fn send(&self, nobody: bool, method: &str) -> (bool, String) {
+        let mut c = if nobody {
+            let mut c = Command::new("setpriv");
+            c.args([
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "dbus-send",
+            ]);
+            c
+        } else {
+            Command::new("dbus-send")
+        };
+        c.arg(format!("--bus={}", self.addr)).args([
+            "--print-reply",
+            "--dest=org.keel.Update1",
+            "/org/keel/Update1",
+            &format!("org.keel.Update1.{method}"),
+        ]);
+        let out = run_bounded(&mut c, 20);
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    }
+}
+
+/// The daemon serves GetStatus to anyone and Check to root only, and a
+/// Check over the bus stages the update with StatusChanged signals on the
+/// way.
+#[test]
+fn daemon_serves_status_and_check_over_dbus() {
+    assert!(is_root(), "privileged tests run as root");
+    let h = Host::new();
+    // The bus socket must be reachable for `nobody`.
+    std::fs::set_permissions(
+        h.dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let ng = Nginx::start(h.dir.path(), &h.p("tree"), "");
+    h.configure(&ng.url());
+    let bus = Bus::start(h.dir.path());
+    let monitor = Guard(
+        // Line-buffered: the monitor is killed, not asked to flush.
+        Command::new("stdbuf")
+            .args(["-oL", "dbus-monitor"])
+            .args(["--address", &bus.addr])
+            .arg("type='signal',interface='org.keel.Update1'")
+            .stdout(std::fs::File::create(h.p("monitor.log")).expect("monitor log"))
+            .stderr(std::fs::File::create(h.p("monitor.err")).expect("monitor err"))
+            .spawn()
+            .expect("dbus-monitor"),
+    );
+    let _daemon = Guard(
+        h.cmd(&["daemon", "--first-check", "3600"])
+            .env("DBUS_SYSTEM_BUS_ADDRESS", &bus.addr)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(h.p("daemon.log")).expect("log"))
+            .spawn()
+            .expect("daemon"),
+    );
+    let t = Instant::now();
+    let status = loop {
+        let (ok, out) = bus.send(true, "GetStatus");
+        if ok && out.contains("current_version") {
+            break out;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "GetStatus never answered: {out}\n{}",
+            std::fs::read_to_string(h.p("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(
+        status.contains(r#"\"current_version\":\"0.1.0\""#)
+            || status.contains(r#""current_version":"0.1.0""#),
+        "{status}"
+    );
+    let (ok, out) = bus.send(true, "Check");
+    assert!(
+        !ok && out.contains("AccessDenied"),
+        "nobody may not Check: {out}"
+    );
+    let (ok, out) = bus.send(false, "Check");
+    assert!(ok, "root may Check: {out}");
+    let t = Instant::now();
+    loop {
+        let (_, out) = bus.send(true, "GetStatus");
+        if out.contains(r#""state":"staged""#) {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(60),
+            "not staged: {out}\n{}",
+            std::fs::read_to_string(h.p("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    h.assert_slot_b_holds_the_release();
+    std::thread::sleep(Duration::from_millis(300));
+    drop(monitor);
+    let log = std::fs::read_to_string(h.p("monitor.log")).unwrap_or_default();
+    assert!(
+        log.contains("member=StatusChanged"),
+        "{log}{}",
+        std::fs::read_to_string(h.p("monitor.err")).unwrap_or_default()
+    );
+    assert!(log.contains(r#""state":"downloading""#), "{log}");
+    assert!(log.contains(r#""state":"staged""#), "{log}");
 }

@@ -780,18 +780,18 @@ impl Build {
         let loader = self.work.join("loader");
         let _ = fs::remove_dir_all(&loader);
         fs::create_dir_all(&loader)?;
+        // Slot A is the image's proven slot: no boot counter. USR-B's
+        // directory exists empty; an update writes its files and a
+        // counting entry (keel_release::esp).
         let entry = esp::Entry {
-            slot: 'a',
+            slot: Slot::A,
             os_name: "Keel",
             version: &self.cfg.os_version,
             cmdline: &self.cfg.kernel.cmdline,
             root_hashes: &[(Slot::A, &self.root_hash)],
         };
-        write_file(
-            &loader.join("loader.conf"),
-            &esp::loader_conf(&entry),
-            0o644,
-        )?;
+        let name = esp::EntryName::proven(Slot::A);
+        write_file(&loader.join("loader.conf"), &esp::loader_conf(), 0o644)?;
         write_file(&loader.join("entry.conf"), &entry.render(), 0o644)?;
         for dir in esp::DIRS {
             run(Command::new("mmd").args(["-i", &i, &format!("::/{dir}")]))?;
@@ -803,13 +803,17 @@ impl Build {
                 .arg(format!("::/{to}")))
             .map(drop)
         };
-        copy(&self.opts.out.join("vmlinuz"), &entry.kernel_path())?;
-        copy(&self.opts.out.join("initramfs.img"), &entry.initrd_path())?;
-        copy(&loader.join("loader.conf"), "loader/loader.conf")?;
-        copy(&loader.join("entry.conf"), &entry.file_path())?;
+        copy(&self.opts.out.join("vmlinuz"), &esp::kernel_path(Slot::A))?;
+        copy(
+            &self.opts.out.join("initramfs.img"),
+            &esp::initrd_path(Slot::A),
+        )?;
+        copy(&loader.join("loader.conf"), esp::LOADER_CONF)?;
+        copy(&loader.join("entry.conf"), &name.path())?;
         let boot = Path::new(esp::SYSTEMD_BOOT);
-        copy(boot, "EFI/BOOT/BOOTX64.EFI")?;
-        copy(boot, "EFI/systemd/systemd-bootx64.efi")?;
+        for p in esp::SYSTEMD_BOOT_PATHS {
+            copy(boot, p)?;
+        }
         Ok(())
     }
 

@@ -9,6 +9,8 @@
 //!   comment binding a signature to document kind, channel, arch, version;
 //! - [`chunk`]: verifying and decoding one chunk (compressed hash → bounded
 //!   pure-Rust zstd decode → hash), and a whole artifact as a stream;
+//! - [`esp`]: the EFI system partition layout (per-slot kernel, initramfs
+//!   and loader entry with boot counting), shared by keel-image and the agent;
 //! - [`version`], [`time`], [`policy`]: versions, issue times, downgrade and
 //!   `min_version` decisions;
 //! - [`write`] (feature `write`, host only): chunking + libzstd compression
@@ -19,6 +21,7 @@
 
 pub mod chunk;
 pub mod doc;
+pub mod esp;
 pub mod policy;
 pub mod sign;
 pub mod time;

@@ -36,6 +36,8 @@ pub const LEGACY_FILES: [&str; 2] = ["/etc/coreos/update.conf", "/etc/flatcar/up
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(3600);
 /// Shortest interval accepted (a release server is not a status endpoint).
 pub const MIN_INTERVAL: Duration = Duration::from_secs(10);
+/// Default time an updated slot has to be marked good after its boot.
+pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(600);
 /// Default channel.
 pub const DEFAULT_CHANNEL: &str = "stable";
 
@@ -119,6 +121,14 @@ pub struct RebootFragment {
     pub strategy: Option<RebootStrategy>,
 }
 
+/// `[health]` of a drop-in.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFragment {
+    /// How long after boot an updated slot has to be marked good.
+    pub timeout: Option<IntervalText>,
+}
+
 /// One drop-in file as written: every key optional, no unknown keys.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -135,6 +145,8 @@ pub struct Fragment {
     pub allow_downgrade: Option<bool>,
     /// Reboot policy.
     pub reboot: Option<RebootFragment>,
+    /// The health gate of an updated slot.
+    pub health: Option<HealthFragment>,
 }
 
 /// A value with the file that set it (so validation can name it).
@@ -155,6 +167,7 @@ pub struct Merged {
     interval: Option<From<IntervalText>>,
     allow_downgrade: Option<From<bool>>,
     strategy: Option<From<RebootStrategy>>,
+    health_timeout: Option<From<IntervalText>>,
     /// Files read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -179,6 +192,9 @@ impl Merged {
         if let Some(r) = &f.reboot {
             set(&mut self.strategy, &r.strategy, path);
         }
+        if let Some(h) = &f.health {
+            set(&mut self.health_timeout, &h.timeout, path);
+        }
         self.files.push(path.to_path_buf());
     }
 
@@ -192,33 +208,12 @@ impl Merged {
             Some(c) => validate_channel(c)?,
             None => DEFAULT_CHANNEL.to_string(),
         };
-        let interval = match &self.interval {
-            Some(i) => {
-                let d = match &i.value {
-                    IntervalText::Seconds(s) => Duration::from_secs(*s),
-                    IntervalText::Text(t) => {
-                        parse_duration(t).map_err(|message| ConfigError::Invalid {
-                            path: i.path.clone(),
-                            key: "interval",
-                            message,
-                        })?
-                    }
-                };
-                if d < MIN_INTERVAL {
-                    return Err(ConfigError::Invalid {
-                        path: i.path.clone(),
-                        key: "interval",
-                        message: format!(
-                            "{}s is too short (at least {}s)",
-                            d.as_secs(),
-                            MIN_INTERVAL.as_secs()
-                        ),
-                    });
-                }
-                d
-            }
-            None => DEFAULT_INTERVAL,
-        };
+        let interval = duration_key(&self.interval, "interval", DEFAULT_INTERVAL)?;
+        let health_timeout = duration_key(
+            &self.health_timeout,
+            "health.timeout",
+            DEFAULT_HEALTH_TIMEOUT,
+        )?;
         Ok(Settings {
             base_url,
             channel,
@@ -229,9 +224,40 @@ impl Merged {
                 .strategy
                 .as_ref()
                 .map_or(RebootStrategy::Immediate, |s| s.value),
+            health_timeout,
             files: self.files.clone(),
         })
     }
+}
+
+fn duration_key(
+    v: &Option<From<IntervalText>>,
+    key: &'static str,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    let Some(i) = v else {
+        return Ok(default);
+    };
+    let d = match &i.value {
+        IntervalText::Seconds(s) => Duration::from_secs(*s),
+        IntervalText::Text(t) => parse_duration(t).map_err(|message| ConfigError::Invalid {
+            path: i.path.clone(),
+            key,
+            message,
+        })?,
+    };
+    if d < MIN_INTERVAL {
+        return Err(ConfigError::Invalid {
+            path: i.path.clone(),
+            key,
+            message: format!(
+                "{}s is too short (at least {}s)",
+                d.as_secs(),
+                MIN_INTERVAL.as_secs()
+            ),
+        });
+    }
+    Ok(d)
 }
 
 fn validate_url(b: &From<String>) -> Result<String, ConfigError> {
@@ -332,6 +358,10 @@ pub struct Settings {
     pub allow_downgrade: bool,
     /// Reboot policy.
     pub strategy: RebootStrategy,
+    /// How long after boot an updated slot has to be marked good before
+    /// the agent rolls back.
+    #[serde(serialize_with = "secs")]
+    pub health_timeout: Duration,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
 }
@@ -349,6 +379,7 @@ impl Default for Settings {
             interval: DEFAULT_INTERVAL,
             allow_downgrade: false,
             strategy: RebootStrategy::Immediate,
+            health_timeout: DEFAULT_HEALTH_TIMEOUT,
             files: Vec::new(),
         }
     }
@@ -585,6 +616,16 @@ mod tests {
         assert!(!s.allow_downgrade, "the shadowed vendor file is not read");
         assert_eq!(s.strategy, RebootStrategy::Off);
         assert_eq!(s.files.len(), 3, "{:?}", s.files);
+        assert_eq!(s.health_timeout, DEFAULT_HEALTH_TIMEOUT);
+        write(
+            r,
+            "run/keel/update.d/99-now.toml",
+            "[health]\ntimeout = \"90s\"\n",
+        );
+        assert_eq!(
+            load(&Sources::under(r)).expect("load").health_timeout,
+            Duration::from_secs(90)
+        );
     }
 
     #[test]

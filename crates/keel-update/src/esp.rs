@@ -118,7 +118,7 @@ pub fn derive_entry(template: Option<&str>, b: &SlotBoot<'_>) -> String {
 impl EspDir {
     fn write(&self, rel: &str, data: &[u8]) -> Result<(), EspError> {
         let path = self.root.join(rel);
-        keel_fs::write_atomic(&path, data).map_err(|source| EspError::Write { path, source })
+        keel_contract::write_atomic(&path, data).map_err(|source| EspError::Write { path, source })
     }
 
     fn template(&self, slot: Slot) -> Option<String> {

@@ -229,6 +229,10 @@ pub struct Pending {
     /// The boot it was staged in (`/proc/sys/kernel/random/boot_id`).
     #[serde(default)]
     pub boot_id: String,
+    /// Why the agent itself rolled the version back (set before the
+    /// rollback reboot, read by the next boot's judgement).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
 }
 
 /// What a start of the agent concludes from a pending record and the boot.
@@ -269,6 +273,7 @@ pub fn judge_boot(
         return BootOutcome::Updated;
     }
     let why = match failed.iter().find(|(s, _)| *s == p.slot) {
+        _ if p.why.is_some() => p.why.clone().unwrap_or_default(),
         Some((s, r)) => format!("USR-{s} failed at boot: {r}"),
         None => format!(
             "the machine booted USR-{} ({running_version}) instead of USR-{} (the new kernel or /usr did not come up, or its try was used up)",
@@ -279,6 +284,30 @@ pub fn judge_boot(
     BootOutcome::RolledBack {
         version: p.version.clone(),
         why,
+    }
+}
+
+/// An updated slot on trial: marked good in time, still waiting, or out of
+/// time (roll back).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trial {
+    /// The slot was marked good (GPT successful).
+    Proven,
+    /// Not yet; this long is left.
+    Waiting(Duration),
+    /// Not marked good within the timeout since boot.
+    Expired,
+}
+
+/// Judge a slot on trial: `successful` from its GPT attributes, `uptime`
+/// since this boot, `timeout` from `[health] timeout`.
+pub fn trial(successful: bool, uptime: Duration, timeout: Duration) -> Trial {
+    if successful {
+        Trial::Proven
+    } else if uptime >= timeout {
+        Trial::Expired
+    } else {
+        Trial::Waiting(timeout - uptime)
     }
 }
 
@@ -438,6 +467,7 @@ mod tests {
             from_version: "0.1.0".into(),
             at: 5,
             boot_id: "b1".into(),
+            why: None,
         }
     }
 
@@ -473,6 +503,27 @@ mod tests {
             }
             o => panic!("{o:?}"),
         }
+    }
+
+    #[test]
+    fn trial_of_an_updated_slot() {
+        let t = Duration::from_secs(600);
+        assert_eq!(trial(true, Duration::from_secs(5000), t), Trial::Proven);
+        assert_eq!(
+            trial(false, Duration::from_secs(100), t),
+            Trial::Waiting(Duration::from_secs(500))
+        );
+        assert_eq!(trial(false, Duration::from_secs(600), t), Trial::Expired);
+        // The agent's own reason wins over a generic one.
+        let mut p = pending();
+        p.why = Some("0.2.0 was not marked good within 600 s".into());
+        assert_eq!(
+            judge_boot(Some(&p), true, Some("A"), "0.1.0", &[]),
+            BootOutcome::RolledBack {
+                version: "0.2.0".into(),
+                why: "0.2.0 was not marked good within 600 s".into()
+            }
+        );
     }
 
     #[test]

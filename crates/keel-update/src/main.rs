@@ -25,7 +25,7 @@ commands:
 options (for tests and unusual layouts):
   --disk DEV  --boot-record FILE  --os-release FILE  --keys DIR  --state-dir DIR
   --status-file FILE  --config-root DIR  --esp DIR  --no-esp  --no-bus  --lock FILE
-  --read-timeout SECONDS  --save-every-chunk
+  --read-timeout SECONDS  --save-every-chunk  --reboot-command 'PROG ARGS'
 ";
 
 enum Cmd {
@@ -70,6 +70,12 @@ fn parse(args: Vec<String>) -> Result<(Paths, Cmd), String> {
             "--status-file" => p.status_file = val("--status-file")?.into(),
             "--esp" => p.esp = Some(val("--esp")?.into()),
             "--lock" => p.lock = val("--lock")?.into(),
+            "--reboot-command" => {
+                p.reboot_cmd = val("--reboot-command")?
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            }
             "--config-root" => p.config = Sources::under(&PathBuf::from(val("--config-root")?)),
             "--read-timeout" => {
                 let v = val("--read-timeout")?;

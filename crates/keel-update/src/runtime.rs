@@ -19,9 +19,9 @@ use tracing::{info, warn};
 use crate::agent::{Agent, Effects, Outcome};
 use crate::bus;
 use crate::config::{self, Settings, Sources};
-use crate::disk::GptSlots;
+use crate::disk::{GptSlots, SlotDisk};
 use crate::esp::{self, BootInstaller, EspDir, NoEsp};
-use crate::machine::{self, Blocked, BootOutcome, Schedule, State};
+use crate::machine::{self, Blocked, BootOutcome, Pending, Schedule, State};
 use crate::source::{self, Dir, Source, Timeouts};
 use crate::status::{self, Status};
 use crate::update::{Machine, StateDir};
@@ -58,6 +58,8 @@ pub struct Paths {
     pub save_every: Duration,
     /// Whether the daemon serves `org.keel.Update1`.
     pub use_bus: bool,
+    /// How to reboot (`systemctl reboot`).
+    pub reboot_cmd: Vec<String>,
 }
 
 impl Default for Paths {
@@ -77,6 +79,7 @@ impl Default for Paths {
             timeouts: Timeouts::default(),
             save_every: Duration::from_secs(1),
             use_bus: true,
+            reboot_cmd: vec!["systemctl".into(), "reboot".into()],
         }
     }
 }
@@ -179,7 +182,7 @@ impl Effects for Publisher<'_> {
             warn!("writing {}: {e}", self.paths.status_file.display());
         }
         if matches!(s.state, State::Staged { .. }) {
-            if let Err(e) = keel_fs::write_atomic(&self.paths.reboot_required, b"") {
+            if let Err(e) = keel_contract::write_atomic(&self.paths.reboot_required, b"") {
                 warn!("writing {}: {e}", self.paths.reboot_required.display());
             }
         }
@@ -300,7 +303,22 @@ fn run_once(
 ) -> Result<Outcome> {
     let _lock = lock(paths)?;
     let (mut a, rec) = agent(paths, settings)?;
-    let mut slots = GptSlots::open(&disk_of(paths, &rec))?;
+    let disk = disk_of(paths, &rec);
+    // Settle what the last staging led to; never overwrite the fallback of
+    // a slot still on trial.
+    if let Some(p) = judge(&mut a, &rec) {
+        if slot_state(&disk, a.machine.booted)?.successful {
+            a.state.set_pending(None)?;
+        } else {
+            bail!(
+                "{} in USR-{} is on trial until it is marked good; USR-{} is its fallback and is not overwritten until then",
+                p.version,
+                a.machine.booted,
+                a.machine.booted.other()
+            );
+        }
+    }
+    let mut slots = GptSlots::open(&disk)?;
     let mut esp = installer(paths);
     let mut fx = Publisher {
         paths,
@@ -363,7 +381,9 @@ pub fn status(paths: &Paths) -> Status {
 }
 
 /// Judge the boot after a staging: blocked list and status.
-fn judge(a: &mut Agent, rec: &BootRecord) {
+/// Returns the pending record when this boot runs the updated slot for
+/// the first time(s) and it is on trial.
+fn judge(a: &mut Agent, rec: &BootRecord) -> Option<Pending> {
     let pending = a.state.pending().ok().flatten();
     let changed = pending
         .as_ref()
@@ -381,10 +401,13 @@ fn judge(a: &mut Agent, rec: &BootRecord) {
         a.machine.current.as_str(),
         &failed,
     ) {
-        BootOutcome::Nothing | BootOutcome::StillStaged => {}
+        BootOutcome::Nothing | BootOutcome::StillStaged => None,
         BootOutcome::Updated => {
-            info!("now running {} (updated)", a.machine.current);
-            let _ = a.state.set_pending(None);
+            info!(
+                "now running {} (updated); on trial until marked good",
+                a.machine.current
+            );
+            pending
         }
         BootOutcome::RolledBack { version, why } => {
             warn!("{version} did not boot: {why}; blocking it until a newer version appears");
@@ -402,6 +425,138 @@ fn judge(a: &mut Agent, rec: &BootRecord) {
             let _ = a.state.set_pending(None);
             a.status.blocked = b;
             a.status.state = State::RolledBack { version, why };
+            None
+        }
+    }
+}
+
+/// Seconds since boot (CLOCK_BOOTTIME, as /proc/uptime counts it).
+fn uptime() -> Duration {
+    std::fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| t.split_whitespace().next()?.parse::<f64>().ok())
+        .map(Duration::from_secs_f64)
+        .unwrap_or_default()
+}
+
+fn slot_state(disk: &Path, slot: Slot) -> Result<keel_bootctl::slots::SlotState> {
+    let d = keel_bootctl::disk::Disk::open(disk, false)?;
+    let states = keel_bootctl::slots::slot_states(&d.read()?.gpt)
+        .map_err(|e| anyhow!("{e}"))
+        .with_context(|| format!("reading the slots on {}", disk.display()))?;
+    states
+        .into_iter()
+        .find(|s| s.slot == slot)
+        .ok_or_else(|| anyhow!("{}: no USR-{slot}", disk.display()))
+}
+
+fn reboot(paths: &Paths) -> Result<()> {
+    let (prog, args) = paths
+        .reboot_cmd
+        .split_first()
+        .ok_or_else(|| anyhow!("no reboot command"))?;
+    let st = std::process::Command::new(prog)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {prog}"))?;
+    if !st.success() {
+        bail!("{} failed: {st}", paths.reboot_cmd.join(" "));
+    }
+    Ok(())
+}
+
+/// The health gate: the updated slot runs; wait until it is marked good
+/// (keel-mark-successful after the boot checks) or until the timeout since
+/// boot, then roll back: make it unbootable, record why, reboot into the
+/// previous slot. No update checks meanwhile: the other slot is the
+/// fallback and must not be overwritten.
+fn trial_loop(a: &mut Agent, paths: &Paths, disk: &Path, mut p: Pending, fx: &mut dyn Effects) {
+    let booted = a.machine.booted;
+    loop {
+        let st = match slot_state(disk, booted) {
+            Ok(st) => st,
+            Err(e) => {
+                warn!("{e:#}; retrying");
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        let timeout = a.settings.health_timeout;
+        match machine::trial(st.successful, uptime(), timeout) {
+            machine::Trial::Proven => {
+                info!("{} is marked good: the update is complete", p.version);
+                let _ = a.state.set_pending(None);
+                a.set_state(State::Idle, fx);
+                return;
+            }
+            machine::Trial::Waiting(left) => {
+                a.set_state(State::Idle, fx);
+                a.status.why_no_update = format!(
+                    "{} is on trial: it must be marked good within {} s of boot ({} s left) or the machine goes back to {}",
+                    p.version,
+                    timeout.as_secs(),
+                    left.as_secs(),
+                    p.from_version
+                );
+                fx.publish(&a.status);
+                std::thread::sleep(left.min(Duration::from_secs(5)));
+            }
+            machine::Trial::Expired => {
+                let why = format!(
+                    "{} was not marked good within {} s of boot (a critical unit failed or the boot did not complete)",
+                    p.version,
+                    timeout.as_secs()
+                );
+                match slot_state(disk, booted.other()) {
+                    Ok(o) if o.bootable => {}
+                    other => {
+                        let msg = format!(
+                            "{why}; not rolling back: USR-{} cannot boot ({other:?})",
+                            booted.other()
+                        );
+                        warn!("{msg}");
+                        a.status.last_error = Some(msg.clone());
+                        a.set_state(State::Error { message: msg }, fx);
+                        let _ = a.state.set_pending(None);
+                        return;
+                    }
+                }
+                warn!(
+                    "{why}; rolling back to USR-{} ({})",
+                    booted.other(),
+                    p.from_version
+                );
+                p.why = Some(why.clone());
+                let r = a
+                    .state
+                    .set_pending(Some(&p))
+                    .map_err(anyhow::Error::from)
+                    .and_then(|()| {
+                        GptSlots::open(disk)
+                            .and_then(|mut g| g.disable(booted))
+                            .map_err(anyhow::Error::from)
+                    });
+                if let Err(e) = r {
+                    let msg = format!("{why}; rolling back failed: {e:#}");
+                    a.status.last_error = Some(msg.clone());
+                    a.set_state(State::Error { message: msg }, fx);
+                    return;
+                }
+                a.status.last_error = Some(why);
+                a.set_state(
+                    State::Rebooting {
+                        version: p.from_version.clone(),
+                    },
+                    fx,
+                );
+                if let Err(e) = reboot(paths) {
+                    let msg = format!("rolled back USR-{booted} but rebooting failed: {e:#}; reboot to return to {}", p.from_version);
+                    warn!("{msg}");
+                    a.status.last_error = Some(msg.clone());
+                    a.set_state(State::Error { message: msg }, fx);
+                }
+                return;
+            }
         }
     }
 }
@@ -457,7 +612,10 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
         }
     };
     a.config_error = config_error.clone();
-    judge(&mut a, &rec);
+    if let Some(p) = judge(&mut a, &rec) {
+        let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+        trial_loop(&mut a, paths, &disk_of(paths, &rec), p, &mut fx);
+    }
     let mut sched = Schedule::new(a.settings.interval);
     let mut wait = first_delay.unwrap_or_else(|| sched.first(fastrand::f64()));
     a.status.next_check = Some(now() + wait.as_secs());
@@ -525,13 +683,10 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
             info!("{v} staged in USR-{}", a.machine.booted.other());
             if machine::reboot_now(a.settings.strategy) {
                 a.set_state(State::Rebooting { version: v.clone() }, &mut fx);
-                let st = std::process::Command::new("systemctl")
-                    .arg("reboot")
-                    .status();
-                match st {
-                    Ok(s) if s.success() => {}
-                    other => {
-                        let msg = format!("{v} is staged, but systemctl reboot failed: {other:?}");
+                match reboot(paths) {
+                    Ok(()) => {}
+                    Err(other) => {
+                        let msg = format!("{v} is staged, but rebooting failed: {other:#}");
                         warn!("{msg}");
                         a.status.last_error = Some(msg);
                         a.status.state = State::Staged { version: v.clone() };

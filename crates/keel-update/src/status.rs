@@ -145,7 +145,7 @@ impl Status {
     pub fn store(&self, path: &Path) -> std::io::Result<()> {
         let mut data = serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?;
         data.push(b'\n');
-        keel_fs::write_atomic(path, &data)
+        keel_contract::write_atomic(path, &data)
     }
 
     /// Read a status file.

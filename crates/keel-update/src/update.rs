@@ -174,7 +174,7 @@ impl StateDir {
             message: e.to_string(),
         })?;
         data.push(b'\n');
-        keel_fs::write_atomic(&path, &data).map_err(|e| UpdateError::State {
+        keel_contract::write_atomic(&path, &data).map_err(|e| UpdateError::State {
             path,
             message: e.to_string(),
         })
@@ -576,6 +576,7 @@ pub fn stage(
         from_version: m.current.to_string(),
         at: now,
         boot_id: m.boot_id.clone(),
+        why: None,
     };
     state.set_pending(Some(&pending))?;
     state.remove("progress.json")?;

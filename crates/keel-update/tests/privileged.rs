@@ -763,3 +763,141 @@ fn daemon_serves_status_and_check_over_dbus() {
     assert!(log.contains(r#""state":"downloading""#), "{log}");
     assert!(log.contains(r#""state":"staged""#), "{log}");
 }
+
+/// Put the disk and host files in the state "the machine booted USR-B
+/// holding 0.2.0 after staging it from 0.1.0", B on trial (not successful).
+fn booted_into_b(h: &Host, b_successful: bool) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&h.disk.dev)
+        .expect("open loop");
+    let (mut g, _) = Gpt::read(&f, 512).expect("gpt");
+    let n = g.by_name("USR-B").expect("b").number;
+    let part = g.by_number_mut(n).expect("b");
+    part.attributes = Prio {
+        priority: 2,
+        tries: 0,
+        successful: b_successful,
+    }
+    .apply(part.attributes)
+    .expect("attr");
+    let mut f = f;
+    g.write(&mut f).expect("write gpt");
+    drop(f);
+    std::fs::write(
+        h.p("boot.json"),
+        format!(r#"{{"version":1,"slot":"B","disk":"{}"}}"#, h.disk.dev),
+    )
+    .expect("boot.json");
+    std::fs::write(h.p("os-release"), "NAME=Keel\nVERSION_ID=0.2.0\n").expect("os-release");
+    std::fs::create_dir_all(h.p("state")).expect("state");
+    std::fs::write(
+        h.p("state/pending.json"),
+        r#"{"version":"0.2.0","slot":"B","from_version":"0.1.0","at":1,"boot_id":"an-earlier-boot"}"#,
+    )
+    .expect("pending");
+}
+
+/// An updated slot not marked good within `[health] timeout` of boot is
+/// rolled back by the agent (made unbootable, reason recorded, reboot); a
+/// slot marked good completes the update. The test host has been up longer
+/// than the 10 s timeout, so the first case expires at once.
+#[test]
+fn an_updated_slot_not_marked_good_in_time_is_rolled_back() {
+    assert!(is_root(), "privileged tests run as root");
+    let h = Host::new();
+    h.configure("http://127.0.0.1:9");
+    let d = h.p("root/etc/keel/update.d");
+    std::fs::write(d.join("20-health.toml"), "[health]\ntimeout = \"10s\"\n").expect("health");
+    booted_into_b(&h, false);
+    let marker = h.p("rebooted");
+    let reboot = format!("touch {}", marker.display());
+    let daemon = Guard(
+        h.cmd(&[
+            "daemon",
+            "--no-bus",
+            "--first-check",
+            "3600",
+            "--reboot-command",
+            &reboot,
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(h.p("daemon.log")).expect("log"))
+        .spawn()
+        .expect("daemon"),
+    );
+    let t = Instant::now();
+    while !marker.exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "no rollback reboot: {}",
+            std::fs::read_to_string(h.p("daemon.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(daemon);
+    // USR-B can no longer boot; USR-A (proven) is next.
+    assert_eq!(prio(&h.disk.dev, "USR-B").priority, 0);
+    h.assert_slot_a_untouched();
+    let pending = std::fs::read_to_string(h.p("state/pending.json")).expect("pending kept");
+    assert!(
+        pending.contains("was not marked good within 10 s of boot"),
+        "{pending}"
+    );
+
+    // The next boot runs USR-A with 0.1.0: the version is blocked, and
+    // status says why.
+    std::fs::write(
+        h.p("boot.json"),
+        format!(r#"{{"version":1,"slot":"A","disk":"{}"}}"#, h.disk.dev),
+    )
+    .expect("boot.json");
+    std::fs::write(h.p("os-release"), "NAME=Keel\nVERSION_ID=0.1.0\n").expect("os-release");
+    let ng = Nginx::start(h.dir.path(), &h.p("tree"), "");
+    h.configure(&ng.url());
+    let out = run_bounded(&mut h.cmd(&["check"]), 60);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("0.2.0 is blocked on this machine (0.2.0 was not marked good within 10 s"),
+        "{err}"
+    );
+    assert!(ng.ranges("usr.erofs.zst").is_empty(), "nothing downloaded");
+    let out = run_bounded(&mut h.cmd(&["status"]), 10);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("BLOCKED_VERSIONS=0.2.0\n"), "{text}");
+
+    // A slot that was marked good completes the update: no reboot, pending
+    // cleared.
+    let h = Host::new();
+    h.configure("http://127.0.0.1:9");
+    booted_into_b(&h, true);
+    let marker = h.p("rebooted");
+    let reboot = format!("touch {}", marker.display());
+    let _daemon = Guard(
+        h.cmd(&[
+            "daemon",
+            "--no-bus",
+            "--first-check",
+            "3600",
+            "--reboot-command",
+            &reboot,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon"),
+    );
+    let t = Instant::now();
+    while h.p("state/pending.json").exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(20),
+            "pending never cleared"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!marker.exists(), "no reboot for a good slot");
+    assert_eq!(prio(&h.disk.dev, "USR-B").priority, 2);
+}

@@ -84,11 +84,21 @@ pub fn compress_artifact<R: Read, W: Write>(
         if lens.is_empty() {
             break;
         }
-        let results: Vec<std::io::Result<Vec<u8>>> = std::thread::scope(|s| {
+        // Each thread compresses and hashes its chunk; the whole-file hash
+        // stays sequential.
+        type Done = std::io::Result<(Vec<u8>, Sha256, Sha256)>;
+        let results: Vec<Done> = std::thread::scope(|s| {
             let handles: Vec<_> = bufs
                 .iter()
                 .zip(&lens)
-                .map(|(b, &n)| s.spawn(move || zstd::bulk::compress(&b[..n], level)))
+                .map(|(b, &n)| {
+                    s.spawn(move || {
+                        let data = &b[..n];
+                        let frame = zstd::bulk::compress(data, level)?;
+                        let (fh, dh) = (Sha256::of(&frame), Sha256::of(data));
+                        Ok((frame, fh, dh))
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -100,16 +110,16 @@ pub fn compress_artifact<R: Read, W: Write>(
                 .collect()
         });
         for ((b, &n), frame) in bufs.iter().zip(&lens).zip(results) {
-            let frame = frame.map_err(WriteError::Zstd)?;
+            let (frame, frame_hash, data_hash) = frame.map_err(WriteError::Zstd)?;
             let data = &b[..n];
             whole.update(data);
             output.write_all(&frame).map_err(WriteError::Write)?;
             chunks.push(Chunk {
                 offset,
                 length: frame.len() as u64,
-                compressed_sha256: Sha256::of(&frame),
+                compressed_sha256: frame_hash,
                 size: n as u64,
-                sha256: Sha256::of(data),
+                sha256: data_hash,
             });
             offset += frame.len() as u64;
             size += n as u64;

@@ -322,6 +322,7 @@ mod tests {
                 arch: std::env::consts::ARCH.into(),
                 keys,
                 boot_id: "boot1".into(),
+                root_hash: None,
             },
             StateDir {
                 path: t.path().join("state"),

@@ -141,6 +141,7 @@ pub fn machine(paths: &Paths) -> Result<(Machine, BootRecord)> {
             arch: std::env::consts::ARCH.into(),
             keys,
             boot_id: boot_id(),
+            root_hash: Some(rec.usr_root_hash.clone()).filter(|h| !h.is_empty()),
         },
         rec,
     ))
@@ -157,7 +158,10 @@ fn installer(paths: &Paths) -> Box<dyn BootInstaller> {
             .find(|d| esp::is_esp(d))
     });
     match dir {
-        Some(root) => Box::new(EspDir { root }),
+        Some(root) => Box::new(EspDir {
+            root,
+            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+        }),
         None => {
             warn!("no mounted ESP with loader entries (/boot, /efi): the new slot's kernel is not installed; a direct-kernel boot does not need it");
             Box::new(NoEsp)
@@ -535,6 +539,10 @@ fn trial_loop(a: &mut Agent, paths: &Paths, disk: &Path, mut p: Pending, fx: &mu
                         GptSlots::open(disk)
                             .and_then(|mut g| g.disable(booted))
                             .map_err(anyhow::Error::from)
+                    })
+                    .and_then(|()| {
+                        // The firmware path: the slot's entry gets no tries.
+                        installer(paths).demote(booted).map_err(anyhow::Error::from)
                     });
                 if let Err(e) = r {
                     let msg = format!("{why}; rolling back failed: {e:#}");

@@ -105,6 +105,8 @@ pub struct Machine {
     pub keys: TrustedKeys,
     /// This boot's id (recorded with a staged update).
     pub boot_id: String,
+    /// The running slot's verity root hash (for the new loader entry).
+    pub root_hash: Option<String>,
 }
 
 /// Resumable transfer state, `progress.json`: which chunks of which
@@ -562,14 +564,19 @@ pub fn stage(
     (job.report)(Step::Installing);
     let version = man.version.to_string();
     let root_hash = v.root_hash.to_string();
-    esp.install(&SlotBoot {
+    let boot = SlotBoot {
         slot,
         version: &version,
         root_hash: &root_hash,
+        other_root_hash: m.root_hash.as_deref(),
         kernel: &kernel,
         initramfs: &initramfs,
-    })?;
+    };
+    esp.install(&boot)?;
     job.disk.set_next(slot)?;
+    // The loader entry last (issue 15 §3): until here the firmware path
+    // boots what it booted before.
+    esp.activate(&boot)?;
     let pending = Pending {
         version,
         slot: slot.to_string(),

@@ -134,7 +134,7 @@ impl SlotDisk for MemDisk {
 }
 
 #[derive(Default)]
-struct MemEsp(Vec<(Slot, String, String, usize, usize)>);
+struct MemEsp(Vec<(Slot, String, String, usize, usize)>, Vec<Slot>);
 
 impl BootInstaller for MemEsp {
     fn install(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
@@ -145,6 +145,13 @@ impl BootInstaller for MemEsp {
             b.kernel.len(),
             b.initramfs.len(),
         ));
+        Ok(())
+    }
+    fn activate(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
+        self.1.push(b.slot);
+        Ok(())
+    }
+    fn demote(&mut self, _slot: Slot) -> Result<(), EspError> {
         Ok(())
     }
 }
@@ -179,6 +186,7 @@ fn world() -> World {
             arch: std::env::consts::ARCH.into(),
             keys,
             boot_id: "boot1".into(),
+            root_hash: None,
         },
         built,
     }

@@ -297,7 +297,12 @@ impl Host {
             .arg(self.p("state"))
             .arg("--config-root")
             .arg(self.p("root"))
-            .args(["--no-esp", "--save-every-chunk", "--read-timeout", "3"])
+            .args(["--save-every-chunk", "--read-timeout", "3"])
+            .args(if args.contains(&"--esp") {
+                &[][..]
+            } else {
+                &["--no-esp"][..]
+            })
             .args(args)
             .env_remove("http_proxy")
             .env_remove("https_proxy")
@@ -558,8 +563,21 @@ fn apply_from_a_directory_verifies_the_same_way() {
     let h = Host::new();
     h.configure("http://127.0.0.1:9");
     let tree_dir = h.p("tree");
+    // A mounted ESP as keel-image lays it out (slot A's entry only).
+    let esp = h.p("esp");
+    std::fs::create_dir_all(esp.join("loader/entries")).expect("esp");
+    std::fs::write(
+        esp.join("loader/entries/keel-usr-a.conf"),
+        "title Keel\nlinux /keel/a/vmlinuz\noptions console=ttyS0 keel.usr=a keel.usrhash.a=aa11\n",
+    )
+    .expect("entry a");
     let out = run_bounded(
-        &mut h.cmd(&["apply", tree_dir.to_str().expect("utf-8")]),
+        &mut h.cmd(&[
+            "--esp",
+            esp.to_str().expect("utf-8"),
+            "apply",
+            tree_dir.to_str().expect("utf-8"),
+        ]),
         120,
     );
     assert!(
@@ -568,6 +586,22 @@ fn apply_from_a_directory_verifies_the_same_way() {
         String::from_utf8_lossy(&out.stderr)
     );
     h.assert_slot_b_holds_the_release();
+    assert_eq!(
+        std::fs::read(esp.join("keel/b/vmlinuz")).expect("kernel"),
+        h.built.kernel
+    );
+    assert_eq!(
+        std::fs::read(esp.join("keel/b/initramfs.img")).expect("initramfs"),
+        h.built.initramfs
+    );
+    let entry =
+        std::fs::read_to_string(esp.join("loader/entries/keel-usr-b+1.conf")).expect("entry b");
+    let root = h.built.manifest.artifacts.usr_verity.root_hash.to_string();
+    assert!(
+        entry.contains(&format!("keel.usr=b keel.usrhash.b={root}")),
+        "{entry}"
+    );
+    assert!(esp.join("loader/entries/keel-usr-a.conf").exists());
 
     // A tampered manifest from a stick is refused, and nothing changes.
     let h = Host::new();

@@ -190,6 +190,9 @@ impl Agent {
                 }
                 Step::Verifying | Step::Installing => State::Verifying,
             };
+            if st == status.state {
+                return;
+            }
             status.state = st.clone();
             status.why_no_update = machine::why_no_update(
                 settings,

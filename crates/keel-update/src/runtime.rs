@@ -181,7 +181,7 @@ struct Publisher<'a> {
 impl Effects for Publisher<'_> {
     fn publish(&mut self, s: &Status) {
         let mut s = s.clone();
-        s.from_daemon = self.daemon;
+        s.source = if self.daemon { "daemon" } else { "cli" }.into();
         if let Err(e) = s.store(&self.paths.status_file) {
             warn!("writing {}: {e}", self.paths.status_file.display());
         }

@@ -43,9 +43,10 @@ pub struct Status {
     /// Versions refused after a rollback.
     #[serde(default)]
     pub blocked: Vec<Blocked>,
-    /// Whether a daemon wrote this (false: `status` computed it offline).
+    /// Who wrote it: `daemon`, `cli` (`check`/`apply`), or `offline`
+    /// (`status` computed it without either).
     #[serde(default)]
-    pub from_daemon: bool,
+    pub source: String,
 }
 
 impl Status {
@@ -63,7 +64,7 @@ impl Status {
             channel: channel.into(),
             server: server.map(str::to_string),
             blocked: vec![],
-            from_daemon: false,
+            source: "offline".into(),
         }
     }
 
@@ -132,10 +133,10 @@ impl Status {
         kv("BLOCKED_VERSIONS", &blocked.join(" "));
         kv(
             "SOURCE",
-            if self.from_daemon {
-                "daemon"
-            } else {
-                "offline (no keel-update daemon status in /run/keel/update.json)"
+            match self.source.as_str() {
+                "daemon" => "daemon",
+                "cli" => "cli (the last keel-update check or apply; no daemon status since)",
+                _ => "offline (no status from a keel-update daemon or command in /run/keel/update.json)",
             },
         );
         o
@@ -184,7 +185,7 @@ mod tests {
         s.new_version = Some("0.2.0".into());
         s.progress = 0.42;
         s.last_check = Some(86400);
-        s.from_daemon = true;
+        s.source = "daemon".into();
         let text = s.render();
         assert!(text.starts_with(
             "STATE=downloading\nCURRENT_OP=UPDATE_STATUS_DOWNLOADING\nCURRENT_VERSION=0.1.0\nNEW_VERSION=0.2.0\nPROGRESS=0.420000\nLAST_CHECKED_TIME=1970-01-02T00:00:00Z\n"

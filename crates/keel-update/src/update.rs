@@ -518,6 +518,10 @@ pub fn stage(
     job.write_artifact(r, slot, Target::Usr, usr, &mut prog)?;
     job.write_artifact(r, slot, Target::UsrVerity, tree, &mut prog)?;
 
+    // The kernel and initramfs are downloads too: fetched (and verified)
+    // before the slot is re-read, so progress ends before verifying.
+    let kernel = job.fetch_whole(r, "kernel", &a.kernel)?;
+    let initramfs = job.fetch_whole(r, "initramfs", &a.initramfs)?;
     (job.report)(Step::Verifying);
     job.disk.sync()?;
     for (t, art) in [(Target::Usr, usr), (Target::UsrVerity, tree)] {
@@ -559,8 +563,6 @@ pub fn stage(
         });
     }
 
-    let kernel = job.fetch_whole(r, "kernel", &a.kernel)?;
-    let initramfs = job.fetch_whole(r, "initramfs", &a.initramfs)?;
     (job.report)(Step::Installing);
     let version = man.version.to_string();
     let root_hash = v.root_hash.to_string();

@@ -287,6 +287,16 @@ pub fn release(opts: &ReleaseOptions) -> Result<ReleaseSummary> {
     } else {
         Some(artifact(&b.join(&img.raw), &tmp_dir, "disk.img.zst", opts)?)
     };
+    let top = {
+        use std::io::{Read, Seek};
+        let bs = u64::from(sb.hash_block_size);
+        let mut f = fs::File::open(&verity_p)?;
+        f.seek(std::io::SeekFrom::Start(bs))?;
+        let mut top = vec![0u8; bs as usize];
+        f.read_exact(&mut top)
+            .with_context(|| format!("reading the top hash block of {}", verity_p.display()))?;
+        top
+    };
     ensure!(
         sb.data_blocks * u64::from(sb.data_block_size) == usr_a.size,
         "verity superblock covers {} blocks of {} bytes, but {} is {} bytes",
@@ -330,6 +340,16 @@ pub fn release(opts: &ReleaseOptions) -> Result<ReleaseSummary> {
     manifest
         .validate()
         .context("the manifest this build would write")?;
+    // The hash tree must be the one whose root image.json names: a stale
+    // usr.verity would give every host an update that never verifies.
+    let v = &manifest.artifacts.usr_verity;
+    ensure!(
+        v.root_of(&top) == v.root_hash,
+        "{}: its root hash is {}, image.json says {}",
+        verity_p.display(),
+        v.root_of(&top),
+        v.root_hash
+    );
     let (mjson, msig) = key.sign_manifest(&manifest)?;
     let mfile = tmp_dir.join(keel_release::MANIFEST_FILE);
     keel_contract::atomic::write_atomic(&mfile, &mjson)
@@ -440,6 +460,7 @@ pub fn file_size(p: &Path) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256 as Hasher};
 
     /// A superblock as `veritysetup format` writes it (fields from
     /// cryptsetup's lib/verity/verity.c).
@@ -463,7 +484,14 @@ mod tests {
         let usr: Vec<u8> = (0..blocks * 4096).map(|i| (i * 31 % 251) as u8).collect();
         fs::write(dir.join("usr.erofs"), &usr).unwrap();
         let mut tree = superblock(blocks, &[0x5a; 32]);
+        tree.resize(4096, 0);
         tree.extend(std::iter::repeat_n(7u8, 8192));
+        let root = {
+            let mut h = Hasher::new();
+            h.update([0x5a; 32]);
+            h.update([7u8; 4096]);
+            hex::encode(h.finalize())
+        };
         fs::write(dir.join("usr.verity"), &tree).unwrap();
         fs::write(
             dir.join("vmlinuz"),
@@ -483,7 +511,7 @@ mod tests {
             raw: "keel.img".into(),
             qcow2: "keel.qcow2".into(),
             cmdline: "console=ttyS0".into(),
-            usr_root_hash: "ab".repeat(32),
+            usr_root_hash: root,
             dev_ssh_key: None,
             arch: "x86_64".into(),
             usr: Some("usr.erofs".into()),
@@ -584,6 +612,20 @@ mod tests {
             keel_release::Manifest::parse(&fs::read(cdir.join("1.0.0/manifest.json")).unwrap())
                 .unwrap();
         assert!(m1.artifacts.disk.is_none());
+    }
+
+    #[test]
+    fn refuses_a_tree_that_does_not_match_the_root_hash() {
+        let tmp = tempfile::tempdir().unwrap();
+        let build = tmp.path().to_path_buf();
+        let mut m = fake_build(&build, "1.0.0", &tmp.path().join("key"));
+        m.usr_root_hash = "ab".repeat(32);
+        fs::write(build.join("image.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        let e = format!(
+            "{:#}",
+            release(&ReleaseOptions::new(build, "stable")).unwrap_err()
+        );
+        assert!(e.contains("image.json says abab"), "{e}");
     }
 
     #[test]

@@ -325,6 +325,26 @@ pub struct VerityArtifact {
     pub data_blocks: u64,
 }
 
+impl VerityArtifact {
+    /// Where the top-level hash block sits in the tree file: right after
+    /// the superblock, which takes one hash block (cryptsetup writes the
+    /// levels top first).
+    pub fn top_block_range(&self) -> std::ops::Range<u64> {
+        let bs = u64::from(self.hash_block_size);
+        bs..2 * bs
+    }
+
+    /// The root hash of a tree whose top-level block is `top_block`
+    /// (format 1: SHA-256 of salt ‖ block); compare with [`Self::root_hash`].
+    pub fn root_of(&self, top_block: &[u8]) -> Sha256 {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(hex::decode(&self.salt).unwrap_or_default());
+        h.update(top_block);
+        Sha256(h.finalize().into())
+    }
+}
+
 /// Parse JSON, naming the failing field.
 fn from_json<'a, T: Deserialize<'a>>(doc: &'static str, bytes: &'a [u8]) -> Result<T, DocError> {
     if bytes.len() > MAX_DOCUMENT_BYTES {

@@ -52,15 +52,27 @@ pub fn pattern(len: usize, seed: u32) -> Vec<u8> {
         .collect()
 }
 
-fn artifact(dir: &Path, file: &str, data: &[u8]) -> keel_release::Artifact {
+fn artifact(dir: &Path, file: &str, data: &[u8], chunk: u64) -> keel_release::Artifact {
     let out = std::fs::File::create(dir.join(file)).expect("create artifact");
-    compress_artifact(file, data, out, CHUNK, 3, 1).expect("compress")
+    compress_artifact(file, data, out, chunk, 3, 1).expect("compress")
 }
 
 /// Write version `version` of `channel` under `base` (adding it to the
 /// channel's list), USR of `usr_len` bytes (a multiple of 4096), signed
 /// with `key`.
 pub fn build(base: &Path, channel: &str, version: &str, usr_len: usize, key: &SigningKey) -> Built {
+    build_with(base, channel, version, usr_len, CHUNK, key)
+}
+
+/// [`build`] with another chunk size (a benchmark uses keel-image's 4 MiB).
+pub fn build_with(
+    base: &Path,
+    channel: &str,
+    version: &str,
+    usr_len: usize,
+    chunk: u64,
+    key: &SigningKey,
+) -> Built {
     let seed = version.bytes().map(u32::from).sum::<u32>();
     let usr = pattern(usr_len, seed);
     // Superblock block, then the single top-level block.
@@ -87,11 +99,11 @@ pub fn build(base: &Path, channel: &str, version: &str, usr_len: usize, key: &Si
         issued: Timestamp::now(),
         min_version: None,
         kernel_release: "6.1.0-keel".into(),
-        chunk_size: CHUNK,
+        chunk_size: chunk,
         artifacts: Artifacts {
-            usr: artifact(&vdir, "usr.erofs.zst", &usr),
+            usr: artifact(&vdir, "usr.erofs.zst", &usr, chunk),
             usr_verity: VerityArtifact {
-                tree: artifact(&vdir, "usr.verity.zst", &tree),
+                tree: artifact(&vdir, "usr.verity.zst", &tree, chunk),
                 root_hash: root,
                 hash_algorithm: "sha256".into(),
                 salt: SALT.into(),
@@ -99,8 +111,8 @@ pub fn build(base: &Path, channel: &str, version: &str, usr_len: usize, key: &Si
                 hash_block_size: HBS as u32,
                 data_blocks: (usr_len / 4096) as u64,
             },
-            kernel: artifact(&vdir, "vmlinuz.zst", &kernel),
-            initramfs: artifact(&vdir, "initramfs.img.zst", &initramfs),
+            kernel: artifact(&vdir, "vmlinuz.zst", &kernel, chunk),
+            initramfs: artifact(&vdir, "initramfs.img.zst", &initramfs, chunk),
             disk: None,
         },
     };

@@ -13,6 +13,7 @@
 //! resumable from `progress.json`.
 
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use keel_bootctl::slots::Slot;
@@ -330,34 +331,87 @@ impl Job<'_> {
         };
         let cs = r.manifest.chunk_size;
         let rel = r.rel(a);
-        let mut buf = Vec::new();
         let mut last_save = Instant::now();
-        for (i, c) in a.chunks.iter().enumerate().skip(start) {
-            let bytes = self.src.get_range(&rel, c.offset, c.length)?;
-            // Verified here, before anything reaches the disk.
-            decode_chunk_into(name, i, c, &bytes, &mut buf)?;
-            self.disk.write_at(slot, t, i as u64 * cs, &buf)?;
-            let n = i + 1;
-            match t {
-                Target::Usr => prog.usr = n,
-                Target::UsrVerity => prog.usr_verity = n,
-            }
-            // The chunk is durable before progress says so. Once a second
-            // (and after the last chunk) is enough: a cut loses at most a
-            // second of transfer, and three fsyncs per 4 MiB chunk would
-            // cost throughput on slow disks.
-            if last_save.elapsed() >= self.state.save_every || n == a.chunks.len() {
-                self.disk.sync()?;
-                self.state.save("progress.json", prog)?;
-                last_save = Instant::now();
-            }
-            self.done += c.length;
-            (self.report)(Step::Download {
-                done: self.done,
-                total: self.total,
+        let chunks = &a.chunks;
+        // A small pipeline: this thread fetches and writes, a worker
+        // verifies and decodes, so the network, the CPU and the disk
+        // overlap. Chunks come back in order, and a chunk is written only
+        // after the worker verified it. At most two are in flight.
+        std::thread::scope(|scope| -> Result<(), UpdateError> {
+            let (in_tx, in_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(1);
+            let (out_tx, out_rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, ChunkError>)>(1);
+            scope.spawn(move || {
+                for (i, bytes) in in_rx {
+                    let mut buf = Vec::new();
+                    let r = decode_chunk_into(name, i, &chunks[i], &bytes, &mut buf).map(|()| buf);
+                    let failed = r.is_err();
+                    if out_tx.send((i, r)).is_err() || failed {
+                        break;
+                    }
+                }
             });
-        }
-        Ok(())
+            let mut todo = chunks.iter().enumerate().skip(start);
+            let mut in_flight = 0usize;
+            let mut fetch_err: Option<UpdateError> = None;
+            loop {
+                while in_flight < 2 && fetch_err.is_none() {
+                    let Some((i, c)) = todo.next() else { break };
+                    match self.src.get_range(&rel, c.offset, c.length) {
+                        Ok(bytes) => {
+                            if in_tx.send((i, bytes)).is_err() {
+                                break;
+                            }
+                            in_flight += 1;
+                        }
+                        // Write what is already verified, then fail.
+                        Err(e) => fetch_err = Some(e.into()),
+                    }
+                }
+                if in_flight == 0 {
+                    break;
+                }
+                let Ok((i, res)) = out_rx.recv() else { break };
+                in_flight -= 1;
+                // Verified (or refused) before anything reaches the disk.
+                let buf = res?;
+                let c = &chunks[i];
+                self.disk.write_at(slot, t, i as u64 * cs, &buf)?;
+                let n = i + 1;
+                match t {
+                    Target::Usr => prog.usr = n,
+                    Target::UsrVerity => prog.usr_verity = n,
+                }
+                // The chunk is durable before progress says so. Once a
+                // second (and after the last chunk) is enough: a cut loses
+                // at most a second of transfer, and three fsyncs per 4 MiB
+                // chunk would cost throughput on slow disks.
+                if last_save.elapsed() >= self.state.save_every
+                    || n == chunks.len()
+                    || fetch_err.is_some()
+                {
+                    self.disk.sync()?;
+                    self.state.save("progress.json", prog)?;
+                    last_save = Instant::now();
+                }
+                self.done += c.length;
+                (self.report)(Step::Download {
+                    done: self.done,
+                    total: self.total,
+                });
+            }
+            let written = match t {
+                Target::Usr => prog.usr,
+                Target::UsrVerity => prog.usr_verity,
+            };
+            match fetch_err {
+                Some(e) => Err(e),
+                None if written != chunks.len() => Err(UpdateError::Policy(format!(
+                    "{name}: the transfer stopped after chunk {written} of {} (the verifying thread ended)",
+                    chunks.len()
+                ))),
+                None => Ok(()),
+            }
+        })
     }
 
     /// Re-read `a` from the slot and compare chunk by chunk (so a mismatch

@@ -328,6 +328,7 @@ fn tampered_chunks_are_refused() {
     c3.compressed_sha256 = Sha256::of(&bomb);
     let e = decode_chunk("kernel", 1, &c3, &bomb).unwrap_err();
     assert!(matches!(e, ChunkError::Decode { .. }), "{e}");
+    #[cfg(not(feature = "decode-libzstd"))]
     assert!(e.to_string().contains("window"), "{e}");
 
     // a bomb within the window: 1 MiB of zeros declared as 64 KiB, cut at the limit
@@ -337,8 +338,11 @@ fn tampered_chunks_are_refused() {
     c3.compressed_sha256 = Sha256::of(&bomb);
     let mut out = Vec::new();
     let e = decode_chunk_into("kernel", 1, &c3, &bomb, &mut out).unwrap_err();
+    // ruzstd stops one byte past the limit; libzstd refuses the frame
+    // once the buffer of the declared size (+1) is full.
     assert!(
-        matches!(e, ChunkError::Size { got, want, .. } if got == want + 1),
+        matches!(e, ChunkError::Size { got, want, .. } if got == want + 1)
+            || (cfg!(feature = "decode-libzstd") && matches!(e, ChunkError::Decode { .. })),
         "{e}"
     );
     assert!(out.len() as u64 <= c3.size + 1);

@@ -325,7 +325,10 @@ fn environment_is_minimal_plus_keel_variables_and_metadata() {
         "version = 1\n{}",
         hook("env", "network", "environment = { VENDOR = \"acme\" }")
     ));
-    fs::write(t.path("boot.json"), r#"{"first_boot": true, "slot": "A"}"#).unwrap();
+    // Written through the contract type, as keel-init writes it.
+    let mut record = keel_contract::BootRecord::new(keel_contract::Slot::A, "/dev/vda");
+    record.first_boot = true;
+    record.store(&t.path("boot.json")).unwrap();
     fs::write(
         t.path("metadata"),
         "KEEL_HOSTNAME=vm1\nKEEL_SSH_KEYS=ssh-ed25519 AAAA\n",

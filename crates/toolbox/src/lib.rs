@@ -45,6 +45,7 @@ pub mod run;
 pub mod source;
 pub mod store;
 pub mod unpack;
+pub mod zstd;
 
 use std::path::Path;
 

@@ -197,9 +197,11 @@ pub enum Compression {
     None,
     /// gzip.
     Gzip,
+    /// zstd (also `zstd:chunked`, whose extra frames are skipped).
+    Zstd,
 }
 
-/// Compression of a layer media type; other types (zstd, foreign) refused.
+/// Compression of a layer media type; other types (foreign, encrypted…) refused.
 pub fn layer_compression(what: &str, media_type: &str) -> Result<Compression, OciError> {
     match media_type {
         "application/vnd.oci.image.layer.v1.tar"
@@ -208,6 +210,8 @@ pub fn layer_compression(what: &str, media_type: &str) -> Result<Compression, Oc
         | "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
         | "application/vnd.docker.image.rootfs.diff.tar.gzip"
         | "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip" => Ok(Compression::Gzip),
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+        | "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd" => Ok(Compression::Zstd),
         other => Err(OciError::Unsupported {
             what: what.to_string(),
             field: "layer mediaType",
@@ -445,10 +449,14 @@ mod tests {
             );
         }
         assert_eq!(
-            layer_compression("l", "application/vnd.oci.image.layer.v1.tar+zstd")
+            layer_compression("l", "application/vnd.oci.image.layer.v1.tar+zstd").unwrap(),
+            Compression::Zstd
+        );
+        assert_eq!(
+            layer_compression("l", "application/vnd.oci.image.layer.v1.tar+encrypted")
                 .unwrap_err()
                 .to_string(),
-            "l: unsupported layer mediaType \"application/vnd.oci.image.layer.v1.tar+zstd\""
+            "l: unsupported layer mediaType \"application/vnd.oci.image.layer.v1.tar+encrypted\""
         );
         assert_eq!(
             parse_config("c", br#"{"rootfs":{"type":"x","diff_ids":[]}}"#)

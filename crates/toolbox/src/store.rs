@@ -473,6 +473,8 @@ pub fn unpack_verified(
             let head = buf.fill_buf().map_err(verr)?;
             if head.starts_with(&[0x1f, 0x8b]) {
                 Compression::Gzip
+            } else if head.starts_with(&crate::zstd::MAGIC) {
+                Compression::Zstd
             } else {
                 Compression::None
             }
@@ -481,6 +483,11 @@ pub fn unpack_verified(
     let diff = match compression {
         Compression::Gzip => {
             let mut inner = HashReader::new(flate2::bufread::MultiGzDecoder::new(&mut buf));
+            u.unpack_layer(name, &mut inner)?;
+            inner.finish().map_err(verr)?.0
+        }
+        Compression::Zstd => {
+            let mut inner = HashReader::new(crate::zstd::Decoder::new(&mut buf));
             u.unpack_layer(name, &mut inner)?;
             inner.finish().map_err(verr)?.0
         }
@@ -614,6 +621,45 @@ mod tests {
         let mut u = Unpacker::new(t.path(), false).unwrap();
         unpack_verified(&mut u, "l", &gz[..], &l).unwrap();
         assert_eq!(std::fs::read(t.path().join("a")).unwrap(), b"1");
+    }
+
+    #[test]
+    fn zstd_layers_verify_and_are_sniffed() {
+        let tar = layer(&[E::File("a", b"1", 0o644), E::File("b", b"22", 0o600)]);
+        let z = ruzstd::encoding::compress_to_vec(
+            &tar[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        for compression in [Some(Compression::Zstd), None] {
+            let t = tempfile::tempdir().unwrap();
+            let l = Layer {
+                member: "x".into(),
+                digest: Some(Digest::of(&z)),
+                size: Some(z.len() as u64),
+                diff_id: Some(Digest::of(&tar)),
+                compression,
+            };
+            let mut u = Unpacker::new(t.path(), false).unwrap();
+            unpack_verified(&mut u, "l", &z[..], &l).unwrap();
+            assert_eq!(std::fs::read(t.path().join("b")).unwrap(), b"22");
+            // The same checks as gzip: uncompressed digest, blob size.
+            let t = tempfile::tempdir().unwrap();
+            let mut u = Unpacker::new(t.path(), false).unwrap();
+            let bad = Layer {
+                diff_id: Some(Digest::of(b"x")),
+                ..l.clone()
+            };
+            let e = unpack_verified(&mut u, "l", &z[..], &bad).unwrap_err();
+            assert!(
+                e.to_string().starts_with("l uncompressed: digest mismatch"),
+                "{e}"
+            );
+            let bad = Layer {
+                size: Some(1),
+                ..l.clone()
+            };
+            assert!(unpack_verified(&mut u, "l", &z[..], &bad).is_err());
+        }
     }
 
     #[test]

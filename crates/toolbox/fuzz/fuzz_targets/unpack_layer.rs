@@ -13,7 +13,7 @@ fuzz_target!(|data: &[u8]| {
     if std::fs::create_dir(&root).is_err() {
         return;
     }
-    for compression in [Compression::None, Compression::Gzip] {
+    for compression in [Compression::None, Compression::Gzip, Compression::Zstd] {
         let Ok(mut u) = Unpacker::new(&root, false) else { return };
         let layer = Layer {
             member: "fuzz".into(),

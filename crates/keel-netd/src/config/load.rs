@@ -1,24 +1,65 @@
-//! The directory rules: `.network` files from `/usr/lib/keel/network`,
-//! `/run/keel/network` and `/etc/keel/network` (later directories win for
-//! the same file name), sorted by file name across directories; an empty
-//! file or a symlink to /dev/null masks; `NAME.network.d/*.conf` drop-ins
-//! from all three directories, same-name rules, applied in name order.
+//! The directory rules: `.network` and `.netdev` files from networkd's
+//! directories and Keel's own, merged (see [`DEFAULT_DIRS`]): a later
+//! directory wins for the same file name, files are sorted by file name
+//! across all directories; an empty file or a symlink to /dev/null masks;
+//! `NAME.network.d/*.conf` (and `NAME.netdev.d/*.conf`) drop-ins from all
+//! directories, same-name rules, applied in name order. A file whose
+//! `[Match]` host conditions do not hold on this machine is skipped; a
+//! `.network` with nothing in `[Match]` is ignored with a warning (as
+//! networkd does: "add Name=* to match every link").
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::cond::{self, HostFacts};
+use super::netdev::{self, NetDev};
 use super::{from_sections, syntax, ConfigError, Network, Warning};
 
-/// The search path, lowest priority first.
-pub const DEFAULT_DIRS: [&str; 3] = keel_contract::paths::NETWORK_DIRS;
+/// The search path, lowest priority first: at each level (`/usr/lib`,
+/// `/run`, `/etc`) networkd's directory and then Keel's, so `/etc` beats
+/// `/run` beats `/usr/lib` whatever the directory, and at the same level a
+/// Keel file replaces a networkd file of the same name.
+pub const DEFAULT_DIRS: [&str; 6] = [
+    "/usr/lib/systemd/network",
+    keel_contract::paths::NETWORK_DIRS[0],
+    "/run/systemd/network",
+    keel_contract::paths::NETWORK_DIRS[1],
+    "/etc/systemd/network",
+    keel_contract::paths::NETWORK_DIRS[2],
+];
 
-/// The outcome of loading: usable networks in match order, rejected files
-/// with their error, and warnings.
+/// What became of one file.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Index into [`Loaded::networks`].
+    Network(usize),
+    /// Index into [`Loaded::netdevs`].
+    NetDev(usize),
+    /// Index into [`Loaded::errors`].
+    Error(usize),
+    /// Parsed but not used, and why.
+    Ignored(String),
+    Masked,
+}
+
+/// One file in load order, with its outcome and its own warnings.
+#[derive(Debug, Clone)]
+pub struct FileEntry {
+    pub path: PathBuf,
+    pub outcome: Outcome,
+    pub warnings: Vec<Warning>,
+}
+
+/// The outcome of loading: usable netdevs and networks in order, rejected
+/// files with their error, warnings, and every file's fate in `entries`
+/// (`.netdev` files first, then `.network` files, each in name order).
 #[derive(Debug, Default)]
 pub struct Loaded {
     pub networks: Vec<Network>,
+    pub netdevs: Vec<NetDev>,
     pub errors: Vec<ConfigError>,
     pub warnings: Vec<Warning>,
+    pub entries: Vec<FileEntry>,
 }
 
 fn masked(path: &Path) -> bool {
@@ -67,13 +108,13 @@ fn read(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Load one network: the file and its (unmasked) drop-ins.
-fn load_one(
+/// The sections of one file and its (unmasked) drop-ins.
+fn sections_of(
     name: &str,
     path: &Path,
     dirs: &[PathBuf],
     warnings: &mut Vec<Warning>,
-) -> Result<Network, ConfigError> {
+) -> Result<(Vec<syntax::Section>, Vec<PathBuf>), ConfigError> {
     let mut sections = syntax::parse(path, &read(path)?, warnings)?;
     let dropins: Vec<PathBuf> = collect(dirs, Some(&format!("{name}.d")), ".conf")
         .into_values()
@@ -82,23 +123,95 @@ fn load_one(
     for d in &dropins {
         sections.extend(syntax::parse(d, &read(d)?, warnings)?);
     }
-    from_sections(name, path, dropins, &sections, warnings)
+    Ok((sections, dropins))
 }
 
-/// Load every `.network` under `dirs` (lowest priority first).
+/// Load every `.netdev` and `.network` under `dirs` (lowest priority
+/// first), testing `[Match]` host conditions against the running machine.
 pub fn load(dirs: &[PathBuf]) -> Loaded {
+    load_with(dirs, &HostFacts::detect())
+}
+
+/// [`load`] with the host facts given (tests, `check`).
+pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
     let mut out = Loaded::default();
-    for (name, path) in collect(dirs, None, ".network") {
-        if masked(&path) {
-            tracing::debug!(file = %path.display(), "masked");
-            continue;
-        }
+    let not_holding = |c: &[cond::Condition]| -> Option<String> {
+        (!cond::all_hold(c, host)).then(|| {
+            let list: Vec<String> = c.iter().map(|c| c.to_string()).collect();
+            format!("conditions do not hold on this host ({})", list.join(" "))
+        })
+    };
+    for (name, path) in collect(dirs, None, ".netdev") {
         let mut warnings = Vec::new();
-        match load_one(&name, &path, dirs, &mut warnings) {
-            Ok(n) => out.networks.push(n),
-            Err(e) => out.errors.push(e),
-        }
-        out.warnings.extend(warnings);
+        let outcome = if masked(&path) {
+            Outcome::Masked
+        } else {
+            match sections_of(&name, &path, dirs, &mut warnings)
+                .and_then(|(s, _)| netdev::from_sections(&name, &path, &s, &mut warnings))
+            {
+                Ok(d) if !d.unknown_match.is_empty() => Outcome::Ignored(format!(
+                    "unknown [Match] key {}: not created (fail closed)",
+                    d.unknown_match.join(", ")
+                )),
+                Ok(d) => match not_holding(&d.conditions) {
+                    Some(why) => Outcome::Ignored(why),
+                    None if out.netdevs.iter().any(|x| x.ifname == d.ifname) => Outcome::Ignored(
+                        format!("{} is already defined by an earlier .netdev file", d.ifname),
+                    ),
+                    None => {
+                        out.netdevs.push(d);
+                        Outcome::NetDev(out.netdevs.len() - 1)
+                    }
+                },
+                Err(e) => {
+                    out.errors.push(e);
+                    Outcome::Error(out.errors.len() - 1)
+                }
+            }
+        };
+        out.warnings.extend(warnings.iter().cloned());
+        out.entries.push(FileEntry {
+            path,
+            outcome,
+            warnings,
+        });
+    }
+    for (name, path) in collect(dirs, None, ".network") {
+        let mut warnings = Vec::new();
+        let outcome = if masked(&path) {
+            tracing::debug!(file = %path.display(), "masked");
+            Outcome::Masked
+        } else {
+            match sections_of(&name, &path, dirs, &mut warnings)
+                .and_then(|(s, dropins)| from_sections(&name, &path, dropins, &s, &mut warnings))
+            {
+                Ok(n) if n.match_.is_empty() => {
+                    warnings.push(Warning {
+                        file: path.clone(),
+                        line: 1,
+                        message: "no [Match] conditions: ignoring this file, as networkd does; add Name=* to [Match] to match every link".into(),
+                    });
+                    Outcome::Ignored("no [Match] conditions".into())
+                }
+                Ok(n) => match not_holding(&n.match_.conditions) {
+                    Some(why) => Outcome::Ignored(why),
+                    None => {
+                        out.networks.push(n);
+                        Outcome::Network(out.networks.len() - 1)
+                    }
+                },
+                Err(e) => {
+                    out.errors.push(e);
+                    Outcome::Error(out.errors.len() - 1)
+                }
+            }
+        };
+        out.warnings.extend(warnings.iter().cloned());
+        out.entries.push(FileEntry {
+            path,
+            outcome,
+            warnings,
+        });
     }
     out
 }

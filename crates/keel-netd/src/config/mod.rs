@@ -1,8 +1,11 @@
 //! `.network` files: the model, its validation from the parsed syntax, and
 //! the directory rules (see [`load`]).
 
+pub mod check;
+pub mod cond;
 pub mod glob;
 pub mod load;
+pub mod netdev;
 pub mod syntax;
 
 use std::net::IpAddr;
@@ -178,6 +181,9 @@ impl OperState {
 }
 
 /// `[Match]`: every non-empty list must match (systemd list semantics).
+/// Host conditions (`KernelCommandLine=`, `Virtualization=`, `Host=`,
+/// `Architecture=`) are tested when the file is loaded ([`cond`]); a key
+/// keel-netd does not know makes the file match no link (fail closed).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct Match {
     pub name: Vec<String>,
@@ -186,6 +192,11 @@ pub struct Match {
     #[serde(rename = "type")]
     pub type_: Vec<String>,
     pub kind: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<cond::Condition>,
+    /// Match keys keel-netd does not know: the file matches nothing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unknown: Vec<String>,
 }
 
 /// What the daemon knows about a link when matching files against it.
@@ -201,7 +212,21 @@ pub struct LinkFacts {
 }
 
 impl Match {
+    /// No link property and no condition: networkd ignores such a file.
+    pub fn is_empty(&self) -> bool {
+        self.name.is_empty()
+            && self.mac.is_empty()
+            && self.driver.is_empty()
+            && self.type_.is_empty()
+            && self.kind.is_empty()
+            && self.conditions.is_empty()
+            && self.unknown.is_empty()
+    }
+
     pub fn matches(&self, link: &LinkFacts) -> bool {
+        if !self.unknown.is_empty() {
+            return false;
+        }
         let mac_ok = self.mac.is_empty() || link.mac.is_some_and(|m| self.mac.contains(&m));
         mac_ok
             && glob::match_list(&self.name, Some(&link.name))
@@ -253,7 +278,114 @@ pub struct RouteCfg {
     pub metric: Option<u32>,
     pub scope: Option<Scope>,
     pub preferred_source: Option<IpAddr>,
+    /// `Table=`: the routing table (None: main).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub table: Option<u32>,
     pub line: usize,
+}
+
+/// `[RoutingPolicyRule]`: From=, To=, Table=, Priority=. Any other key
+/// refuses the file (a rule without its selector would be broader than
+/// asked for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuleCfg {
+    pub from: Option<Cidr>,
+    pub to: Option<Cidr>,
+    pub table: u32,
+    pub priority: Option<u32>,
+    pub line: usize,
+}
+
+impl RuleCfg {
+    pub fn ipv6(&self) -> bool {
+        self.from.or(self.to).is_some_and(|c| c.addr.is_ipv6())
+    }
+}
+
+/// The main routing table.
+pub const RT_TABLE_MAIN: u32 = 254;
+
+/// `Table=`: a number or `main`, `local`, `default`.
+pub fn parse_table(v: &str) -> Result<u32, String> {
+    match v {
+        "main" => Ok(RT_TABLE_MAIN),
+        "local" => Ok(255),
+        "default" => Ok(253),
+        _ => match v.parse::<u32>() {
+            Ok(0) => Err("table 0 is not a routing table".into()),
+            Ok(n) => Ok(n),
+            Err(_) if v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') => {
+                Err(format!("named table '{v}' (networkd.conf RouteTable=) is not supported; give the table number"))
+            }
+            Err(_) => Err("expected a routing table number or main, local, default".into()),
+        },
+    }
+}
+
+/// A valid interface name (IFNAMSIZ, no '/', ':' or whitespace).
+pub fn ifname(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() < 16
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '/' | ':' | '%' | '#'));
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!("'{s}' is not a valid interface name"))
+    }
+}
+
+/// A `DNS=` word: `ADDR`, `ADDR:PORT`, `[ADDR]:PORT`, each optionally with
+/// `%IFACE` and `#SERVERNAME` (systemd.network(5)). Returns the address and
+/// what of the rest is not used: the resolver file keel-netd writes has a
+/// place for the address only.
+pub fn dns_server(w: &str) -> Result<(IpAddr, Vec<String>), String> {
+    let bad = || format!("'{w}' is not an IPv4 or IPv6 address (optionally with :port and #name)");
+    let mut unused = Vec::new();
+    let (rest, name) = match w.split_once('#') {
+        Some((r, n)) if !n.is_empty() => (r, Some(n)),
+        Some(_) => return Err(bad()),
+        None => (w, None),
+    };
+    let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+        let (h, after) = r.split_once(']').ok_or_else(bad)?;
+        match after {
+            "" => (h, None),
+            p => (h, Some(p.strip_prefix(':').ok_or_else(bad)?)),
+        }
+    } else if rest.parse::<IpAddr>().is_ok() || rest.matches(':').count() > 1 {
+        (rest, None)
+    } else {
+        match rest.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (rest, None),
+        }
+    };
+    let (host, iface) = match host.split_once('%') {
+        Some((h, i)) if !i.is_empty() => (h, Some(i)),
+        Some(_) => return Err(bad()),
+        None => (host, None),
+    };
+    let addr: IpAddr = host.parse().map_err(|_| bad())?;
+    if let Some(p) = port {
+        let p: u16 = p
+            .parse()
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| format!("'{w}': port '{p}' is not 1..=65535"))?;
+        if p != 53 {
+            unused.push(format!("port {p}"));
+        }
+    }
+    if let Some(i) = iface {
+        unused.push(format!("interface {i}"));
+    }
+    if let Some(n) = name {
+        unused.push(format!("server name {n}"));
+    }
+    Ok((addr, unused))
 }
 
 /// Route scope (rtnetlink `RT_SCOPE_*`).
@@ -324,6 +456,17 @@ pub struct Network {
     pub link_local: Option<String>,
     pub ipv6_accept_ra: Option<bool>,
     pub dhcp4: Dhcp4Cfg,
+    /// `Bond=`: the bond this link joins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bond: Option<String>,
+    /// `Bridge=`: the bridge this link joins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    /// `VLAN=`: VLAN netdevs created on top of this link.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub vlans: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleCfg>,
 }
 
 /// systemd's boolean spellings.
@@ -336,7 +479,7 @@ pub fn parse_bool(s: &str) -> Option<bool> {
 }
 
 /// `MTUBytes=`: bytes with optional K/M/G (base 1024) suffix.
-fn parse_bytes(s: &str) -> Option<u64> {
+pub(crate) fn parse_bytes(s: &str) -> Option<u64> {
     let (num, mul) = match s.as_bytes().last()? {
         b'K' => (&s[..s.len() - 1], 1024u64),
         b'M' => (&s[..s.len() - 1], 1024 * 1024),
@@ -467,6 +610,7 @@ pub fn from_sections(
         // A repeated [Address]/[Route] section starts a new object.
         let mut addr: Option<(Option<Cidr>, usize)> = None;
         let mut route: Option<RouteCfg> = None;
+        let mut rule: Option<RuleCfg> = None;
         match s.name.as_str() {
             "Address" => addr = Some((None, s.line)),
             "Route" => {
@@ -476,6 +620,16 @@ pub fn from_sections(
                     metric: None,
                     scope: None,
                     preferred_source: None,
+                    table: None,
+                    line: s.line,
+                })
+            }
+            "RoutingPolicyRule" => {
+                rule = Some(RuleCfg {
+                    from: None,
+                    to: None,
+                    table: RT_TABLE_MAIN,
+                    priority: None,
                     line: s.line,
                 })
             }
@@ -502,6 +656,20 @@ pub fn from_sections(
                 ("Match", "Driver") => match_words(&mut n.match_.driver, &cx),
                 ("Match", "Type") => match_words(&mut n.match_.type_, &cx),
                 ("Match", "Kind") => match_words(&mut n.match_.kind, &cx),
+                ("Match", key) if cond::CondKind::parse(key).is_some() => {
+                    if let Some(c) = cond::Condition::parse(key, v).map_err(|r| cx.bad(r))? {
+                        n.match_.conditions.push(c);
+                    }
+                }
+                ("Match", key) => {
+                    warn(
+                        warnings,
+                        s,
+                        e.line,
+                        format!("unknown key '{key}' in [Match]: keel-netd cannot test it, so this file matches no link"),
+                    );
+                    n.match_.unknown.push(key.to_string());
+                }
                 ("Link", "MTUBytes") => {
                     n.link.mtu = if v.is_empty() {
                         None
@@ -552,9 +720,45 @@ pub fn from_sections(
                         },
                     }
                 }
-                ("Network", "Address") => extend(&mut n.addresses, &cx, |w| w.parse())?,
+                ("Network", "Address") => {
+                    let mut list = std::mem::take(&mut n.addresses);
+                    extend(&mut list, &cx, |w| w.parse())?;
+                    n.addresses = drop_pool_addresses(list, warnings, s, e.line);
+                }
                 ("Network", "Gateway") => extend(&mut n.gateways, &cx, gateway)?,
-                ("Network", "DNS") => extend(&mut n.dns, &cx, ip)?,
+                ("Network", "DNS") => {
+                    if v.is_empty() {
+                        n.dns.clear();
+                    }
+                    for w in cx.words() {
+                        let (a, unused) = dns_server(w).map_err(|r| cx.bad(r))?;
+                        if !unused.is_empty() {
+                            warn(
+                                warnings,
+                                s,
+                                e.line,
+                                format!(
+                                    "DNS server '{w}': using {a}; {} not used (the resolver file holds addresses only)",
+                                    unused.join(", ")
+                                ),
+                            );
+                        }
+                        n.dns.push(a);
+                    }
+                }
+                ("Network", "Bond") => {
+                    n.bond = (!v.is_empty())
+                        .then(|| ifname(v))
+                        .transpose()
+                        .map_err(|r| cx.bad(r))?
+                }
+                ("Network", "Bridge") => {
+                    n.bridge = (!v.is_empty())
+                        .then(|| ifname(v))
+                        .transpose()
+                        .map_err(|r| cx.bad(r))?
+                }
+                ("Network", "VLAN") => extend(&mut n.vlans, &cx, ifname)?,
                 ("Network", "Domains") => extend(&mut n.domains, &cx, parse_domain)?,
                 ("Network", "LinkLocalAddressing") => {
                     let ok = parse_bool(v).is_some()
@@ -568,6 +772,32 @@ pub fn from_sections(
                 ("Address", "Address") => {
                     if let Some(a) = addr.as_mut() {
                         a.0 = Some(v.parse().map_err(|r: String| cx.bad(r))?);
+                    }
+                }
+                ("RoutingPolicyRule", key) => {
+                    let Some(r) = rule.as_mut() else { continue };
+                    let cidr = |x: &str| -> Result<Option<Cidr>, ConfigError> {
+                        if x.is_empty() {
+                            Ok(None)
+                        } else {
+                            x.parse().map(Some).map_err(|m: String| cx.bad(m))
+                        }
+                    };
+                    match key {
+                        "From" => r.from = cidr(v)?,
+                        "To" => r.to = cidr(v)?,
+                        "Table" => r.table = parse_table(v).map_err(|m| cx.bad(m))?,
+                        "Priority" => {
+                            r.priority = Some(
+                                v.parse()
+                                    .map_err(|_| cx.bad("expected an unsigned 32-bit integer"))?,
+                            )
+                        }
+                        _ => {
+                            return Err(cx.bad(format!(
+                                "{key}= is not supported in [RoutingPolicyRule] (only From=, To=, Table=, Priority=); refusing the file rather than installing a broader rule"
+                            )))
+                        }
                     }
                 }
                 ("Route", key) => {
@@ -594,6 +824,10 @@ pub fn from_sections(
                         }
                         "PreferredSource" => {
                             r.preferred_source = Some(ip(v).map_err(|x| cx.bad(x))?)
+                        }
+                        "Table" => {
+                            let t = parse_table(v).map_err(|x| cx.bad(x))?;
+                            r.table = (t != RT_TABLE_MAIN).then_some(t);
                         }
                         _ => warn(
                             warnings,
@@ -663,8 +897,49 @@ pub fn from_sections(
             }
             n.routes.push(r);
         }
+        if let Some(r) = rule {
+            if let (Some(f), Some(t)) = (r.from, r.to) {
+                if f.addr.is_ipv4() != t.addr.is_ipv4() {
+                    return Err(ConfigError::Value(Box::new(ValueError {
+                        file: s.file.clone(),
+                        line: r.line,
+                        section: "RoutingPolicyRule".into(),
+                        key: "To".into(),
+                        value: t.to_string(),
+                        reason: format!("From={f} and To={t} are of different address families"),
+                    })));
+                }
+            }
+            n.rules.push(r);
+        }
     }
     Ok(n)
+}
+
+/// `Address=0.0.0.0/N` (or `::/N`) asks networkd to pick a free subnet
+/// from a pool (the container files systemd ships use it); keel-netd has
+/// no pool: the address is dropped with a warning instead of being added.
+fn drop_pool_addresses(
+    list: Vec<Cidr>,
+    warnings: &mut Vec<Warning>,
+    s: &syntax::Section,
+    line: usize,
+) -> Vec<Cidr> {
+    list.into_iter()
+        .filter(|a| {
+            let pool = a.addr.is_unspecified();
+            if pool {
+                warnings.push(Warning {
+                    file: s.file.clone(),
+                    line,
+                    message: format!(
+                        "Address={a} asks for an address from a pool, which keel-netd does not allocate; ignoring it"
+                    ),
+                });
+            }
+            !pool
+        })
+        .collect()
 }
 
 /// The first network (in file-name order) that matches the link.
@@ -688,6 +963,7 @@ impl Network {
             metric: None,
             scope: None,
             preferred_source: None,
+            table: None,
             line: 0,
         }));
         v

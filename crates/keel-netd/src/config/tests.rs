@@ -63,7 +63,15 @@ fn negative_fixtures() {
         ("[Network]\nAddress=fe80::1/129\n", "x.network:2: invalid value 'fe80::1/129' for Network.Address: prefix length '129' is not 0..=128"),
         ("[Network]\nAddress=host/24\n", "x.network:2: invalid value 'host/24' for Network.Address: 'host' is not an IPv4 or IPv6 address"),
         ("[Network]\nGateway=10.0.0\n", "x.network:2: invalid value '10.0.0' for Network.Gateway: '10.0.0' is not an IPv4 or IPv6 address"),
-        ("[Network]\nDNS=1.1.1.1 one\n", "x.network:2: invalid value '1.1.1.1 one' for Network.DNS: 'one' is not an IPv4 or IPv6 address"),
+        ("[Network]\nDNS=1.1.1.1 one\n", "x.network:2: invalid value '1.1.1.1 one' for Network.DNS: 'one' is not an IPv4 or IPv6 address (optionally with :port and #name)"),
+        ("[Network]\nDNS=10.0.0.1:0\n", "x.network:2: invalid value '10.0.0.1:0' for Network.DNS: '10.0.0.1:0': port '0' is not 1..=65535"),
+        ("[Network]\nDNS=[2001:db8::1\n", "x.network:2: invalid value '[2001:db8::1' for Network.DNS: '[2001:db8::1' is not an IPv4 or IPv6 address (optionally with :port and #name)"),
+        ("[Network]\nVLAN=a/b\n", "x.network:2: invalid value 'a/b' for Network.VLAN: 'a/b' is not a valid interface name"),
+        ("[Route]\nGateway=10.0.0.1\nTable=0\n", "x.network:3: invalid value '0' for Route.Table: table 0 is not a routing table"),
+        ("[Route]\nGateway=10.0.0.1\nTable=vpn\n", "x.network:3: invalid value 'vpn' for Route.Table: named table 'vpn' (networkd.conf RouteTable=) is not supported; give the table number"),
+        ("[RoutingPolicyRule]\nFrom=10.0.0.0/8\nIncomingInterface=eth0\n", "x.network:3: invalid value 'eth0' for RoutingPolicyRule.IncomingInterface: IncomingInterface= is not supported in [RoutingPolicyRule] (only From=, To=, Table=, Priority=); refusing the file rather than installing a broader rule"),
+        ("[RoutingPolicyRule]\nFrom=10.0.0.0/8\nTo=2001:db8::/32\n", "x.network:1: invalid value '2001:db8::/32' for RoutingPolicyRule.To: From=10.0.0.0/8 and To=2001:db8::/32 are of different address families"),
+        ("[Match]\nArchitecture=amd64\n", "x.network:2: invalid value 'amd64' for Match.Architecture: unknown architecture 'amd64' (x86-64, arm64, …)"),
         ("[Network]\nDomains=a..b\n", "x.network:2: invalid value 'a..b' for Network.Domains: 'a..b' is not a valid domain name"),
         ("[Network]\nLinkLocalAddressing=often\n", "x.network:2: invalid value 'often' for Network.LinkLocalAddressing: expected yes, no, ipv4, ipv6 or fallback"),
         ("[Network]\nIPv6AcceptRA=2\n", "x.network:2: invalid value '2' for Network.IPv6AcceptRA: expected a boolean (yes/no)"),
@@ -97,10 +105,102 @@ fn warnings_name_file_and_line() {
     assert_eq!(
         w,
         [
-            "w.network:3: unknown key 'Host' in [Match], ignoring",
             "w.network:6: unknown key 'IPForward' in [Network], ignoring",
             "w.network:7: unknown section [Bond], ignoring",
         ]
+    );
+}
+
+/// Issue 18: an unknown [Match] key fails closed; DNS with port and
+/// server name is accepted; Table= and [RoutingPolicyRule] are kept.
+#[test]
+fn issue_18_network_keys() {
+    let (r, w) = parse_text(
+        Path::new("u.network"),
+        "[Match]\nName=eth*\nPermanentMACAddress=52:54:00:00:00:01\n[Network]\nDHCP=yes\n",
+    );
+    let n = r.unwrap();
+    assert!(!n.match_.matches(&facts("eth0", "ether", None, None)));
+    assert_eq!(
+        w[0].to_string(),
+        "u.network:3: unknown key 'PermanentMACAddress' in [Match]: keel-netd cannot test it, so this file matches no link"
+    );
+    let (r, w) = parse_text(
+        Path::new("d.network"),
+        "[Match]\nName=eth0\n[Network]\nDNS=10.0.0.1:53#dns.example [2001:db8::1]:853#name 9.9.9.9 fe80::1%eth0\n",
+    );
+    let n = r.unwrap();
+    let dns: Vec<String> = n.dns.iter().map(|d| d.to_string()).collect();
+    assert_eq!(dns, ["10.0.0.1", "2001:db8::1", "9.9.9.9", "fe80::1"]);
+    let w: Vec<String> = w.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        w,
+        [
+            "d.network:4: DNS server '10.0.0.1:53#dns.example': using 10.0.0.1; server name dns.example not used (the resolver file holds addresses only)",
+            "d.network:4: DNS server '[2001:db8::1]:853#name': using 2001:db8::1; port 853, server name name not used (the resolver file holds addresses only)",
+            "d.network:4: DNS server 'fe80::1%eth0': using fe80::1; interface eth0 not used (the resolver file holds addresses only)",
+        ]
+    );
+    let (r, _) = parse_text(
+        Path::new("t.network"),
+        "[Match]\nName=eth1\n[Route]\nGateway=10.1.0.1\nTable=100\n[Route]\nDestination=10.9.0.0/16\nTable=main\n\
+         [RoutingPolicyRule]\nFrom=10.1.0.0/24\nTable=100\nPriority=100\n[RoutingPolicyRule]\nTo=2001:db8::/32\n",
+    );
+    let n = r.unwrap();
+    assert_eq!(n.routes[0].table, Some(100));
+    assert_eq!(n.routes[1].table, None, "Table=main is the main table");
+    assert_eq!(n.rules.len(), 2);
+    assert_eq!(
+        (n.rules[0].table, n.rules[0].priority, n.rules[0].ipv6()),
+        (100, Some(100), false)
+    );
+    assert_eq!((n.rules[1].table, n.rules[1].ipv6()), (254, true));
+    let (r, w) = parse_text(
+        Path::new("b.network"),
+        "[Match]\nName=eth2\n[Network]\nBond=bond0\nVLAN=vlan10\nVLAN=vlan20 vlan30\nBridge=br0\nAddress=0.0.0.0/28\n",
+    );
+    let n = r.unwrap();
+    assert_eq!(
+        (n.bond.as_deref(), n.bridge.as_deref(), n.vlans.len()),
+        (Some("bond0"), Some("br0"), 3)
+    );
+    assert!(n.addresses.is_empty(), "a pool address is not added");
+    assert!(w[0].message.contains("from a pool"), "{w:?}");
+}
+
+#[test]
+fn no_match_section_is_ignored_and_conditions_skip() {
+    let t = tempfile::tempdir().unwrap();
+    let d = t.path().join("etc");
+    write(&d.join("10-all.network"), "[Network]\nDHCP=yes\n");
+    write(
+        &d.join("20-cmdline.network"),
+        "[Match]\nName=eth0\nKernelCommandLine=keel.net=static\n[Network]\nAddress=10.0.0.2/24\n",
+    );
+    write(
+        &d.join("30-vm.network"),
+        "[Match]\nName=eth0\nVirtualization=vm\nArchitecture=x86-64\nHost=node*\n[Network]\nDHCP=yes\n",
+    );
+    let host = cond::HostFacts {
+        cmdline: "console=ttyS0".into(),
+        virtualization: Some("kvm".into()),
+        hostname: "node1".into(),
+        architecture: "x86-64".into(),
+        ..Default::default()
+    };
+    let l = super::load::load_with(std::slice::from_ref(&d), &host);
+    let names: Vec<&str> = l.networks.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["30-vm.network"]);
+    assert!(l.warnings[0]
+        .to_string()
+        .ends_with("10-all.network:1: no [Match] conditions: ignoring this file, as networkd does; add Name=* to [Match] to match every link"));
+    let r = check::check(std::slice::from_ref(&d), &host);
+    assert!(r.ok);
+    assert!(r.text.contains("20-cmdline.network: ignored: conditions do not hold on this host (KernelCommandLine=keel.net=static)"), "{}", r.text);
+    assert!(
+        r.text.ends_with("3 files: 1 used, 2 ignored, 0 refused\n"),
+        "{}",
+        r.text
     );
 }
 

@@ -432,6 +432,8 @@ pub struct Layers {
     vars: BTreeMap<String, String>,
     /// Warnings (unknown variables), already formatted with file and line.
     pub warnings: Vec<String>,
+    /// The files looked at, in order, and whether each existed.
+    pub files: Vec<(String, bool)>,
 }
 
 impl Layers {
@@ -482,9 +484,13 @@ impl Layers {
                         .count(),
                     msg: "not valid UTF-8".into(),
                 })?;
+                self.files.push((file.clone(), true));
                 self.add_text(&file, &text)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.files.push((file, false));
+                Ok(())
+            }
             Err(e) => Err(ConfigError::Read {
                 file,
                 msg: e.to_string(),
@@ -744,6 +750,137 @@ impl Settings {
     }
 }
 
+/// One row of `toolbox config`: a setting, its value, where it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// Setting name (`image`, `bind`, …).
+    pub setting: String,
+    /// Its effective value.
+    pub value: String,
+    /// `FILE:LINE (VARIABLE)`, `command line (--image)`, `built-in default`…
+    pub from: String,
+}
+
+impl Row {
+    /// A row.
+    pub fn new(setting: &str, value: impl Into<String>, from: impl Into<String>) -> Row {
+        Row {
+            setting: setting.to_string(),
+            value: value.into(),
+            from: from.into(),
+        }
+    }
+}
+
+fn origin_text(layers: &Layers, key: &str, cli: Option<&str>) -> String {
+    if let Some(flag) = cli {
+        return format!("command line ({flag})");
+    }
+    match layers.get(key) {
+        Some((_, o)) => format!("{}:{} ({key})", o.file, o.line),
+        None => format!("built-in default ({key} not set)"),
+    }
+}
+
+/// The effective settings and, for each, where it came from: what
+/// `toolbox config` prints. Validates exactly as a run would (the same
+/// error for a bad value); nothing is pulled or run.
+pub fn report(
+    layers: &Layers,
+    overrides: &Overrides,
+    user: &str,
+) -> Result<(Settings, Vec<Row>), ConfigError> {
+    let s = Settings::from_layers(layers, overrides, user)?;
+    let img_cli = overrides.image.as_ref().map(|_| "--image");
+    let tag_cli = overrides.tag.as_ref().map(|_| "--tag");
+    let mut rows = vec![
+        Row::new(
+            "image",
+            s.image.to_string(),
+            origin_text(layers, "TOOLBOX_DOCKER_IMAGE", img_cli),
+        ),
+        Row::new(
+            "tag",
+            s.tag.clone(),
+            origin_text(layers, "TOOLBOX_DOCKER_TAG", tag_cli),
+        ),
+        Row::new(
+            "local image",
+            s.local_image
+                .as_ref()
+                .map_or_else(|| "-".to_string(), ToString::to_string),
+            origin_text(layers, "TOOLBOX_LOCAL_IMAGE", None),
+        ),
+        Row::new(
+            "user",
+            s.user.clone(),
+            origin_text(layers, "TOOLBOX_USER", None),
+        ),
+        Row::new(
+            "directory",
+            s.directory.display().to_string(),
+            origin_text(layers, "TOOLBOX_DIRECTORY", None),
+        ),
+        Row::new(
+            "name",
+            s.name.clone(),
+            match layers.get("TOOLBOX_NAME") {
+                Some((v, _)) if !v.is_empty() => origin_text(layers, "TOOLBOX_NAME", None),
+                _ => format!("derived: invoking user {user}, image, tag (TOOLBOX_NAME not set)"),
+            },
+        ),
+    ];
+    let bind_from = origin_text(layers, "TOOLBOX_BIND", None);
+    for b in &s.binds {
+        rows.push(Row::new("bind", b.arg(), bind_from.clone()));
+    }
+    if s.binds.is_empty() {
+        rows.push(Row::new("bind", "-", bind_from));
+    }
+    let env_from = origin_text(layers, "TOOLBOX_ENV", None);
+    for (k, v) in &s.env {
+        rows.push(Row::new("env", format!("{k}={v}"), env_from.clone()));
+    }
+    if s.env.is_empty() {
+        rows.push(Row::new("env", "-", env_from));
+    }
+    Ok((s, rows))
+}
+
+/// Render rows in aligned columns, then the files read and the warnings.
+pub fn render_report(rows: &[Row], files: &[(String, bool)], warnings: &[String]) -> String {
+    let w0 = rows
+        .iter()
+        .map(|r| r.setting.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let w1 = rows
+        .iter()
+        .map(|r| r.value.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(5);
+    let mut out = format!("{:<w0$}  {:<w1$}  FROM\n", "SETTING", "VALUE");
+    for r in rows {
+        out.push_str(&format!(
+            "{:<w0$}  {:<w1$}  {}\n",
+            r.setting, r.value, r.from
+        ));
+    }
+    if !files.is_empty() {
+        out.push_str("\nconfig files, in order (later wins):\n");
+        for (f, exists) in files {
+            let state = if *exists { "read" } else { "absent" };
+            out.push_str(&format!("  {f} ({state})\n"));
+        }
+    }
+    for w in warnings {
+        out.push_str(&format!("warning: {w}\n"));
+    }
+    out
+}
+
 /// Read the standard files: vendor, `/etc/default/toolbox`, `~/.toolboxrc`.
 pub fn load_standard(home: Option<&str>, user: Option<&str>) -> Result<Layers, ConfigError> {
     let mut layers = Layers::new(home, user);
@@ -919,6 +1056,61 @@ TOOLBOX_ENV=""
         let builtin =
             Settings::from_layers(&Layers::new(None, None), &Overrides::default(), "core").unwrap();
         assert_eq!(from_file, builtin);
+    }
+
+    #[test]
+    fn config_report_names_origins() {
+        let mut l = Layers::new(Some("/root"), Some("core"));
+        l.add_text(
+            "/etc/default/toolbox",
+            "TOOLBOX_DOCKER_IMAGE=fedora\nTOOLBOX_DOCKER_TAG=39\nTOOLBOX_ENV='A=1 B=2'\n",
+        )
+        .unwrap();
+        l.add_text(
+            "/root/.toolboxrc",
+            "\nTOOLBOX_BIND=--bind-ro=/srv\nTOOLBOX_USR=typo\n",
+        )
+        .unwrap();
+        l.files = vec![
+            ("/usr/share/keel/toolbox".into(), false),
+            ("/etc/default/toolbox".into(), true),
+            ("/root/.toolboxrc".into(), true),
+        ];
+        let o = Overrides {
+            image: None,
+            tag: Some("40".into()),
+        };
+        let (s, rows) = report(&l, &o, "core").unwrap();
+        assert_eq!(s.tag, "40");
+        let text = render_report(&rows, &l.files, &l.warnings);
+        let want = "\
+SETTING      VALUE                     FROM
+image        docker.io/library/fedora  /etc/default/toolbox:1 (TOOLBOX_DOCKER_IMAGE)
+tag          40                        command line (--tag)
+local image  -                         built-in default (TOOLBOX_LOCAL_IMAGE not set)
+user         root                      built-in default (TOOLBOX_USER not set)
+directory    /var/lib/toolbox          built-in default (TOOLBOX_DIRECTORY not set)
+name         core-fedora-40            derived: invoking user core, image, tag (TOOLBOX_NAME not set)
+bind         --bind-ro=/srv            /root/.toolboxrc:2 (TOOLBOX_BIND)
+env          A=1                       /etc/default/toolbox:3 (TOOLBOX_ENV)
+env          B=2                       /etc/default/toolbox:3 (TOOLBOX_ENV)
+
+config files, in order (later wins):
+  /usr/share/keel/toolbox (absent)
+  /etc/default/toolbox (read)
+  /root/.toolboxrc (read)
+warning: /root/.toolboxrc:3: unknown variable TOOLBOX_USR ignored
+";
+        assert_eq!(text, want);
+        // A bad value is the same error a run gives.
+        let mut bad = Layers::new(None, None);
+        bad.add_text("rc", "TOOLBOX_USER='a b'\n").unwrap();
+        assert_eq!(
+            report(&bad, &Overrides::default(), "u")
+                .unwrap_err()
+                .to_string(),
+            "rc:1: TOOLBOX_USER: \"a b\" is not a user name"
+        );
     }
 
     #[test]

@@ -36,6 +36,7 @@
 //! verifying), [`unpack`] (safe layer extraction), [`store`] (the toolbox
 //! directory, locks, pull), [`run`] (the nspawn command line and spawner).
 
+pub mod auth;
 pub mod config;
 pub mod oci;
 pub mod progress;

@@ -1,5 +1,7 @@
-//! A minimal OCI distribution API v2 client: anonymous Bearer-token auth
-//! (the `WWW-Authenticate` challenge), manifests and blobs, every byte
+//! A minimal OCI distribution API v2 client: the `WWW-Authenticate`
+//! challenges (Basic with the credentials of [`crate::auth`]; Bearer token
+//! services, anonymous, with user and password, or with an identity
+//! token as an OAuth2 refresh token), manifests and blobs, every byte
 //! verified against its digest while it streams. HTTP goes through `ureq`
 //! (rustls with the ring provider, Mozilla roots compiled in): no daemon, no
 //! OpenSSL, small static binary.
@@ -9,6 +11,7 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
+use crate::auth::{AuthError, Found, Secret};
 use crate::oci::{self, Document, OciError};
 use crate::reference::{Digest, RegistryRef};
 use crate::source::{layers_from, HashReader, Layer, Resolved};
@@ -50,6 +53,31 @@ pub enum RegistryError {
         /// What went wrong.
         msg: String,
     },
+    /// The registry wants credentials and none were found.
+    #[error("{registry}: HTTP 401 unauthorized: the registry needs credentials and none were found for {registry}/{repository} in {looked}; run `toolbox login {registry}`")]
+    NeedCredentials {
+        /// Registry host.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// The auth files looked at.
+        looked: String,
+    },
+    /// The registry (or its token service) refused the credentials.
+    #[error("{registry}: HTTP {status} unauthorized: the registry refused the {found}: wrong user name or password, or no pull access to {repository}")]
+    Denied {
+        /// Registry host.
+        registry: String,
+        /// Repository.
+        repository: String,
+        /// Where the credentials came from (never the secret).
+        found: String,
+        /// 401 or 403.
+        status: u16,
+    },
+    /// Reading the auth files.
+    #[error(transparent)]
+    Credentials(#[from] AuthError),
     /// Bad document.
     #[error(transparent)]
     Oci(#[from] OciError),
@@ -87,12 +115,23 @@ fn classify(url: &str, e: ureq::Error) -> RegistryError {
     }
 }
 
+/// The scheme of a `WWW-Authenticate` challenge, lowercase (`basic`,
+/// `bearer`).
+pub fn challenge_scheme(h: &str) -> String {
+    h.split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_end_matches(',')
+        .to_ascii_lowercase()
+}
+
 /// Parse `Bearer realm="…",service="…",scope="…"` into its parameters.
 pub fn parse_challenge(h: &str) -> Option<Vec<(String, String)>> {
+    let h = h.trim();
     let rest = h
-        .trim()
-        .strip_prefix("Bearer ")
-        .or_else(|| h.trim().strip_prefix("bearer "))?;
+        .get(..7)
+        .filter(|p| p.eq_ignore_ascii_case("bearer "))
+        .and_then(|_| h.get(7..))?;
     let mut out = Vec::new();
     let mut s = rest.trim();
     while !s.is_empty() {
@@ -129,8 +168,12 @@ fn pct(s: &str) -> String {
 pub struct Registry {
     agent: ureq::Agent,
     base: String,
+    host: String,
     repo: String,
-    token: Option<String>,
+    /// The `Authorization` header value in use (Basic or Bearer).
+    authorization: Option<Secret>,
+    credential: Option<Found>,
+    looked: String,
 }
 
 impl Registry {
@@ -149,8 +192,58 @@ impl Registry {
         Registry {
             agent,
             base: format!("{}://{}", r.scheme(), r.api_host()),
+            host: r.host.clone(),
             repo: r.repository.clone(),
-            token: None,
+            authorization: None,
+            credential: None,
+            looked: "no auth file (HOME, XDG_RUNTIME_DIR and REGISTRY_AUTH_FILE are unset)".into(),
+        }
+    }
+
+    /// Use `found` when the registry asks for credentials; `looked` lists
+    /// the auth files searched, for the error when it asks and there are none.
+    pub fn with_credentials(mut self, found: Option<Found>, looked: String) -> Self {
+        self.credential = found;
+        if !looked.is_empty() {
+            self.looked = looked;
+        }
+        self
+    }
+
+    fn need_credentials(&self) -> RegistryError {
+        RegistryError::NeedCredentials {
+            registry: self.host.clone(),
+            repository: self.repo.clone(),
+            looked: self.looked.clone(),
+        }
+    }
+
+    /// The error for a refusal: denied when credentials were sent, else
+    /// a request for them.
+    fn refused(&self, status: u16) -> RegistryError {
+        match &self.credential {
+            Some(f) => RegistryError::Denied {
+                registry: self.host.clone(),
+                repository: self.repo.clone(),
+                found: f.to_string(),
+                status,
+            },
+            None => self.need_credentials(),
+        }
+    }
+
+    /// `GET /v2/` with the credentials: what `toolbox login` checks before
+    /// it writes them.
+    pub fn ping(&mut self) -> Result<(), RegistryError> {
+        let url = format!("{}/v2/", self.base);
+        let resp = self.get_url(&url, None, None)?;
+        match resp.status().as_u16() {
+            200 => Ok(()),
+            status => Err(RegistryError::Status {
+                url,
+                status,
+                detail: String::new(),
+            }),
         }
     }
 
@@ -167,8 +260,8 @@ impl Registry {
         if let Some(n) = range_from {
             req = req.header("Range", &format!("bytes={n}-"));
         }
-        if let Some(t) = &self.token {
-            req = req.header("Authorization", &format!("Bearer {t}"));
+        if let Some(a) = &self.authorization {
+            req = req.header("Authorization", a.expose());
         }
         req.call().map_err(|e| classify(url, e))
     }
@@ -190,9 +283,26 @@ impl Registry {
         range_from: Option<u64>,
     ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
         let url = format!("{}/v2/{}/{path}", self.base, self.repo);
-        let resp = self.send(&url, accept, range_from)?;
+        self.get_url(&url, accept, range_from)
+    }
+
+    fn get_url(
+        &mut self,
+        url: &str,
+        accept: Option<&str>,
+        range_from: Option<u64>,
+    ) -> Result<ureq::http::Response<ureq::Body>, RegistryError> {
+        let resp = self.send(url, accept, range_from)?;
         if resp.status().as_u16() != 401 {
             return Ok(resp);
+        }
+        // Basic credentials do not expire: a 401 with them is a refusal.
+        if self
+            .authorization
+            .as_ref()
+            .is_some_and(|a| a.expose().starts_with("Basic "))
+        {
+            return Err(self.refused(401));
         }
         let challenge = resp
             .headers()
@@ -200,40 +310,94 @@ impl Registry {
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        self.token = Some(self.fetch_token(&url, &challenge)?);
-        self.send(&url, accept, range_from)
+        match challenge_scheme(&challenge).as_str() {
+            "basic" => {
+                let basic = self.credential.as_ref().and_then(|f| f.credential.basic());
+                match basic {
+                    Some(b) => self.authorization = Some(b),
+                    None => return Err(self.refused(401)),
+                }
+            }
+            "bearer" => {
+                let t = self.fetch_token(url, &challenge)?;
+                self.authorization = Some(Secret::new(format!("Bearer {}", t.expose())));
+            }
+            "" => return Err(self.refused(401)),
+            other => {
+                return Err(RegistryError::Auth {
+                    url: url.to_string(),
+                    msg: format!("unsupported challenge scheme {other:?} (Basic and Bearer are)"),
+                })
+            }
+        }
+        let resp = self.send(url, accept, range_from)?;
+        if resp.status().as_u16() == 401 {
+            return Err(self.refused(401));
+        }
+        Ok(resp)
     }
 
-    fn fetch_token(&self, url: &str, challenge: &str) -> Result<String, RegistryError> {
+    fn fetch_token(&self, url: &str, challenge: &str) -> Result<Secret, RegistryError> {
         let auth = |msg: String| RegistryError::Auth {
             url: url.to_string(),
             msg,
         };
-        let params = parse_challenge(challenge).ok_or_else(|| {
-            auth(format!(
-                "unsupported challenge {challenge:?} (only anonymous Bearer tokens)"
-            ))
-        })?;
+        let params = parse_challenge(challenge)
+            .ok_or_else(|| auth("unparsable Bearer challenge".to_string()))?;
         let get = |k: &str| params.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
         let realm = get("realm").ok_or_else(|| auth("challenge has no realm".into()))?;
         if !realm.starts_with("https://") && !realm.starts_with("http://") {
             return Err(auth(format!("realm {realm:?} is not an http(s) URL")));
         }
-        let scope = get("scope").unwrap_or_else(|| format!("repository:{}:pull", self.repo));
-        let mut token_url = format!(
-            "{realm}{}scope={}",
-            if realm.contains('?') { '&' } else { '?' },
-            pct(&scope)
-        );
-        if let Some(s) = get("service") {
-            token_url.push_str(&format!("&service={}", pct(&s)));
+        let scope = get("scope")
+            .or_else(|| (!self.repo.is_empty()).then(|| format!("repository:{}:pull", self.repo)));
+        let cred = self.credential.as_ref().map(|f| &f.credential);
+        let mut resp = if let Some(refresh) = cred.and_then(|c| c.identity_token.as_ref()) {
+            // OAuth2 refresh-token grant (docker's identity tokens).
+            let mut form = vec![
+                ("grant_type", "refresh_token".to_string()),
+                ("client_id", "keel-toolbox".to_string()),
+                ("refresh_token", refresh.expose().to_string()),
+            ];
+            if let Some(s) = get("service") {
+                form.push(("service", s));
+            }
+            if let Some(s) = &scope {
+                form.push(("scope", s.clone()));
+            }
+            self.agent
+                .post(&realm)
+                .send_form(form.iter().map(|(k, v)| (*k, v.as_str())))
+                .map_err(|e| classify(&realm, e))?
+        } else {
+            let mut q = Vec::new();
+            if let Some(s) = &scope {
+                q.push(format!("scope={}", pct(s)));
+            }
+            if let Some(s) = get("service") {
+                q.push(format!("service={}", pct(&s)));
+            }
+            let token_url = if q.is_empty() {
+                realm.clone()
+            } else {
+                format!(
+                    "{realm}{}{}",
+                    if realm.contains('?') { '&' } else { '?' },
+                    q.join("&")
+                )
+            };
+            let mut req = self.agent.get(&token_url);
+            if let Some(b) = cred.and_then(|c| c.basic()) {
+                req = req.header("Authorization", b.expose());
+            }
+            req.call().map_err(|e| classify(&realm, e))?
+        };
+        let token_url = realm.clone();
+        let status = resp.status().as_u16();
+        if matches!(status, 401 | 403) {
+            return Err(self.refused(status));
         }
-        let mut resp = self
-            .agent
-            .get(&token_url)
-            .call()
-            .map_err(|e| classify(&token_url, e))?;
-        if resp.status().as_u16() != 200 {
+        if status != 200 {
             return Err(RegistryError::Status {
                 url: token_url,
                 status: resp.status().as_u16(),
@@ -256,6 +420,7 @@ impl Registry {
         t.token
             .or(t.access_token)
             .filter(|t| !t.is_empty())
+            .map(Secret::new)
             .ok_or_else(|| auth("token answer has no token".into()))
     }
 
@@ -493,6 +658,9 @@ mod tests {
             ]
         );
         assert!(parse_challenge("Basic realm=\"x\"").is_none());
+        assert_eq!(challenge_scheme("Basic realm=\"Registry Realm\""), "basic");
+        assert_eq!(challenge_scheme("BEARER realm=x"), "bearer");
+        assert_eq!(challenge_scheme(""), "");
         assert!(parse_challenge("Bearer realm=\"x").is_none());
         assert_eq!(pct("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
     }

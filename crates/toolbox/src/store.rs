@@ -340,7 +340,14 @@ impl Store {
         progress.status(&format!("resolving {src}"));
         let (files, resolved): (Box<dyn Files>, Resolved) = match src {
             ImageSource::Registry(r) => {
-                let mut reg = Registry::new(r);
+                let files = crate::auth::AuthFiles::from_env();
+                let found = files
+                    .lookup(&r.host, &r.repository)
+                    .map_err(RegistryError::from)?;
+                if let Some(f) = &found {
+                    tracing::info!("{}: using the {f}", r.host);
+                }
+                let mut reg = Registry::new(r).with_credentials(found, files.describe());
                 let resolved = reg.resolve(r, tag)?;
                 let blobs = self.cache().join("blobs/sha256");
                 std::fs::create_dir_all(&blobs).map_err(io_at(&blobs))?;

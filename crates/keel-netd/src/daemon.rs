@@ -9,7 +9,10 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::{self, Cidr, Gateway, LinkFacts, Network, OperState, RequiredForOnline, Scope};
+use crate::config::netdev::{self, NetDev};
+use crate::config::{
+    self, Cidr, Gateway, LinkFacts, Network, OperState, RequiredForOnline, Scope, RT_TABLE_MAIN,
+};
 use crate::dhcp::client::{Action, Client, ClientConfig, Dest};
 use crate::dhcp::lease::{Lease, StoredLease};
 use crate::netlink::{Event, Link, Netlink, Route};
@@ -146,6 +149,7 @@ pub struct Manager<N: Netlink, H: Host> {
     pub host: H,
     pub paths: Paths,
     pub networks: Vec<Network>,
+    pub netdevs: Vec<NetDev>,
     pub links: BTreeMap<u32, LinkCtl>,
     machine_id: Option<String>,
     /// Whether to open real sockets (false in unit tests).
@@ -174,6 +178,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             host,
             paths,
             networks: Vec::new(),
+            netdevs: Vec::new(),
             links: BTreeMap::new(),
             machine_id,
             sockets: true,
@@ -197,9 +202,59 @@ impl<N: Netlink, H: Host> Manager<N, H> {
         }
         tracing::info!(
             files = loaded.networks.len(),
+            netdevs = loaded.netdevs.len(),
             "loaded network configuration"
         );
         self.networks = loaded.networks;
+        self.netdevs = loaded.netdevs;
+    }
+
+    /// Create the bonds and bridges of `.netdev` files that do not exist
+    /// yet. An existing link of that name is left as it is (networkd does
+    /// the same); one of another kind is reported.
+    pub fn create_netdevs(&mut self) {
+        let links = match self.nl.links() {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("listing links: {e}");
+                return;
+            }
+        };
+        for d in self.netdevs.iter().filter(|d| d.independent()) {
+            match links.iter().find(|l| l.name == d.ifname) {
+                Some(l) if l.kind.as_deref() == Some(d.kind.as_str()) => {
+                    tracing::debug!(netdev = %d.ifname, "exists already")
+                }
+                Some(l) => tracing::error!(
+                    netdev = %d.ifname,
+                    file = %d.path.display(),
+                    "a link named {} exists with kind {}, not {}; not creating it",
+                    d.ifname,
+                    l.kind.as_deref().unwrap_or("none"),
+                    d.kind.as_str()
+                ),
+                None => match self.nl.create_link(d, None) {
+                    Ok(()) => {
+                        tracing::info!(netdev = %d.ifname, file = %d.path.display(), "created {}", d.describe())
+                    }
+                    Err(e) => {
+                        tracing::error!(netdev = %d.ifname, file = %d.path.display(), "creating {}: {e}", d.describe())
+                    }
+                },
+            }
+        }
+    }
+
+    fn index_of(&mut self, name: &str) -> Option<u32> {
+        if let Some((i, _)) = self.links.iter().find(|(_, c)| c.link.name == name) {
+            return Some(*i);
+        }
+        self.nl
+            .links()
+            .ok()?
+            .into_iter()
+            .find(|l| l.name == name)
+            .map(|l| l.index)
     }
 
     fn facts(&self, l: &Link) -> LinkFacts {
@@ -215,6 +270,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
 
     /// Enumerate links at start (or after an event overrun).
     pub fn sync(&mut self, now: Instant) -> Vec<Outgoing> {
+        self.create_netdevs();
         let links = match self.nl.links() {
             Ok(l) => l,
             Err(e) => {
@@ -349,6 +405,32 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 }
             }
         }
+        let mut up = link.up;
+        // Bond= and Bridge=: join the master first. A bond takes only
+        // ports that are down.
+        for (what, master) in [("bond", &n.bond), ("bridge", &n.bridge)] {
+            let Some(master) = master else { continue };
+            match self.index_of(master) {
+                None => {
+                    err = Some(format!(
+                        "{what} {master} does not exist (no .netdev created it)"
+                    ))
+                }
+                Some(m) if link.master == Some(m) => {}
+                Some(m) => {
+                    if what == "bond" && up {
+                        if let Err(e) = self.nl.set_down(index) {
+                            err = Some(format!("bringing link down to join {master}: {e}"));
+                        }
+                        up = false;
+                    }
+                    match self.nl.set_master(index, m) {
+                        Ok(()) => tracing::info!(interface = %link.name, "joined {what} {master}"),
+                        Err(e) => err = Some(format!("joining {what} {master}: {e}")),
+                    }
+                }
+            }
+        }
         if let Some(mtu) = n.link.mtu {
             if link.mtu != mtu {
                 if let Err(e) = self.nl.set_mtu(index, mtu) {
@@ -362,9 +444,32 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 tracing::warn!(interface = %link.name, "setting ipv6 {key}={value}: {e}");
             }
         }
-        if !link.up {
+        if !up {
             if let Err(e) = self.nl.set_up(index) {
                 err = Some(format!("bringing link up: {e}"));
+            }
+        }
+        // VLAN=: the VLAN links on top of this one.
+        for v in &n.vlans {
+            let Some(d) = self
+                .netdevs
+                .iter()
+                .find(|d| &d.ifname == v && matches!(d.kind, netdev::Kind::Vlan(_)))
+                .cloned()
+            else {
+                err = Some(format!(
+                    "VLAN={v}: no .netdev file defines a VLAN named {v}"
+                ));
+                continue;
+            };
+            if self.index_of(v).is_some() {
+                continue;
+            }
+            match self.nl.create_link(&d, Some(index)) {
+                Ok(()) => {
+                    tracing::info!(interface = %link.name, file = %d.path.display(), "created {}", d.describe())
+                }
+                Err(e) => err = Some(format!("creating {}: {e}", d.describe())),
             }
         }
         if let Some(e) = &err {
@@ -406,6 +511,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 scope,
                 source: r.preferred_source,
                 dhcp: false,
+                table: r.table.unwrap_or(RT_TABLE_MAIN),
             });
         }
         out
@@ -441,6 +547,11 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                     "adding route to {}/{}: {e}",
                     r.destination, r.prefix
                 )),
+            }
+        }
+        for r in &n.rules {
+            if let Err(e) = self.nl.add_rule(r) {
+                errors.push(format!("adding routing policy rule (line {}): {e}", r.line));
             }
         }
         for e in &errors {
@@ -594,6 +705,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 },
                 source: Some(IpAddr::V4(lease.address)),
                 dhcp: true,
+                table: RT_TABLE_MAIN,
             })
             .collect()
     }
@@ -867,7 +979,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             .owned_routes
             .iter()
             .chain(ctl.dhcp_routes.iter())
-            .find(|r| r.prefix == 0 && r.gateway.is_some())
+            .find(|r| r.prefix == 0 && r.gateway.is_some() && r.table == RT_TABLE_MAIN)
             .and_then(|r| r.gateway);
         let dhcp = ctl.client.as_ref().map(|c| {
             let (lease_secs, acquired, t1, t2, exp, addr, server) = match lease {
@@ -1158,6 +1270,7 @@ mod tests {
             loopback: false,
             arphrd: "ether",
             kind: None,
+            master: None,
         }
     }
 
@@ -1280,6 +1393,7 @@ mod tests {
             scope: Scope::Link,
             source: None,
             dhcp: false,
+            table: RT_TABLE_MAIN,
         };
         m.nl.add_route(2, &foreign).unwrap();
         m.apply(
@@ -1335,6 +1449,80 @@ mod tests {
             }],
         );
         assert!(m.host.hostnames.is_empty());
+    }
+
+    /// Issue 18: bonds and bridges from .netdev files are created at start,
+    /// ports join them (a bond port goes down first), a VLAN is created on
+    /// the link whose .network names it, and a Table= route and a rule go
+    /// where they were asked to, not into main.
+    #[test]
+    fn netdevs_ports_vlans_tables_and_rules() {
+        let (mut m, _t) = manager(&[
+            (
+                "10-bond0.netdev",
+                "[NetDev]\nName=bond0\nKind=bond\n[Bond]\nMode=active-backup\nMIIMonitorSec=100ms\n",
+            ),
+            ("20-br0.netdev", "[NetDev]\nName=br0\nKind=bridge\n"),
+            ("30-vlan42.netdev", "[NetDev]\nName=vlan42\nKind=vlan\n[VLAN]\nId=42\n"),
+            ("10-ports.network", "[Match]\nName=eth0 eth1\n[Network]\nBond=bond0\n"),
+            ("20-eth2.network", "[Match]\nName=eth2\n[Network]\nBridge=br0\n"),
+            (
+                "30-bond0.network",
+                "[Match]\nName=bond0\n[Network]\nVLAN=vlan42\nVLAN=vlan9\nAddress=10.5.0.2/24\n\
+                 [Route]\nGateway=10.5.0.1\nTable=100\n[RoutingPolicyRule]\nFrom=10.5.0.0/24\nTable=100\nPriority=100\n",
+            ),
+        ]);
+        m.nl.links.insert(2, link(2, "eth0", true, true));
+        m.nl.links.insert(3, link(3, "eth1", false, false));
+        m.nl.links.insert(4, link(4, "eth2", false, false));
+        let now = Instant::now();
+        m.sync(now);
+        let log = m.nl.log.join("\n");
+        assert!(log.starts_with("create bond bond0 mode active-backup miimon 100ms parent None\ncreate bridge br0 parent None\n"), "{log}");
+        let bond =
+            m.nl.links
+                .values()
+                .find(|l| l.name == "bond0")
+                .unwrap()
+                .index;
+        let br = m.nl.links.values().find(|l| l.name == "br0").unwrap().index;
+        assert!(
+            log.contains(&format!("down 2\nmaster 2 {bond}\nup 2")),
+            "an up port goes down to join: {log}"
+        );
+        assert!(log.contains(&format!("master 3 {bond}\nup 3")), "{log}");
+        assert!(log.contains(&format!("master 4 {br}\nup 4")), "{log}");
+        // The bond's own .network: VLAN on top, address, table route, rule.
+        assert!(
+            log.contains(&format!("create vlan vlan42 id 42 parent Some({bond})")),
+            "{log}"
+        );
+        assert_eq!(
+            m.links[&bond].error.as_deref(),
+            Some("VLAN=vlan9: no .netdev file defines a VLAN named vlan9")
+        );
+        let mut l = m.nl.links[&bond].clone();
+        l.up = true;
+        l.carrier = true;
+        m.event(Event::Changed(l), now);
+        let r = &m.nl.routes[&bond][0];
+        assert_eq!(
+            (r.table, r.gateway),
+            (100, Some("10.5.0.1".parse().unwrap()))
+        );
+        assert_eq!(m.nl.rules.len(), 1);
+        assert_eq!(
+            (m.nl.rules[0].table, m.nl.rules[0].priority),
+            (100, Some(100))
+        );
+        // A second sync creates nothing twice.
+        let before = m.nl.log.iter().filter(|l| l.starts_with("create")).count();
+        m.links.clear();
+        m.sync(now);
+        assert_eq!(
+            before,
+            m.nl.log.iter().filter(|l| l.starts_with("create")).count()
+        );
     }
 
     #[test]

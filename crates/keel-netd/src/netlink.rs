@@ -7,19 +7,25 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::{AsRawFd, RawFd};
 
+use netlink_packet_core::NLM_F_EXCL;
 use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE,
     NLM_F_DUMP, NLM_F_REPLACE, NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, CacheInfo};
-use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage};
+use netlink_packet_route::link::{
+    BondMode, BondXmitHashPolicy, BridgeStpState, InfoBond, InfoBridge, InfoData, InfoKind,
+    InfoVlan, LinkAttribute, LinkFlags, LinkInfo, LinkLayerType, LinkMessage,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
+use netlink_packet_route::rule::{RuleAction, RuleAttribute, RuleMessage};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
-use crate::config::{Cidr, Mac};
+use crate::config::netdev::{self, NetDev};
+use crate::config::{Cidr, Mac, RuleCfg};
 
 /// A link as the kernel reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,6 +42,8 @@ pub struct Link {
     pub arphrd: &'static str,
     /// rtnetlink kind (`veth`, `bridge`…); None for hardware.
     pub kind: Option<String>,
+    /// IFLA_MASTER: the bond or bridge this link is part of.
+    pub master: Option<u32>,
 }
 
 /// A route keel-netd installs (always with the link as output device).
@@ -49,6 +57,8 @@ pub struct Route {
     pub source: Option<IpAddr>,
     /// RTPROT_DHCP for lease routes, RTPROT_STATIC for configured ones.
     pub dhcp: bool,
+    /// The routing table (`Table=`; 254 is main).
+    pub table: u32,
 }
 
 /// A link change from the event socket.
@@ -71,6 +81,13 @@ pub trait Netlink {
     fn del_route(&mut self, index: u32, r: &Route) -> io::Result<()>;
     /// Addresses currently on the link (for status).
     fn addresses(&mut self, index: u32) -> io::Result<Vec<Cidr>>;
+    fn set_down(&mut self, index: u32) -> io::Result<()>;
+    /// Make `index` a port of the bond or bridge `master`.
+    fn set_master(&mut self, index: u32, master: u32) -> io::Result<()>;
+    /// Create a `.netdev`'s link; `parent` is the lower link of a VLAN.
+    fn create_link(&mut self, d: &NetDev, parent: Option<u32>) -> io::Result<()>;
+    /// Add a routing policy rule; the same rule already present is success.
+    fn add_rule(&mut self, r: &RuleCfg) -> io::Result<()>;
 }
 
 fn arphrd_name(t: LinkLayerType) -> &'static str {
@@ -90,9 +107,11 @@ pub fn link_from_message(m: &LinkMessage) -> Option<Link> {
     let mut mac = None;
     let mut mtu = 0;
     let mut kind = None;
+    let mut master = None;
     for a in &m.attributes {
         match a {
             LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Controller(i) if *i != 0 => master = Some(*i),
             LinkAttribute::Address(b) if b.len() == 6 => {
                 let mut x = [0u8; 6];
                 x.copy_from_slice(b);
@@ -120,6 +139,7 @@ pub fn link_from_message(m: &LinkMessage) -> Option<Link> {
         loopback: flags.contains(LinkFlags::Loopback),
         arphrd: arphrd_name(m.header.link_layer_type),
         kind,
+        master,
     })
 }
 
@@ -307,7 +327,11 @@ pub fn route_message(index: u32, r: &Route) -> RouteMessage {
     let mut m = RouteMessage::default();
     m.header.address_family = family(r.destination);
     m.header.destination_prefix_length = r.prefix;
-    m.header.table = 254; // RT_TABLE_MAIN
+    // Tables above 255 go in RTA_TABLE with RT_TABLE_UNSPEC in the header.
+    m.header.table = u8::try_from(r.table).unwrap_or(0);
+    if r.table > 255 {
+        m.attributes.push(RouteAttribute::Table(r.table));
+    }
     m.header.protocol = if r.dhcp {
         RouteProtocol::Dhcp
     } else {
@@ -332,6 +356,127 @@ pub fn route_message(index: u32, r: &Route) -> RouteMessage {
     }
     m.attributes.push(RouteAttribute::Oif(index));
     m.attributes.push(RouteAttribute::Priority(r.metric));
+    m
+}
+
+/// Build the message that creates a `.netdev` (pure; unit tested).
+pub fn netdev_message(d: &NetDev, parent: Option<u32>) -> LinkMessage {
+    let mut m = LinkMessage::default();
+    m.attributes.push(LinkAttribute::IfName(d.ifname.clone()));
+    if let Some(mtu) = d.mtu {
+        m.attributes.push(LinkAttribute::Mtu(mtu));
+    }
+    if let Some(mac) = d.mac {
+        m.attributes.push(LinkAttribute::Address(mac.0.to_vec()));
+    }
+    if let Some(p) = parent {
+        m.attributes.push(LinkAttribute::Link(p));
+    }
+    let (kind, data) = match &d.kind {
+        netdev::Kind::Bond(b) => {
+            let mut v = Vec::new();
+            if let Some(mode) = b.mode {
+                v.push(InfoBond::Mode(match mode {
+                    netdev::BondMode::BalanceRr => BondMode::BalanceRr,
+                    netdev::BondMode::ActiveBackup => BondMode::ActiveBackup,
+                    netdev::BondMode::BalanceXor => BondMode::BalanceXor,
+                    netdev::BondMode::Broadcast => BondMode::Broadcast,
+                    netdev::BondMode::Ieee8023ad => BondMode::Ieee8023Ad,
+                    netdev::BondMode::BalanceTlb => BondMode::BalanceTlb,
+                    netdev::BondMode::BalanceAlb => BondMode::BalanceAlb,
+                }));
+            }
+            if let Some(p) = b.transmit_hash_policy {
+                v.push(InfoBond::XmitHashPolicy(match p {
+                    netdev::HashPolicy::Layer2 => BondXmitHashPolicy::Layer2,
+                    netdev::HashPolicy::Layer34 => BondXmitHashPolicy::Layer34,
+                    netdev::HashPolicy::Layer23 => BondXmitHashPolicy::Layer23,
+                    netdev::HashPolicy::Encap23 => BondXmitHashPolicy::Encap23,
+                    netdev::HashPolicy::Encap34 => BondXmitHashPolicy::Encap34,
+                    netdev::HashPolicy::VlanSrcMac => BondXmitHashPolicy::VlanSrcMac,
+                }));
+            }
+            if let Some(f) = b.lacp_fast {
+                v.push(InfoBond::AdLacpRate(if f {
+                    netlink_packet_route::link::BondLacpRate::Fast
+                } else {
+                    netlink_packet_route::link::BondLacpRate::Slow
+                }));
+            }
+            if let Some(x) = b.mii_monitor_ms {
+                v.push(InfoBond::MiiMon(x));
+            }
+            if let Some(x) = b.up_delay_ms {
+                v.push(InfoBond::UpDelay(x));
+            }
+            if let Some(x) = b.down_delay_ms {
+                v.push(InfoBond::DownDelay(x));
+            }
+            if let Some(x) = b.min_links {
+                v.push(InfoBond::MinLinks(x));
+            }
+            (InfoKind::Bond, InfoData::Bond(v))
+        }
+        netdev::Kind::Vlan(vl) => (InfoKind::Vlan, InfoData::Vlan(vec![InfoVlan::Id(vl.id)])),
+        netdev::Kind::Bridge(b) => {
+            let mut v = Vec::new();
+            if let Some(stp) = b.stp {
+                v.push(InfoBridge::StpState(if stp {
+                    BridgeStpState::KernelStp
+                } else {
+                    BridgeStpState::Disabled
+                }));
+            }
+            if let Some(x) = b.forward_delay_cs {
+                v.push(InfoBridge::ForwardDelay(x));
+            }
+            if let Some(x) = b.hello_time_cs {
+                v.push(InfoBridge::HelloTime(x));
+            }
+            if let Some(x) = b.max_age_cs {
+                v.push(InfoBridge::MaxAge(x));
+            }
+            if let Some(x) = b.ageing_time_cs {
+                v.push(InfoBridge::AgeingTime(x));
+            }
+            if let Some(x) = b.priority {
+                v.push(InfoBridge::Priority(x));
+            }
+            if let Some(x) = b.vlan_filtering {
+                v.push(InfoBridge::VlanFiltering(x));
+            }
+            (InfoKind::Bridge, InfoData::Bridge(v))
+        }
+    };
+    m.attributes.push(LinkAttribute::LinkInfo(vec![
+        LinkInfo::Kind(kind),
+        LinkInfo::Data(data),
+    ]));
+    m
+}
+
+/// Build a routing policy rule message (pure; unit tested).
+pub fn rule_message(r: &RuleCfg) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = if r.ipv6() {
+        AddressFamily::Inet6
+    } else {
+        AddressFamily::Inet
+    };
+    m.header.action = RuleAction::ToTable;
+    m.header.table = u8::try_from(r.table).unwrap_or(0);
+    if let Some(f) = r.from {
+        m.header.src_len = f.prefix;
+        m.attributes.push(RuleAttribute::Source(f.addr));
+    }
+    if let Some(t) = r.to {
+        m.header.dst_len = t.prefix;
+        m.attributes.push(RuleAttribute::Destination(t.addr));
+    }
+    m.attributes.push(RuleAttribute::Table(r.table));
+    if let Some(p) = r.priority {
+        m.attributes.push(RuleAttribute::Priority(p));
+    }
     m
 }
 
@@ -409,6 +554,38 @@ impl Netlink for Rtnl {
         .map(drop)
     }
 
+    fn set_down(&mut self, index: u32) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.header.change_mask = LinkFlags::Up;
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
+    }
+
+    fn set_master(&mut self, index: u32, master: u32) -> io::Result<()> {
+        let mut m = Self::link_msg(index);
+        m.attributes.push(LinkAttribute::Controller(master));
+        self.request(RouteNetlinkMessage::SetLink(m), NLM_F_ACK)
+            .map(drop)
+    }
+
+    fn create_link(&mut self, d: &NetDev, parent: Option<u32>) -> io::Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewLink(netdev_message(d, parent)),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        )
+        .map(drop)
+    }
+
+    fn add_rule(&mut self, r: &RuleCfg) -> io::Result<()> {
+        match self.request(
+            RouteNetlinkMessage::NewRule(rule_message(r)),
+            NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+            r => r.map(drop),
+        }
+    }
+
     fn addresses(&mut self, index: u32) -> io::Result<Vec<Cidr>> {
         let msgs = self.request(
             RouteNetlinkMessage::GetAddress(AddressMessage::default()),
@@ -454,6 +631,7 @@ pub mod fake {
         pub links: BTreeMap<u32, Link>,
         pub addrs: BTreeMap<u32, BTreeSet<(String, Option<u32>)>>,
         pub routes: BTreeMap<u32, Vec<Route>>,
+        pub rules: Vec<RuleCfg>,
         pub log: Vec<String>,
     }
 
@@ -519,6 +697,57 @@ pub mod fake {
             }
             Ok(())
         }
+        fn set_down(&mut self, index: u32) -> io::Result<()> {
+            self.log.push(format!("down {index}"));
+            if let Some(l) = self.links.get_mut(&index) {
+                l.up = false;
+            }
+            Ok(())
+        }
+        fn set_master(&mut self, index: u32, master: u32) -> io::Result<()> {
+            self.log.push(format!("master {index} {master}"));
+            if let Some(l) = self.links.get_mut(&index) {
+                l.master = Some(master);
+            }
+            Ok(())
+        }
+        fn create_link(&mut self, d: &NetDev, parent: Option<u32>) -> io::Result<()> {
+            self.log
+                .push(format!("create {} parent {parent:?}", d.describe()));
+            if self.links.values().any(|l| l.name == d.ifname) {
+                return Err(io::Error::from_raw_os_error(libc::EEXIST));
+            }
+            let index = self.links.keys().max().copied().unwrap_or(1) + 1;
+            self.links.insert(
+                index,
+                Link {
+                    index,
+                    name: d.ifname.clone(),
+                    mac: d.mac,
+                    up: false,
+                    carrier: false,
+                    mtu: d.mtu.unwrap_or(1500),
+                    loopback: false,
+                    arphrd: "ether",
+                    kind: Some(d.kind.as_str().to_string()),
+                    master: None,
+                },
+            );
+            Ok(())
+        }
+        fn add_rule(&mut self, r: &RuleCfg) -> io::Result<()> {
+            self.log.push(format!(
+                "rule+ from {:?} to {:?} table {} priority {:?}",
+                r.from.map(|c| c.to_string()),
+                r.to.map(|c| c.to_string()),
+                r.table,
+                r.priority
+            ));
+            if !self.rules.contains(r) {
+                self.rules.push(r.clone());
+            }
+            Ok(())
+        }
         fn addresses(&mut self, index: u32) -> io::Result<Vec<Cidr>> {
             Ok(self
                 .addrs
@@ -532,7 +761,7 @@ pub mod fake {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use netlink_packet_route::link::InfoKind;
+    use crate::config::RT_TABLE_MAIN;
 
     #[test]
     fn decodes_link_messages() {
@@ -548,11 +777,13 @@ mod tests {
             .push(LinkAttribute::LinkInfo(vec![LinkInfo::Kind(
                 InfoKind::Veth,
             )]));
+        m.attributes.push(LinkAttribute::Controller(7));
         let l = link_from_message(&m).unwrap();
         assert_eq!(l.name, "veth0");
         assert!(l.up && l.carrier && !l.loopback);
         assert_eq!(l.arphrd, "ether");
         assert_eq!(l.kind.as_deref(), Some("veth"));
+        assert_eq!(l.master, Some(7));
         assert_eq!(l.mac.unwrap().to_string(), "02:00:00:00:00:01");
         // Serialise and split it back, as the kernel would deliver it.
         let mut packet = NetlinkMessage::new(
@@ -583,6 +814,7 @@ mod tests {
             scope: crate::config::Scope::Global,
             source: None,
             dhcp: true,
+            table: RT_TABLE_MAIN,
         };
         let m = route_message(4, &r);
         assert_eq!(m.header.protocol, RouteProtocol::Dhcp);
@@ -599,5 +831,51 @@ mod tests {
         assert!(a
             .attributes
             .contains(&AddressAttribute::Broadcast("10.0.0.255".parse().unwrap())));
+        let m = route_message(4, &Route { table: 100, ..r });
+        assert_eq!(m.header.table, 100);
+        let m = route_message(4, &Route { table: 1000, ..r });
+        assert_eq!(m.header.table, 0);
+        assert!(m.attributes.contains(&RouteAttribute::Table(1000)));
+    }
+
+    #[test]
+    fn netdev_and_rule_messages() {
+        let (d, _) = crate::config::netdev::parse_text(
+            std::path::Path::new("b.netdev"),
+            "[NetDev]\nName=bond0\nKind=bond\nMTUBytes=9000\n[Bond]\nMode=802.3ad\nMIIMonitorSec=100ms\nLACPTransmitRate=fast\n",
+        );
+        let m = netdev_message(&d.unwrap(), None);
+        assert!(m
+            .attributes
+            .contains(&LinkAttribute::IfName("bond0".into())));
+        assert!(m.attributes.contains(&LinkAttribute::Mtu(9000)));
+        assert!(m.attributes.contains(&LinkAttribute::LinkInfo(vec![
+            LinkInfo::Kind(InfoKind::Bond),
+            LinkInfo::Data(InfoData::Bond(vec![
+                InfoBond::Mode(BondMode::Ieee8023Ad),
+                InfoBond::AdLacpRate(netlink_packet_route::link::BondLacpRate::Fast),
+                InfoBond::MiiMon(100),
+            ])),
+        ])));
+        let (d, _) = crate::config::netdev::parse_text(
+            std::path::Path::new("v.netdev"),
+            "[NetDev]\nName=vlan42\nKind=vlan\n[VLAN]\nId=42\n",
+        );
+        let m = netdev_message(&d.unwrap(), Some(3));
+        assert!(m.attributes.contains(&LinkAttribute::Link(3)));
+        let r = RuleCfg {
+            from: Some("10.1.0.0/24".parse().unwrap()),
+            to: None,
+            table: 100,
+            priority: Some(100),
+            line: 1,
+        };
+        let m = rule_message(&r);
+        assert_eq!(
+            (m.header.family, m.header.src_len, m.header.table),
+            (AddressFamily::Inet, 24, 100)
+        );
+        assert!(m.attributes.contains(&RuleAttribute::Priority(100)));
+        assert_eq!(m.header.action, RuleAction::ToTable);
     }
 }

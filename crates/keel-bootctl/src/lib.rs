@@ -21,5 +21,6 @@
 //! attribute changes; [`disk`] is the effectful shell.
 
 pub mod disk;
+pub mod esp;
 pub mod health;
 pub mod slots;

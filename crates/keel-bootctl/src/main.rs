@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
 use keel_bootctl::disk::Disk;
-use keel_bootctl::{health, slots};
+use keel_bootctl::{esp, health, slots};
 use keel_contract::{paths, BootRecord};
 
 #[derive(Parser, Debug)]
@@ -41,15 +41,24 @@ enum Cmd {
         #[arg(long, default_value_t = 1)]
         tries: u8,
     },
-    /// Mark the booted slot (or --slot) as successful.
+    /// Mark the booted slot (or --slot) as successful: its GPT attributes,
+    /// then its counted loader entry on the ESP (blessed to its proven
+    /// name) when this boot came from that slot's entry.
     MarkSuccessful {
-        /// Only if multi-user.target is active and no keel-* unit failed.
+        /// Only if the boot is good (see check-boot).
         #[arg(long)]
         if_boot_good: bool,
         /// The slot (default: the booted one).
         #[arg(long)]
         slot: Option<slots::Slot>,
+        /// A mounted ESP to bless in (default: found on the boot disk).
+        #[arg(long)]
+        esp: Option<PathBuf>,
     },
+    /// Exit 0 if this boot is good: multi-user.target active and no
+    /// critical unit failed (boot-check.d drop-ins; default sshd,
+    /// keel-netd, the keel-oem stages). Run before boot-complete.target.
+    CheckBoot,
 }
 
 fn main() -> ExitCode {
@@ -102,7 +111,19 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 disk_path.display()
             );
         }
-        Cmd::MarkSuccessful { if_boot_good, slot } => {
+        Cmd::CheckBoot => {
+            let critical = health::load_critical(&health::dropin_dirs())?;
+            if let Err(why) = health::check(&health::Systemctl, &critical) {
+                warn!("this boot is not good: {why:#}");
+                return Ok(ExitCode::FAILURE);
+            }
+            info!("this boot is good (critical units: {})", critical.join(" "));
+        }
+        Cmd::MarkSuccessful {
+            if_boot_good,
+            slot,
+            esp,
+        } => {
             let slot = match slot {
                 Some(s) => s,
                 None => {
@@ -114,7 +135,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             };
             if if_boot_good {
-                if let Err(why) = health::check(&health::Systemctl) {
+                let critical = health::load_critical(&health::dropin_dirs())?;
+                if let Err(why) = health::check(&health::Systemctl, &critical) {
                     warn!("not marking USR-{slot} successful: {why:#}");
                     return Ok(ExitCode::FAILURE);
                 }
@@ -123,14 +145,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
             // Already proven needs no write, so a damaged header (which
             // blocks writes) does not make a good boot look bad.
             let mut gpt = disk.read()?.gpt;
-            if !slots::mark_successful(&mut gpt, slot)? {
+            if slots::mark_successful(&mut gpt, slot)? {
+                let mut gpt = disk.read_for_write()?;
+                slots::mark_successful(&mut gpt, slot)?;
+                disk.write(&gpt)?;
+                info!("USR-{slot} marked successful");
+            } else {
                 info!("USR-{slot} was already marked successful");
-                return Ok(ExitCode::SUCCESS);
             }
-            let mut gpt = disk.read_for_write()?;
-            slots::mark_successful(&mut gpt, slot)?;
-            disk.write(&gpt)?;
-            info!("USR-{slot} marked successful");
+            drop(disk);
+            // The GPT first: a slot proven there and not on the ESP falls
+            // back to the other kernel, which keel-init then refuses to run
+            // with this slot's /usr (a rollback, not a broken boot); the
+            // other order could leave this kernel with no bootable /usr.
+            let kernel_slot = record.as_ref().ok().and_then(|r| r.kernel_slot);
+            if kernel_slot == Some(slot) {
+                let esp = match esp {
+                    Some(d) => esp::Esp::at(&d),
+                    None => esp::Esp::open(&disk_path)
+                        .context("opening the ESP to bless the booted entry")?,
+                };
+                for (from, to) in esp::bless(esp.root(), slot)? {
+                    info!("loader entry {from} blessed: now {to}");
+                }
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

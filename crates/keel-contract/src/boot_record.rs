@@ -81,6 +81,10 @@ pub struct BootRecord {
     pub version: u32,
     /// The booted USR slot.
     pub slot: Slot,
+    /// The slot whose kernel and initramfs run this boot (`keel.usr=` of
+    /// the loader entry); null on a direct `-kernel` boot.
+    #[serde(default)]
+    pub kernel_slot: Option<Slot>,
     /// Whether this boot did first-boot work.
     #[serde(default)]
     pub first_boot: bool,
@@ -149,6 +153,7 @@ impl BootRecord {
         BootRecord {
             version: VERSION,
             slot,
+            kernel_slot: None,
             first_boot: false,
             disk: disk.to_string(),
             usr_device: String::new(),
@@ -208,6 +213,7 @@ mod tests {
 
     fn full() -> BootRecord {
         let mut r = BootRecord::new(Slot::B, "/dev/vda");
+        r.kernel_slot = Some(Slot::B);
         r.first_boot = true;
         r.usr_device = "/dev/vda4".into();
         r.usr_verity_device = "/dev/vda5".into();

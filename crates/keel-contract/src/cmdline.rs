@@ -59,6 +59,14 @@ pub enum CmdlineError {
         /// Its value.
         value: String,
     },
+    /// A slot name that is not `a` or `b`.
+    #[error("kernel command line: {key}={value:?} is not a slot (a or b)")]
+    BadSlot {
+        /// The parameter.
+        key: String,
+        /// Its value.
+        value: String,
+    },
     /// A boolean that does not parse.
     #[error("kernel command line: {key}={value:?} is not 0 or 1")]
     BadBool {
@@ -193,6 +201,20 @@ impl Cmdline {
         }
     }
 
+    /// `keel.usr`: the slot whose kernel and initramfs are running (a UEFI
+    /// loader entry names it); `None` when absent (a direct `-kernel` boot).
+    pub fn usr_slot(&self) -> Result<Option<Slot>, CmdlineError> {
+        match self.get(USR_SLOT) {
+            None => Ok(None),
+            Some(Some("a")) => Ok(Some(Slot::A)),
+            Some(Some("b")) => Ok(Some(Slot::B)),
+            Some(v) => Err(CmdlineError::BadSlot {
+                key: USR_SLOT.into(),
+                value: v.unwrap_or("").into(),
+            }),
+        }
+    }
+
     /// `keel.disk_timeout`, or [`DEFAULT_DISK_TIMEOUT`].
     pub fn disk_timeout(&self) -> Result<Duration, CmdlineError> {
         match self.get(DISK_TIMEOUT) {
@@ -244,6 +266,9 @@ pub struct KeelParams {
     pub usrhash_a: Option<String>,
     /// Root hash of USR-B.
     pub usrhash_b: Option<String>,
+    /// The slot whose kernel is running (`keel.usr=`), when a loader
+    /// entry said so.
+    pub kernel_slot: Option<Slot>,
     /// Forced first boot.
     pub first_boot: bool,
     /// Disk wait bound.
@@ -255,6 +280,7 @@ impl Default for KeelParams {
         KeelParams {
             usrhash_a: None,
             usrhash_b: None,
+            kernel_slot: None,
             first_boot: false,
             disk_timeout: DEFAULT_DISK_TIMEOUT,
         }
@@ -267,6 +293,7 @@ impl KeelParams {
         Ok(KeelParams {
             usrhash_a: c.usrhash(Slot::A)?,
             usrhash_b: c.usrhash(Slot::B)?,
+            kernel_slot: c.usr_slot()?,
             first_boot: c.first_boot()?,
             disk_timeout: c.disk_timeout()?,
         })
@@ -303,6 +330,28 @@ mod tests {
         assert_eq!(c.usrhash(Slot::B), None);
         assert!(c.first_boot);
         assert_eq!(c.disk_timeout, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn usr_slot_names_the_kernel_s_slot() {
+        assert_eq!(
+            KeelParams::parse("keel.usr=b").unwrap().kernel_slot,
+            Some(Slot::B)
+        );
+        assert_eq!(
+            KeelParams::parse("keel.usr=a").unwrap().kernel_slot,
+            Some(Slot::A)
+        );
+        assert_eq!(KeelParams::parse("quiet").unwrap().kernel_slot, None);
+        for bad in ["keel.usr", "keel.usr=", "keel.usr=c", "keel.usr=B"] {
+            let e = KeelParams::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("keel.usr") && e.contains("not a slot"),
+                "{bad}: {e}"
+            );
+        }
+        let line = format!("x {} y", usr_slot_arg(Slot::B));
+        assert_eq!(KeelParams::parse(&line).unwrap().kernel_slot, Some(Slot::B));
     }
 
     #[test]

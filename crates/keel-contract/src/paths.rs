@@ -42,6 +42,11 @@ pub const OEM_RUN_DIR: &str = "/run/keel/oem";
 pub const OEM_STATE_DIR: &str = "/var/lib/keel/oem";
 /// Where keel-provision mounts a config drive while reading it.
 pub const CONFIG_DRIVE_MOUNT: &str = "/run/keel/config-drive";
+/// Where keel-bootctl and keel-update mount the boot disk's ESP while they
+/// write it, when no ESP is mounted already (unmounted again after).
+pub const ESP_MOUNT: &str = "/run/keel/esp";
+/// Mount points where an administrator's mounted ESP is looked for first.
+pub const ESP_DIRS: [&str; 3] = ["/boot", "/efi", "/boot/efi"];
 /// keel-provision's run-once marker.
 pub const PROVISIONED: &str = "/var/lib/keel/provisioned";
 /// keel-provision's result (JSON).

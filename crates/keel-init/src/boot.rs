@@ -519,6 +519,7 @@ pub fn run() -> Result<BootRecord, BootError> {
     join_fs(&mut grown);
     mark("switch_root");
     let record = BootRecord {
+        kernel_slot: cmd.kernel_slot,
         first_boot,
         usr_device: usr,
         usr_verity_device: usr_verity,

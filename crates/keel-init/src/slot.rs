@@ -9,6 +9,15 @@
 //! recorded with the reason and the next one is tried, in the same boot.
 //! No usable slot is an error (keel-init's emergency state).
 //!
+//! A slot is kernel + initramfs + `/usr` together: a mounted slot must hold
+//! the modules of the running kernel ([`UsrSys::check_kernel`]). One that
+//! does not (the firmware fell back to the other slot's kernel while the
+//! GPT still chose this slot) is never run mixed: it is unmounted and the
+//! other slot is tried in the same boot. When the loader entry named the
+//! running kernel's slot (`keel.usr=`) and it is the other one, the slot
+//! is also marked bad (priority 0, no tries, unproven, in both headers),
+//! so later boots do not try it again until an updater's `set-next`.
+//!
 //! The decision is pure over [`UsrSys`] (the disk, dm-verity and the mount);
 //! [`Real`] is the kernel, the tests use a fake over an in-memory disk.
 
@@ -53,6 +62,23 @@ pub trait UsrSys {
     fn mount_usr(&mut self, dm_node: &str, usr: &str) -> Result<()>;
     /// Verity: remove the mapping again (after a failed mount).
     fn close_verity(&mut self);
+    /// Kernel: whether the mounted `/usr` holds the running kernel's
+    /// modules; `Err(KernelMismatch)` when it does not.
+    fn check_kernel(&mut self) -> Result<(), KernelMismatch>;
+    /// Mount: unmount `<sysroot>/usr` again (after a failed check).
+    fn unmount_usr(&mut self);
+}
+
+/// A slot whose `/usr` does not belong to the running kernel.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{usr} holds no modules for the running kernel {release} ({detail}): this kernel belongs to the other slot; refusing to run a mixed system")]
+pub struct KernelMismatch {
+    /// The `/usr` checked (filled in by the caller).
+    pub usr: String,
+    /// `uname -r`.
+    pub release: String,
+    /// What is missing or different.
+    pub detail: String,
 }
 
 /// A USR slot opened through dm-verity and mounted.
@@ -113,6 +139,12 @@ pub fn open_usr(
         sys.close_verity();
         return Err(e);
     }
+    if let Err(mut e) = sys.check_kernel() {
+        sys.unmount_usr();
+        sys.close_verity();
+        e.usr = format!("{} ({usr})", slot.label());
+        return Err(e.into());
+    }
     Ok(OpenedUsr {
         usr,
         hash_dev,
@@ -154,6 +186,27 @@ fn consume_try(disk: &mut Disk, slot: Slot, sys: &mut impl UsrSys) -> Result<boo
     Ok(true)
 }
 
+/// Give `slot` priority 0, no tries and no success flag, in both headers.
+fn mark_bad(disk: &mut Disk, slot: Slot, sys: &mut impl UsrSys) -> Result<()> {
+    let label = slot.label();
+    let number = disk
+        .gpt
+        .by_name(label)
+        .map(|p| p.number)
+        .ok_or_else(|| anyhow!("no partition labelled {label}"))?;
+    let part = disk.gpt.by_number_mut(number)?;
+    let bad = Prio {
+        priority: 0,
+        tries: 0,
+        successful: false,
+    };
+    if Prio::from_attributes(part.attributes) == bad {
+        return Ok(());
+    }
+    part.attributes = bad.apply(part.attributes)?;
+    sys.write_table(&disk.gpt)
+}
+
 /// The A/B decision: try slots in gptprio order; an unproven slot loses a
 /// try (written to both GPT headers) before it is used; a slot that cannot
 /// be used is recorded and the next one is tried.
@@ -190,11 +243,20 @@ pub fn choose_and_mount_usr(
                 })
             }
             Err(e) => {
-                warn!("{}: not usable: {e:#}", slot.label());
-                failures.push(SlotFailure {
-                    slot,
-                    reason: format!("{e:#}"),
-                });
+                let mut reason = format!("{e:#}");
+                // Marked bad only when the loader entry said the running
+                // kernel is the other slot's: then this slot cannot run
+                // under it, and the firmware will pick that kernel again.
+                if e.downcast_ref::<KernelMismatch>().is_some()
+                    && cmd.kernel_slot == Some(slot.other())
+                {
+                    match mark_bad(disk, slot, sys) {
+                        Ok(()) => reason.push_str("; marked bad"),
+                        Err(w) => reason.push_str(&format!("; marking it bad failed: {w:#}")),
+                    }
+                }
+                warn!("{}: not usable: {reason}", slot.label());
+                failures.push(SlotFailure { slot, reason });
             }
         }
     }
@@ -349,6 +411,59 @@ impl UsrSys for Real {
             let _ = ctl.remove(DM_NAME);
         }
     }
+
+    fn check_kernel(&mut self) -> Result<(), KernelMismatch> {
+        let uts = nix::sys::utsname::uname().map_err(|e| KernelMismatch {
+            usr: String::new(),
+            release: "?".into(),
+            detail: format!("uname: {e}"),
+        })?;
+        let release = uts.release().to_string_lossy().into_owned();
+        let version = uts.version().to_string_lossy().into_owned();
+        let dir = self.sysroot.join("usr/lib/modules").join(&release);
+        let recorded = std::fs::read_to_string(dir.join(KERNEL_BUILD_FILE)).ok();
+        kernel_matches(
+            &release,
+            &version,
+            dir.join("modules.dep").is_file(),
+            recorded.as_deref(),
+        )
+    }
+
+    fn unmount_usr(&mut self) {
+        let _ = umount(&self.sysroot.join("usr"));
+    }
+}
+
+/// The file in `/usr/lib/modules/<release>/` where keel-image records the
+/// kernel's build (`uname -v`, from the bzImage header), so two builds of
+/// one release (a Debian upload that kept the ABI name) are told apart.
+pub const KERNEL_BUILD_FILE: &str = "keel-kernel-build";
+
+/// The check itself: the release's modules are there, and the recorded
+/// build (when the image recorded one) is the running kernel's.
+pub fn kernel_matches(
+    release: &str,
+    version: &str,
+    has_modules: bool,
+    recorded_build: Option<&str>,
+) -> Result<(), KernelMismatch> {
+    let mismatch = |detail: String| KernelMismatch {
+        usr: String::new(),
+        release: release.to_string(),
+        detail,
+    };
+    if !has_modules {
+        return Err(mismatch(format!(
+            "no /usr/lib/modules/{release}/modules.dep"
+        )));
+    }
+    match recorded_build.map(str::trim) {
+        Some(b) if !b.is_empty() && b != version => Err(mismatch(format!(
+            "its modules are of build {b:?}, the kernel is {version:?}"
+        ))),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -439,6 +554,7 @@ mod tests {
         OpenVerity(String, String, String),
         Mount(String),
         CloseVerity,
+        Unmount,
     }
 
     /// An in-memory disk; verity and mount succeed unless told otherwise.
@@ -453,6 +569,8 @@ mod tests {
         data_blocks: u64,
         mapped: bool,
         mounted: Option<String>,
+        /// USR devices without the running kernel's modules.
+        foreign_kernel: Vec<String>,
     }
 
     impl Fake {
@@ -466,6 +584,7 @@ mod tests {
                 data_blocks: 256,
                 mapped: false,
                 mounted: None,
+                foreign_kernel: Vec::new(),
             }
         }
     }
@@ -516,6 +635,17 @@ mod tests {
             self.calls.push(Call::CloseVerity);
             self.mapped = false;
         }
+        fn check_kernel(&mut self) -> Result<(), KernelMismatch> {
+            let m = self.mounted.clone().unwrap_or_default();
+            if self.foreign_kernel.contains(&m) {
+                return Err(kernel_matches("6.1.0-99-amd64", "#1", false, None).unwrap_err());
+            }
+            Ok(())
+        }
+        fn unmount_usr(&mut self) {
+            self.calls.push(Call::Unmount);
+            self.mounted = None;
+        }
     }
 
     fn prio_on_disk(dev: &[u8], label: &str) -> Prio {
@@ -550,6 +680,86 @@ mod tests {
         tweak(&mut fake);
         let r = choose_and_mount_usr(&mut disk, cmd, &mut fake);
         (r, fake)
+    }
+
+    #[test]
+    fn a_slot_without_the_running_kernel_s_modules_is_marked_bad_and_the_other_boots() {
+        // B on trial (the update), but the firmware ran A's kernel (B's
+        // entry ran out of tries): B must not run under A's kernel.
+        let dev = image(attrs(1, 0, true), attrs(2, 1, false));
+        let cmd = KeelParams {
+            kernel_slot: Some(Slot::A),
+            ..params(true, true)
+        };
+        let (r, f) = run(dev, &cmd, |f| {
+            f.foreign_kernel.push("/dev/vda4".into());
+        });
+        let c = r.unwrap();
+        assert_eq!(c.slot, Slot::A);
+        assert_eq!(f.mounted.as_deref(), Some("/dev/vda2"));
+        assert_eq!(c.failures.len(), 1);
+        let why = &c.failures[0].reason;
+        assert!(
+            why.contains(
+                "USR-B (/dev/vda4) holds no modules for the running kernel 6.1.0-99-amd64"
+            ) && why.contains("mixed system")
+                && why.ends_with("marked bad"),
+            "{why}"
+        );
+        // B was unmounted and unmapped before A was opened.
+        let i = f.calls.iter().position(|c| *c == Call::Unmount).unwrap();
+        assert_eq!(f.calls[i + 1], Call::CloseVerity);
+        assert_eq!(prio_on_disk(&f.dev, "USR-B"), p(0, 0, false));
+        assert_eq!(backup_prio(&f.dev, "USR-B"), p(0, 0, false));
+        assert_eq!(prio_on_disk(&f.dev, "USR-A"), p(1, 0, true));
+    }
+
+    #[test]
+    fn without_keel_usr_a_mismatch_falls_back_but_marks_nothing() {
+        // A direct -kernel boot: which slot the kernel belongs to is not
+        // known, so the table keeps B's state.
+        let dev = image(attrs(1, 0, true), attrs(2, 1, false));
+        let (r, f) = run(dev, &params(true, true), |f| {
+            f.foreign_kernel.push("/dev/vda4".into());
+        });
+        let c = r.unwrap();
+        assert_eq!(c.slot, Slot::A);
+        assert!(!c.failures[0].reason.contains("marked bad"));
+        assert_eq!(prio_on_disk(&f.dev, "USR-B"), p(2, 0, false));
+    }
+
+    #[test]
+    fn no_slot_matching_the_kernel_is_an_error_naming_both() {
+        let dev = image(attrs(1, 0, true), attrs(2, 1, false));
+        let (r, f) = run(dev, &params(true, true), |f| {
+            f.foreign_kernel = vec!["/dev/vda2".into(), "/dev/vda4".into()];
+        });
+        let e = format!("{:#}", r.unwrap_err());
+        assert!(
+            e.contains("USR-A (/dev/vda2) holds no modules")
+                && e.contains("USR-B (/dev/vda4) holds no modules"),
+            "{e}"
+        );
+        assert!(f.mounted.is_none() && !f.mapped);
+    }
+
+    #[test]
+    fn kernel_match_rules() {
+        assert!(kernel_matches("6.1.0-28-amd64", "#1 SMP Debian 6.1.119-1", true, None).is_ok());
+        assert!(kernel_matches("r", "#1 v1", true, Some("#1 v1\n")).is_ok());
+        assert!(kernel_matches("r", "#1 v1", true, Some("")).is_ok());
+        let e = kernel_matches("r", "#1 v2", true, Some("#1 v1")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("build \"#1 v1\", the kernel is \"#1 v2\""),
+            "{e}"
+        );
+        let e = kernel_matches("6.1.0-28-amd64", "#1", false, None).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no /usr/lib/modules/6.1.0-28-amd64/modules.dep"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -50,6 +50,9 @@ pub enum EspError {
         /// The error.
         source: std::io::Error,
     },
+    /// Finding or mounting the boot disk's ESP.
+    #[error(transparent)]
+    Open(#[from] keel_bootctl::esp::EspError),
 }
 
 /// Puts a slot's kernel and initramfs where its boot path finds them.
@@ -185,6 +188,82 @@ impl BootInstaller for EspDir {
             std::fs::rename(&from, &to).map_err(io("renaming", &from))?;
         }
         self.sync_dir(layout::ENTRIES_DIR)
+    }
+}
+
+/// The boot disk's ESP, opened (found, mounted on `/run/keel/esp` unless
+/// an administrator mounted it) on first use and unmounted when dropped,
+/// so a check that finds nothing to install never mounts it. A disk
+/// without an ESP partition (a direct-kernel machine) installs nothing.
+#[derive(Debug)]
+pub struct BootDiskEsp {
+    /// The boot disk.
+    pub disk: PathBuf,
+    /// `--esp DIR`: a mounted ESP to use instead.
+    pub explicit: Option<PathBuf>,
+    /// The running kernel's command line.
+    pub cmdline: String,
+    opened: Option<(keel_bootctl::esp::Esp, EspDir)>,
+    absent: bool,
+}
+
+impl BootDiskEsp {
+    /// Nothing opened yet.
+    pub fn new(disk: PathBuf, explicit: Option<PathBuf>, cmdline: String) -> Self {
+        BootDiskEsp {
+            disk,
+            explicit,
+            cmdline,
+            opened: None,
+            absent: false,
+        }
+    }
+
+    fn get(&mut self) -> Result<Option<&mut EspDir>, EspError> {
+        if self.absent {
+            return Ok(None);
+        }
+        if self.opened.is_none() {
+            let esp = match &self.explicit {
+                Some(d) => keel_bootctl::esp::Esp::at(d),
+                None => match keel_bootctl::esp::Esp::open(&self.disk) {
+                    Ok(e) => e,
+                    Err(keel_bootctl::esp::EspError::NoEsp { disk }) => {
+                        tracing::warn!("{}: no EFI System Partition: the new slot's kernel is not installed (a direct-kernel boot does not need it)", disk.display());
+                        self.absent = true;
+                        return Ok(None);
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            let dir = EspDir {
+                root: esp.root().to_path_buf(),
+                cmdline: self.cmdline.clone(),
+            };
+            self.opened = Some((esp, dir));
+        }
+        Ok(self.opened.as_mut().map(|(_, d)| d))
+    }
+}
+
+impl BootInstaller for BootDiskEsp {
+    fn install(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.install(b),
+            None => Ok(()),
+        }
+    }
+    fn activate(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.activate(b),
+            None => Ok(()),
+        }
+    }
+    fn demote(&mut self, slot: Slot) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.demote(slot),
+            None => Ok(()),
+        }
     }
 }
 

@@ -20,7 +20,7 @@ use crate::agent::{Agent, Effects, Outcome};
 use crate::bus;
 use crate::config::{self, Settings, Sources};
 use crate::disk::{GptSlots, SlotDisk};
-use crate::esp::{self, BootInstaller, EspDir, NoEsp};
+use crate::esp::{BootDiskEsp, BootInstaller, NoEsp};
 use crate::machine::{self, Blocked, BootOutcome, Pending, Schedule, State};
 use crate::source::{self, Dir, Source, Timeouts};
 use crate::status::{self, Status};
@@ -147,26 +147,15 @@ pub fn machine(paths: &Paths) -> Result<(Machine, BootRecord)> {
     ))
 }
 
-fn installer(paths: &Paths) -> Box<dyn BootInstaller> {
+fn installer(paths: &Paths, disk: &Path) -> Box<dyn BootInstaller> {
     if !paths.use_esp {
         return Box::new(NoEsp);
     }
-    let dir = paths.esp.clone().or_else(|| {
-        ["/boot", "/efi", "/boot/efi"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|d| esp::is_esp(d))
-    });
-    match dir {
-        Some(root) => Box::new(EspDir {
-            root,
-            cmdline: std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
-        }),
-        None => {
-            warn!("no mounted ESP with loader entries (/boot, /efi): the new slot's kernel is not installed; a direct-kernel boot does not need it");
-            Box::new(NoEsp)
-        }
-    }
+    Box::new(BootDiskEsp::new(
+        disk.to_path_buf(),
+        paths.esp.clone(),
+        std::fs::read_to_string("/proc/cmdline").unwrap_or_default(),
+    ))
 }
 
 /// Publishes to the status file, systemd and, for the CLI, the terminal.
@@ -323,7 +312,7 @@ fn run_once(
         }
     }
     let mut slots = GptSlots::open(&disk)?;
-    let mut esp = installer(paths);
+    let mut esp = installer(paths, &disk);
     let mut fx = Publisher {
         paths,
         daemon: false,
@@ -542,7 +531,9 @@ fn trial_loop(a: &mut Agent, paths: &Paths, disk: &Path, mut p: Pending, fx: &mu
                     })
                     .and_then(|()| {
                         // The firmware path: the slot's entry gets no tries.
-                        installer(paths).demote(booted).map_err(anyhow::Error::from)
+                        installer(paths, disk)
+                            .demote(booted)
+                            .map_err(anyhow::Error::from)
                     });
                 if let Err(e) = r {
                     let msg = format!("{why}; rolling back failed: {e:#}");
@@ -666,8 +657,9 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
         let result = (|| -> Result<Outcome> {
             let _lock = lock(paths)?;
             let mut src = source::for_url(&base, paths.timeouts);
-            let mut slots = GptSlots::open(&disk_of(paths, &rec))?;
-            let mut esp = installer(paths);
+            let disk = disk_of(paths, &rec);
+            let mut slots = GptSlots::open(&disk)?;
+            let mut esp = installer(paths, &disk);
             Ok(a.check(src.as_mut(), &mut slots, esp.as_mut(), &mut fx, false)?)
         })();
         wait = match &result {

@@ -1,0 +1,326 @@
+//! The first-boot config: read the files named on the command line, check
+//! them with keel-provision's own parser and planner-independent checks
+//! (the code behind `keel-provision validate`), and turn them into the one
+//! file placed on the new disk. All of it happens before a byte of the
+//! device is written.
+//!
+//! Where it goes: the OEM partition's `config.ign`, which keel-provision
+//! reads on the first boot (`/oem/config.ign`, merged under a config from
+//! fw_cfg, a config drive or the kernel command line) and applies once
+//! (its marker `/var/lib/keel/provisioned` is on ROOT). The OEM partition
+//! keeps its content and partition GUID through ROOT's growth and the
+//! first boot's identity step.
+
+use std::path::Path;
+
+use keel_provision::Format;
+
+use crate::args::FirstBootArgs;
+
+/// The file keel-provision reads from the OEM partition.
+pub const OEM_CONFIG: &str = "config.ign";
+
+/// Ignition spec version of configs keel-install writes itself.
+pub const SPEC: &str = "3.4.0";
+
+/// A config that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A file named on the command line cannot be read.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// keel-provision refuses it (the message a boot would print).
+    #[error("{0}")]
+    Invalid(String),
+    /// A valid config Keel cannot carry to the first boot this way.
+    #[error("{0}")]
+    Unplaceable(String),
+}
+
+/// What is placed on the disk, and a line for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The OEM `config.ign` content.
+    pub ignition: Vec<u8>,
+    /// What it is (`ignition 3.4.0 from c.ign + 1 ssh key`).
+    pub summary: String,
+}
+
+/// Read and check the config files; `Ok(None)` when none was given.
+pub fn prepare(fb: &FirstBootArgs) -> Result<Option<Placed>, ConfigError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| ConfigError::Read {
+            path: p.display().to_string(),
+            source,
+        })
+    };
+    let keys = match &fb.ssh_key {
+        Some(p) => {
+            let text = read(p)?;
+            let keys = ssh_keys(&String::from_utf8_lossy(&text));
+            if keys.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: no SSH public key in it",
+                    p.display()
+                )));
+            }
+            keys
+        }
+        None => Vec::new(),
+    };
+    if let Some(p) = &fb.cloud_config {
+        let data = read(p)?;
+        let name = p.display().to_string();
+        let (_, format) = validate(&data, &name)?;
+        if format != Format::CloudConfig {
+            return Err(ConfigError::Invalid(format!(
+                "{name}: --cloud-config is {format}, not #cloud-config (use --ignition)"
+            )));
+        }
+        // keel-provision reads a cloud-config only from fw_cfg, a config
+        // drive or the kernel command line; the OEM partition carries
+        // Ignition. Said before anything is written.
+        return Err(ConfigError::Unplaceable(format!(
+            "{name} is a valid cloud-config, but a disk written by keel-install cannot carry one yet: \
+             keel-provision reads cloud-config only from fw_cfg, a config drive (cidata/config-2) or the \
+             kernel command line; give an Ignition config (--ignition) or attach a cidata drive at first boot"
+        )));
+    }
+    let (mut doc, from) = match &fb.ignition {
+        Some(p) => {
+            let data = read(p)?;
+            let name = p.display().to_string();
+            let (_, format) = validate(&data, &name)?;
+            if !matches!(format, Format::Ignition(_)) {
+                return Err(ConfigError::Invalid(format!(
+                    "{name}: --ignition is {format}, not an Ignition config (use --cloud-config)"
+                )));
+            }
+            let v: serde_json::Value = serde_json::from_slice(&data)
+                .map_err(|e| ConfigError::Invalid(format!("{name}: {e}")))?;
+            (v, format!("{format} from {name}"))
+        }
+        None if !keys.is_empty() => (
+            serde_json::json!({ "ignition": { "version": SPEC } }),
+            format!("ignition {SPEC}"),
+        ),
+        None => return Ok(None),
+    };
+    let mut summary = from;
+    if !keys.is_empty() {
+        add_core_keys(&mut doc, &keys)
+            .map_err(|m| ConfigError::Invalid(format!("adding --ssh-key: {m}")))?;
+        summary.push_str(&format!(
+            " + {} SSH key{} for core",
+            keys.len(),
+            if keys.len() == 1 { "" } else { "s" }
+        ));
+    }
+    let ignition = serde_json::to_vec_pretty(&doc)
+        .map_err(|e| ConfigError::Invalid(format!("rendering the config: {e}")))?;
+    // What is placed is checked again, exactly as the first boot will read it.
+    validate(&ignition, "the config written to OEM config.ign")?;
+    Ok(Some(Placed { ignition, summary }))
+}
+
+/// keel-provision's parser: the code `keel-provision validate` and the
+/// first boot run, with the same messages (`NAME: PATH: what`). Empty is
+/// an error here: a file given on purpose should configure something.
+fn validate(
+    data: &[u8],
+    name: &str,
+) -> Result<(keel_provision::model::Config, Format), ConfigError> {
+    match keel_provision::parse_config(data) {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(ConfigError::Invalid(format!(
+            "{name}: line 1: empty config"
+        ))),
+        Err(e) => Err(ConfigError::Invalid(format!("{name}: {e}"))),
+    }
+}
+
+/// The keys of an `authorized_keys`-style text: one a line, comments and
+/// blank lines skipped.
+pub fn ssh_keys(text: &str) -> Vec<String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect()
+}
+
+/// Add `keys` to the user `core` of an Ignition document (the user is
+/// added when the config does not name it).
+pub fn add_core_keys(doc: &mut serde_json::Value, keys: &[String]) -> Result<(), String> {
+    let root = doc
+        .as_object_mut()
+        .ok_or("the config is not a JSON object")?;
+    let passwd = root
+        .entry("passwd")
+        .or_insert_with(|| serde_json::json!({}))
+        .as_object_mut()
+        .ok_or("$.passwd is not an object")?;
+    let users = passwd
+        .entry("users")
+        .or_insert_with(|| serde_json::json!([]))
+        .as_array_mut()
+        .ok_or("$.passwd.users is not a list")?;
+    let pos = users
+        .iter()
+        .position(|u| u.get("name").and_then(|n| n.as_str()) == Some("core"));
+    let user = match pos {
+        Some(i) => &mut users[i],
+        None => {
+            users.push(serde_json::json!({ "name": "core" }));
+            let last = users.len() - 1;
+            &mut users[last]
+        }
+    };
+    let list = user
+        .as_object_mut()
+        .ok_or("the user core is not an object")?
+        .entry("sshAuthorizedKeys")
+        .or_insert_with(|| serde_json::json!([]))
+        .as_array_mut()
+        .ok_or("core's sshAuthorizedKeys is not a list")?;
+    for k in keys {
+        if !list.iter().any(|v| v.as_str() == Some(k)) {
+            list.push(serde_json::Value::String(k.clone()));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBxb0OBVJ0cFk9C2u6pZ2jJsJ8jQv2p3a0b7kH4o8zQ1 me@host";
+
+    fn write(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).expect("write");
+        p
+    }
+
+    #[test]
+    fn no_config_is_none() {
+        assert_eq!(prepare(&FirstBootArgs::default()).expect("none"), None);
+    }
+
+    #[test]
+    fn ssh_key_alone_makes_an_ignition_config_for_core() {
+        let t = tempfile::tempdir().expect("tmp");
+        let fb = FirstBootArgs {
+            ssh_key: Some(write(t.path(), "k.pub", &format!("# mine\n\n{KEY}\n"))),
+            ..Default::default()
+        };
+        let p = prepare(&fb).expect("ok").expect("some");
+        let v: serde_json::Value = serde_json::from_slice(&p.ignition).expect("json");
+        assert_eq!(v["ignition"]["version"], SPEC);
+        assert_eq!(v["passwd"]["users"][0]["name"], "core");
+        assert_eq!(v["passwd"]["users"][0]["sshAuthorizedKeys"][0], KEY);
+        assert!(p.summary.contains("1 SSH key for core"), "{}", p.summary);
+    }
+
+    #[test]
+    fn ssh_key_joins_the_configs_core_user() {
+        let t = tempfile::tempdir().expect("tmp");
+        let ign = r#"{"ignition":{"version":"3.3.0"},"passwd":{"users":[{"name":"ops"},{"name":"core","sshAuthorizedKeys":["ssh-rsa AAAAB3Nza old"]}]},
+            "storage":{"files":[{"path":"/etc/hostname","mode":420,"contents":{"source":"data:,keel-01"}}]}}"#;
+        let fb = FirstBootArgs {
+            ignition: Some(write(t.path(), "c.ign", ign)),
+            ssh_key: Some(write(t.path(), "k.pub", KEY)),
+            ..Default::default()
+        };
+        let p = prepare(&fb).expect("ok").expect("some");
+        let v: serde_json::Value = serde_json::from_slice(&p.ignition).expect("json");
+        let users = v["passwd"]["users"].as_array().expect("users");
+        assert_eq!(users.len(), 2);
+        assert_eq!(
+            users[1]["sshAuthorizedKeys"]
+                .as_array()
+                .expect("keys")
+                .len(),
+            2
+        );
+        assert_eq!(v["storage"]["files"][0]["path"], "/etc/hostname");
+        assert!(
+            p.summary.starts_with("ignition 3.3.0 from"),
+            "{}",
+            p.summary
+        );
+    }
+
+    #[test]
+    fn a_bad_ignition_config_is_refused_with_keel_provisions_message() {
+        let t = tempfile::tempdir().expect("tmp");
+        let fb = FirstBootArgs {
+            ignition: Some(write(
+                t.path(),
+                "bad.ign",
+                r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"relative"}]}}"#,
+            )),
+            ..Default::default()
+        };
+        let e = prepare(&fb).expect_err("bad").to_string();
+        assert!(e.contains("bad.ign"), "{e}");
+        assert!(e.contains("storage.files"), "{e}");
+    }
+
+    #[test]
+    fn wrong_kind_missing_file_and_empty_key_file() {
+        let t = tempfile::tempdir().expect("tmp");
+        let cc = write(t.path(), "u.yml", "#cloud-config\nhostname: a\n");
+        let e = prepare(&FirstBootArgs {
+            ignition: Some(cc.clone()),
+            ..Default::default()
+        })
+        .expect_err("kind")
+        .to_string();
+        assert!(e.contains("not an Ignition config"), "{e}");
+        let e = prepare(&FirstBootArgs {
+            ignition: Some(t.path().join("nope.ign")),
+            ..Default::default()
+        })
+        .expect_err("missing")
+        .to_string();
+        assert!(e.contains("reading") && e.contains("nope.ign"), "{e}");
+        let e = prepare(&FirstBootArgs {
+            ssh_key: Some(write(t.path(), "empty.pub", "# nothing\n")),
+            ..Default::default()
+        })
+        .expect_err("empty")
+        .to_string();
+        assert!(e.contains("no SSH public key"), "{e}");
+    }
+
+    #[test]
+    fn cloud_config_is_validated_then_refused_before_writing() {
+        let t = tempfile::tempdir().expect("tmp");
+        let bad = write(
+            t.path(),
+            "bad.yml",
+            "#cloud-config\nwrite_files:\n  - content: x\n",
+        );
+        let e = prepare(&FirstBootArgs {
+            cloud_config: Some(bad),
+            ..Default::default()
+        })
+        .expect_err("bad");
+        assert!(matches!(e, ConfigError::Invalid(_)), "{e}");
+        let good = write(t.path(), "good.yml", "#cloud-config\nhostname: a\n");
+        let e = prepare(&FirstBootArgs {
+            cloud_config: Some(good),
+            ..Default::default()
+        })
+        .expect_err("unplaceable");
+        assert!(matches!(e, ConfigError::Unplaceable(_)), "{e}");
+    }
+}

@@ -645,24 +645,45 @@ fn bad_oem_base_config_names_the_file() {
 
 #[test]
 fn validate_offline() {
-    let (plan, f) = crate::validate(b"#cloud-config\nhostname: a\n", "user-data", None).unwrap();
+    let (plan, f) = crate::validate(
+        b"#cloud-config\nhostname: a\n",
+        "user-data",
+        crate::Base::None,
+        &Default::default(),
+    )
+    .unwrap();
     assert_eq!(f, crate::Format::CloudConfig);
     assert!(plan.steps.is_empty());
     let e = crate::validate(
         b"{\"ignition\":{\"version\":\"3.4.0\"},\"x\":1}",
         "c.ign",
-        None,
+        crate::Base::None,
+        &Default::default(),
     )
     .unwrap_err();
     assert_eq!(e.to_string(), "c.ign: $.x: unknown field");
     assert_eq!(
-        crate::validate(b"", "empty", None).unwrap_err().to_string(),
+        crate::validate(b"", "empty", crate::Base::None, &Default::default())
+            .unwrap_err()
+            .to_string(),
         "empty: line 1: empty config"
     );
     // against a sysroot, the planner's checks run too
     let env = env();
-    assert!(crate::validate(ign_fixture().as_bytes(), "c.ign", None).is_ok());
-    let e = crate::validate(ign_fixture().as_bytes(), "c.ign", Some(&env.fb.sysroot)).unwrap_err();
+    assert!(crate::validate(
+        ign_fixture().as_bytes(),
+        "c.ign",
+        crate::Base::None,
+        &Default::default()
+    )
+    .is_ok());
+    let e = crate::validate(
+        ign_fixture().as_bytes(),
+        "c.ign",
+        crate::Base::Sysroot(&env.fb.sysroot),
+        &Default::default(),
+    )
+    .unwrap_err();
     assert_eq!(
         e.to_string(),
         "c.ign: $.storage.files.1.path: /lib/modules-load.d/x.conf (as /usr/lib/modules-load.d/x.conf, through a symlink) is on the read-only USR partition, not on ROOT"

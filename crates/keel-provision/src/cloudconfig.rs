@@ -1,17 +1,18 @@
 //! `#cloud-config` YAML (the CoreOS subset) and NoCloud `meta-data` → [`Config`].
 //!
-//! Read with `yaml-rust2` (maintained; serde_yaml is deprecated) into its
-//! `Yaml` tree and walked by hand, so that every message names the YAML key
+//! Read with [`crate::yaml`] (YAML 1.1 integers and `!!binary`, over
+//! `yaml-rust2`'s parser) and walked by hand, so that every message names the YAML key
 //! (`write_files[0].permissions`). Keys Keel does not implement are rejected
 //! by name rather than ignored: a config is applied whole or not at all.
 
 use std::io::Read;
 
-use yaml_rust2::{Yaml, YamlLoader};
-
 use crate::model::{
     check_account_name, check_hostname, check_passwd_field, check_unit_name, clean_path, Config,
     Dropin, File, Node, Owner, Unit, User,
+};
+use crate::yaml::{
+    as_bool, as_map, as_seq, as_str, err, is_null, key_str, kind, load_one, strs, Node as Y, Value,
 };
 use crate::ConfigError;
 
@@ -95,7 +96,7 @@ pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
                     let at = format!("users[{i}]");
                     // cloud-init's "- default": the image's default user,
                     // which on Keel is core and exists anyway.
-                    if let Yaml::String(s) = u {
+                    if let Value::Str(s) = &u.value {
                         if s == "default" {
                             continue;
                         }
@@ -194,25 +195,7 @@ pub fn hostname_file(h: &str, at: &str) -> File {
     }
 }
 
-fn load_one(text: &str) -> Result<Option<Yaml>, ConfigError> {
-    let docs = YamlLoader::load_from_str(text).map_err(|e| {
-        let m = e.marker();
-        err(
-            format!("line {} column {}", m.line(), m.col() + 1),
-            format!("invalid YAML: {}", e.info()),
-        )
-    })?;
-    match docs.len() {
-        0 => Ok(None),
-        1 => Ok(docs.into_iter().next().filter(|d| !is_null(d))),
-        n => Err(err(
-            "line 1",
-            format!("expected one YAML document, found {n}"),
-        )),
-    }
-}
-
-fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
+fn user(u: &Y, at: &str) -> Result<User, ConfigError> {
     let mut out = User {
         at: at.into(),
         ..Default::default()
@@ -227,8 +210,8 @@ fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
             }
             "groups" => {
                 // a list, or cloud-init's comma-separated string
-                let groups: Vec<String> = match v {
-                    Yaml::String(s) => s
+                let groups: Vec<String> = match &v.value {
+                    Value::Str(s) => s
                         .split(',')
                         .map(|g| g.trim().to_string())
                         .filter(|g| !g.is_empty())
@@ -264,8 +247,8 @@ fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
             "no-create-home" | "no_create_home" => out.no_create_home = as_bool(v, &kat)?,
             "system" => out.system = as_bool(v, &kat)?,
             "uid" => {
-                out.uid = Some(match v {
-                    Yaml::Integer(n) => u32::try_from(*n)
+                out.uid = Some(match &v.value {
+                    Value::Int(n) => u32::try_from(*n)
                         .ok()
                         .filter(|n| *n != u32::MAX)
                         .ok_or_else(|| err(&kat, format!("uid {n} is out of range")))?,
@@ -274,9 +257,9 @@ fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
             }
             "sudo" => {
                 // a rule, a list of rules, or false/null for none
-                let rules: Vec<String> = match v {
-                    Yaml::Boolean(false) | Yaml::Null => Vec::new(),
-                    Yaml::String(s) => vec![s.clone()],
+                let rules: Vec<String> = match &v.value {
+                    Value::Bool(false) | Value::Null => Vec::new(),
+                    Value::Str(s) => vec![s.clone()],
                     _ => strs(v, &kat)?,
                 };
                 for r in &rules {
@@ -310,9 +293,9 @@ fn user(u: &Yaml, at: &str) -> Result<User, ConfigError> {
     Ok(out)
 }
 
-fn write_file(f: &Yaml, at: &str) -> Result<File, ConfigError> {
+fn write_file(f: &Y, at: &str) -> Result<File, ConfigError> {
     let mut path = None;
-    let mut content: Option<&str> = None;
+    let mut content: Option<(&[u8], bool)> = None;
     let mut encoding: Option<(&str, String)> = None;
     let mut mode = None;
     let mut owner = None;
@@ -321,18 +304,36 @@ fn write_file(f: &Yaml, at: &str) -> Result<File, ConfigError> {
         let kat = format!("{at}.{key}");
         match key {
             "path" => path = Some(clean_path(as_str(v, &kat)?).map_err(|m| err(&kat, m))?),
-            "content" => content = Some(as_str(v, &kat)?),
+            // `!!binary` content is already base64-decoded by the reader
+            "content" => {
+                content = Some(match &v.value {
+                    Value::Binary(b) => (b.as_slice(), true),
+                    _ => (as_str(v, &kat)?.as_bytes(), false),
+                })
+            }
             "encoding" => encoding = Some((as_str(v, &kat)?, kat)),
             "permissions" => {
-                let s = match v {
-                    Yaml::String(s) => s.as_str(),
-                    _ => return Err(err(kat, "must be a quoted octal string such as '0644'")),
+                // Unquoted `0644` is octal (YAML 1.1, as coreos-cloudinit and
+                // cloud-init read it); a quoted string is octal text; a
+                // decimal integer such as 420 is taken as the number it is.
+                let m = match &v.value {
+                    Value::Int(n) => u32::try_from(*n).ok().filter(|m| *m <= 0o7777),
+                    Value::Str(s) => u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8)
+                        .ok()
+                        .filter(|m| *m <= 0o7777),
+                    _ => {
+                        return Err(err(
+                            kat,
+                            format!("expected an octal mode such as 0644, found {}", kind(v)),
+                        ))
+                    }
                 };
-                let m = u32::from_str_radix(s.strip_prefix("0o").unwrap_or(s), 8)
-                    .ok()
-                    .filter(|m| *m <= 0o7777)
-                    .ok_or_else(|| err(&kat, format!("invalid octal mode {s:?}")))?;
-                mode = Some(m);
+                let shown = match &v.value {
+                    Value::Int(n) => format!("{n:#o}"),
+                    Value::Str(s) => format!("{s:?}"),
+                    _ => String::new(),
+                };
+                mode = Some(m.ok_or_else(|| err(&kat, format!("invalid octal mode {shown}")))?);
             }
             "owner" => {
                 let s = as_str(v, &kat)?;
@@ -357,13 +358,25 @@ fn write_file(f: &Yaml, at: &str) -> Result<File, ConfigError> {
     if path == "/" {
         return Err(err(format!("{at}.path"), "path must not be /"));
     }
-    let raw = content.unwrap_or("").as_bytes();
+    let (raw, binary) = content.unwrap_or((b"", false));
+    // A `!!binary` value is bytes already: its base64 layer is YAML's, so
+    // `gzip+base64`/`b64` do not decode it again (coreos-cloudinit and
+    // cloud-init both treat it so).
+    let from_b64 = |raw: &[u8], kat: &str| -> Result<Vec<u8>, ConfigError> {
+        if binary {
+            Ok(raw.to_vec())
+        } else {
+            b64(raw, kat)
+        }
+    };
     let data = match encoding {
         None => raw.to_vec(),
         Some((e, kat)) => match e {
-            "b64" | "base64" => b64(raw, &kat)?,
+            "b64" | "base64" => from_b64(raw, &kat)?,
             "gz" | "gzip" => gunzip(raw, &kat)?,
-            "gz+b64" | "gz+base64" | "gzip+b64" | "gzip+base64" => gunzip(&b64(raw, &kat)?, &kat)?,
+            "gz+b64" | "gz+base64" | "gzip+b64" | "gzip+base64" => {
+                gunzip(&from_b64(raw, &kat)?, &kat)?
+            }
             "text/plain" => raw.to_vec(),
             other => return Err(err(kat, format!("unsupported encoding {other:?}"))),
         },
@@ -401,7 +414,7 @@ fn gunzip(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {
     Ok(out)
 }
 
-fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
+fn unit(u: &Y, at: &str) -> Result<Unit, ConfigError> {
     let mut out = Unit {
         at: at.into(),
         ..Default::default()
@@ -415,16 +428,24 @@ fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
             "enable" => out.enabled = Some(as_bool(v, &kat)?),
             "mask" => out.mask = Some(as_bool(v, &kat)?),
             "command" => {
+                // coreos-cloudinit ran these against a running systemd.
+                // Keel provisions before systemd starts, with every unit
+                // file and drop-in in place first, so:
                 match as_str(v, &kat)? {
-                    // Provisioning runs before systemd: "start" and "restart" both
-                    // mean "started on this boot"
-                    "start" | "restart" | "reload-or-restart" | "try-restart" => out.start = true,
+                    // nothing runs yet: these start the unit on this boot
+                    "start" | "restart" | "reload-or-restart" => out.start = true,
+                    // "if running": nothing runs yet, and a unit that will
+                    // run on this boot starts with the new files anyway
+                    "try-restart" | "reload" | "reload-or-try-restart" => {}
+                    // not running on this boot: a runtime mask in /run
+                    "stop" => out.stop = true,
                     other => {
                         return Err(err(
                             kat,
                             format!(
-                            "command {other:?} is not supported at first boot (start or restart)"
-                        ),
+                                "unknown command {other:?} (start, stop, restart, reload, \
+                                 try-restart, reload-or-restart, reload-or-try-restart)"
+                            ),
                         ))
                     }
                 }
@@ -469,15 +490,15 @@ fn unit(u: &Yaml, at: &str) -> Result<Unit, ConfigError> {
     }
     check_unit_name(&out.name).map_err(|m| err(format!("{at}.name"), m))?;
     if out.mask == Some(true) && out.contents.is_some() {
-        return Err(err(
-            format!("{at}.mask"),
-            "a masked unit cannot also have content",
-        ));
+        // coreos-cloudinit wrote the content, then masked the unit by
+        // replacing it with a link to /dev/null: the unit ends up masked.
+        tracing::warn!(unit = %out.name, "{at}: mask: true replaces content");
+        out.contents = None;
     }
     Ok(out)
 }
 
-fn ssh_keys(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
+fn ssh_keys(v: &Y, at: &str) -> Result<Vec<String>, ConfigError> {
     let keys = strs(v, at)?;
     for (i, k) in keys.iter().enumerate() {
         if k.trim().is_empty() || k.contains(['\n', '\r']) {
@@ -488,90 +509,4 @@ fn ssh_keys(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
         }
     }
     Ok(keys.into_iter().map(|k| k.trim().to_string()).collect())
-}
-
-fn err(path: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        path: path.into(),
-        message: message.into(),
-    }
-}
-
-fn is_null(v: &Yaml) -> bool {
-    matches!(v, Yaml::Null)
-}
-
-fn kind(v: &Yaml) -> &'static str {
-    match v {
-        Yaml::Real(_) => "a number",
-        Yaml::Integer(_) => "an integer",
-        Yaml::String(_) => "a string",
-        Yaml::Boolean(_) => "a boolean",
-        Yaml::Array(_) => "a list",
-        Yaml::Hash(_) => "a mapping",
-        Yaml::Alias(_) => "an alias",
-        Yaml::Null => "null",
-        Yaml::BadValue => "an invalid value",
-    }
-}
-
-fn name_or_root(at: &str) -> &str {
-    if at.is_empty() {
-        "(document)"
-    } else {
-        at
-    }
-}
-
-fn as_map<'a>(v: &'a Yaml, at: &str) -> Result<&'a yaml_rust2::yaml::Hash, ConfigError> {
-    match v {
-        Yaml::Hash(h) => Ok(h),
-        _ => Err(err(
-            name_or_root(at),
-            format!("expected a mapping, found {}", kind(v)),
-        )),
-    }
-}
-
-fn as_seq<'a>(v: &'a Yaml, at: &str) -> Result<&'a [Yaml], ConfigError> {
-    match v {
-        Yaml::Array(a) => Ok(a),
-        Yaml::Null => Ok(&[]),
-        _ => Err(err(at, format!("expected a list, found {}", kind(v)))),
-    }
-}
-
-fn as_str<'a>(v: &'a Yaml, at: &str) -> Result<&'a str, ConfigError> {
-    match v {
-        Yaml::String(s) => Ok(s),
-        _ => Err(err(at, format!("expected a string, found {}", kind(v)))),
-    }
-}
-
-fn as_bool(v: &Yaml, at: &str) -> Result<bool, ConfigError> {
-    match v {
-        Yaml::Boolean(b) => Ok(*b),
-        _ => Err(err(
-            at,
-            format!("expected true or false, found {}", kind(v)),
-        )),
-    }
-}
-
-fn strs(v: &Yaml, at: &str) -> Result<Vec<String>, ConfigError> {
-    as_seq(v, at)?
-        .iter()
-        .enumerate()
-        .map(|(i, x)| as_str(x, &format!("{at}[{i}]")).map(str::to_string))
-        .collect()
-}
-
-fn key_str<'a>(k: &'a Yaml, at: &str) -> Result<&'a str, ConfigError> {
-    match k {
-        Yaml::String(s) => Ok(s),
-        _ => Err(err(
-            name_or_root(at),
-            format!("expected string keys, found {}", kind(k)),
-        )),
-    }
 }

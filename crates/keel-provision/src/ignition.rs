@@ -194,7 +194,11 @@ fn group(g: &mut Obj, minor: u32) -> Result<Group, ConfigError> {
     g.since("shouldExist", 2, minor)?;
     let name = required_str(g, "name")?;
     check_account_name(&name).map_err(|m| err(format!("{}.name", g.path), m))?;
-    g.unsupported(&["passwordHash"])?;
+    let password_hash = g.str("passwordHash")?.map(str::to_string);
+    if let Some(h) = &password_hash {
+        check_passwd_field("passwordHash", h)
+            .map_err(|m| err(format!("{}.passwordHash", g.path), m))?;
+    }
     if g.bool("shouldExist")? == Some(false) {
         return Err(err(
             format!("{}.shouldExist", g.path),
@@ -206,6 +210,7 @@ fn group(g: &mut Obj, minor: u32) -> Result<Group, ConfigError> {
         name,
         gid: g.id("gid")?,
         system: g.bool("system")?.unwrap_or(false),
+        password_hash,
     })
 }
 
@@ -259,7 +264,12 @@ fn mode(o: &mut Obj) -> Result<Option<u32>, ConfigError> {
 
 fn contents(c: &mut Obj) -> Result<Option<Vec<u8>>, ConfigError> {
     c.unsupported(&["httpHeaders"])?;
-    let compression = c.str("compression")?.map(str::to_string);
+    // Ignition: an empty compression is no compression; Butane writes
+    // `"compression": ""` for every inline file.
+    let compression = c
+        .str("compression")?
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     let hash = match c.obj("verification")? {
         Some(mut v) => {
             let h = v.str("hash")?.map(str::to_string);
@@ -312,7 +322,7 @@ fn contents(c: &mut Obj) -> Result<Option<Vec<u8>>, ConfigError> {
         Some(other) => {
             return Err(err(
                 format!("{}.compression", c.path),
-                format!("unsupported compression {other:?} (only \"gzip\")"),
+                format!("unsupported compression {other:?} (\"gzip\", or \"\" for none)"),
             ))
         }
     }
@@ -387,6 +397,7 @@ fn unit(u: &mut Obj) -> Result<Unit, ConfigError> {
         contents,
         dropins,
         start: false,
+        stop: false,
     })
 }
 

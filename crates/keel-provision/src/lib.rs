@@ -45,13 +45,16 @@
 
 pub mod accounts;
 pub mod apply;
+pub mod butane;
 pub mod cloudconfig;
 pub mod dataurl;
 pub mod ignition;
+pub mod mime;
 pub mod model;
 pub mod plan;
 pub mod sources;
 pub mod sys;
+pub mod yaml;
 
 /// A config that cannot be used, with where in it: a JSON path
 /// (`$.storage.files.0.path`), a YAML key (`write_files[0].path`), or a
@@ -73,6 +76,11 @@ pub enum Format {
     Ignition(String),
     /// `#cloud-config` YAML.
     CloudConfig,
+    /// Butane YAML or a Container Linux Config, translated to Ignition:
+    /// `butane flatcar 1.1.0 → ignition 3.4.0`.
+    Butane(String),
+    /// MIME multipart user data whose parts are cloud-configs.
+    Multipart(usize),
 }
 
 impl std::fmt::Display for Format {
@@ -80,13 +88,26 @@ impl std::fmt::Display for Format {
         match self {
             Format::Ignition(v) => write!(f, "ignition {v}"),
             Format::CloudConfig => f.write_str("cloud-config"),
+            Format::Butane(what) => f.write_str(what),
+            Format::Multipart(n) => write!(f, "multipart cloud-config ({n} parts)"),
         }
     }
 }
 
-/// Parse a user config in either format. Empty (or whitespace-only) input
-/// is `Ok(None)`: an empty user-data file is a valid "no config".
+/// Parse a user config in any format Keel reads (Ignition JSON,
+/// `#cloud-config`, Butane / Container Linux Config YAML, MIME multipart
+/// cloud-config). Empty (or whitespace-only) input is `Ok(None)`: an empty
+/// user-data file is a valid "no config". Butane `local:` contents are
+/// refused (a boot has no files directory).
 pub fn parse_config(data: &[u8]) -> Result<Option<(model::Config, Format)>, ConfigError> {
+    parse_config_with(data, &butane::Options::default())
+}
+
+/// [`parse_config`] with Butane options (a files directory for `local:`).
+pub fn parse_config_with(
+    data: &[u8],
+    opts: &butane::Options,
+) -> Result<Option<(model::Config, Format)>, ConfigError> {
     let start = data.iter().position(|b| !b.is_ascii_whitespace());
     let Some(start) = start else { return Ok(None) };
     let rest = &data[start..];
@@ -97,12 +118,21 @@ pub fn parse_config(data: &[u8]) -> Result<Option<(model::Config, Format)>, Conf
     if rest.starts_with(cloudconfig::HEADER.as_bytes()) {
         return Ok(Some((cloudconfig::parse(rest)?, Format::CloudConfig)));
     }
+    if mime::looks_like(rest) {
+        let (cfg, n) = mime::parse(rest)?;
+        return Ok(Some((cfg, Format::Multipart(n))));
+    }
+    if butane::looks_like(rest) {
+        let (cfg, what) = butane::parse(rest, opts)?;
+        return Ok(Some((cfg, Format::Butane(what))));
+    }
     let what = if rest.starts_with(b"#!") {
         "shell scripts as user data are not supported by keel"
     } else if rest.starts_with(&[0x1f, 0x8b]) {
         "gzip-compressed user data is not supported by keel"
     } else {
-        "neither an Ignition config (JSON object) nor #cloud-config"
+        "neither an Ignition config (JSON object), #cloud-config, Butane YAML \
+         (variant/version) nor MIME multipart"
     };
     Err(ConfigError {
         path: "line 1".into(),
@@ -325,9 +355,10 @@ pub fn apply_file(
     sysroot: &Path,
     run_root: &Path,
     sys: &dyn sys::System,
+    opts: &butane::Options,
 ) -> Result<Report, Error> {
     let start = Instant::now();
-    let (mut config, format) = parse_required(data, name)?;
+    let (mut config, format) = parse_required(data, name, opts)?;
     config.set_source(name);
     let loaded = Loaded {
         config,
@@ -378,34 +409,76 @@ fn provision(
     Ok(report)
 }
 
-fn parse_required(data: &[u8], name: &str) -> Result<(model::Config, Format), Error> {
+fn parse_required(
+    data: &[u8],
+    name: &str,
+    opts: &butane::Options,
+) -> Result<(model::Config, Format), Error> {
     let config_err = |error| Error::Config {
         source_name: name.into(),
         error,
     };
-    parse_config(data).map_err(config_err)?.ok_or_else(|| {
-        config_err(ConfigError {
-            path: "line 1".into(),
-            message: "empty config".into(),
+    parse_config_with(data, opts)
+        .map_err(config_err)?
+        .ok_or_else(|| {
+            config_err(ConfigError {
+                path: "line 1".into(),
+                message: "empty config".into(),
+            })
         })
-    })
 }
 
-/// Check a config file offline, with the messages a boot would print.
-/// With `sysroot`, also plan it against that tree (owners, existing files,
-/// units to enable). Returns the plan.
+/// What `validate` plans a config against.
+#[derive(Debug, Clone, Copy)]
+pub enum Base<'a> {
+    /// Parse and check the config only.
+    None,
+    /// A whole root tree (`--sysroot`).
+    Sysroot(&'a Path),
+    /// An image's `/usr` (`--usr`, or `/usr` on a running Keel): its units
+    /// and sysusers, and its factory `/etc` as the first boot's `/etc`,
+    /// over an empty ROOT.
+    Image(&'a Path),
+}
+
+/// Check a config file offline, with the messages a boot would print, and
+/// plan it the way a first boot does against `base` (owners, existing
+/// files, units to enable, instances of templates): a config `validate`
+/// accepts against an image is one that image's first boot applies.
+/// Returns the plan.
 pub fn validate(
     data: &[u8],
     name: &str,
-    sysroot: Option<&Path>,
+    base: Base<'_>,
+    opts: &butane::Options,
 ) -> Result<(plan::Plan, Format), Error> {
-    let (mut cfg, format) = parse_required(data, name)?;
+    let (mut cfg, format) = parse_required(data, name, opts)?;
     cfg.set_source(name);
-    let plan = match sysroot {
-        Some(root) => plan::plan(&cfg, root)?,
-        None => plan::Plan::default(),
+    let plan = match base {
+        Base::None => plan::Plan::default(),
+        Base::Sysroot(root) => plan::plan(&cfg, root)?,
+        Base::Image(usr) => {
+            // Never created: every read of it finds nothing, as on a fresh ROOT.
+            let empty = usr.join(".keel-validate-empty-root");
+            plan::plan_in(&cfg, &plan::Tree::image(usr, &empty))?
+        }
     };
     Ok((plan, format))
+}
+
+/// Translate a Butane / Container Linux Config file to Ignition JSON.
+pub fn translate(data: &[u8], name: &str, opts: &butane::Options) -> Result<String, Error> {
+    let v = butane::translate(data, opts).map_err(|error| Error::Config {
+        source_name: name.into(),
+        error,
+    })?;
+    // The translation is what a boot reads: check it the same way.
+    let text = serde_json::to_string_pretty(&v).unwrap_or_default();
+    ignition::parse(text.as_bytes()).map_err(|error| Error::Config {
+        source_name: format!("{name} (translated)"),
+        error,
+    })?;
+    Ok(text)
 }
 
 /// Read the result of the last provisioning from a root (`/` on a running

@@ -1,5 +1,6 @@
-//! `keel-provision`: check a first-boot config offline, or show what the
-//! last provisioning did. The boot itself runs the library from keel-init.
+//! `keel-provision`: check a first-boot config offline (planned against the
+//! image as a boot would), translate Butane to Ignition, apply a config to a
+//! tree, or show what the last provisioning did. The boot itself runs the library from keel-init.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,14 +21,31 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Check an Ignition or cloud-config file; exit 0 if a boot would accept it
+    /// Check an Ignition, cloud-config or Butane file and plan it as a first
+    /// boot of the image would; exit 0 if that boot would accept it
     Validate {
         /// The config file
         file: PathBuf,
-        /// Also plan it against this root tree (owners, existing files,
-        /// units to enable) and print the plan
-        #[arg(long)]
+        /// Plan it against this root tree instead of an image's factory
+        /// /etc and /usr (owners, existing files, units to enable)
+        #[arg(long, conflicts_with = "usr")]
         sysroot: Option<PathBuf>,
+        /// The image's /usr tree to plan against (its units, sysusers and
+        /// factory /etc); default /usr when it holds a Keel factory /etc
+        #[arg(long)]
+        usr: Option<PathBuf>,
+        /// Directory Butane `local:` contents are read from
+        #[arg(long, short = 'd')]
+        files_dir: Option<PathBuf>,
+    },
+    /// Translate Butane YAML (or a Container Linux Config) to Ignition JSON
+    /// and print it
+    Translate {
+        /// The Butane file
+        file: PathBuf,
+        /// Directory Butane `local:` contents are read from
+        #[arg(long, short = 'd')]
+        files_dir: Option<PathBuf>,
     },
     /// Apply a config file to a root tree now (image builds, tests,
     /// benchmarks): what a first boot does, without sources or run-once
@@ -40,6 +58,9 @@ enum Cmd {
         /// Where runtime units go (`<run>/systemd/system`)
         #[arg(long, default_value = "/run")]
         run: PathBuf,
+        /// Directory Butane `local:` contents are read from
+        #[arg(long, short = 'd')]
+        files_dir: Option<PathBuf>,
     },
     /// Show the result of the last provisioning
     Show {
@@ -66,13 +87,45 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.cmd {
-        Cmd::Validate { file, sysroot } => {
+        Cmd::Validate {
+            file,
+            sysroot,
+            usr,
+            files_dir,
+        } => {
             let data =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = file.display().to_string();
-            match keel_provision::validate(&data, &name, sysroot.as_deref()) {
+            let opts = keel_provision::butane::Options { files_dir };
+            let default_usr = PathBuf::from("/usr");
+            let factory = keel_contract::paths::FACTORY_ETC;
+            let base = match (&sysroot, &usr) {
+                (Some(root), _) => keel_provision::Base::Sysroot(root),
+                (None, Some(usr)) => {
+                    let etc = usr.join(factory.trim_start_matches("/usr/"));
+                    anyhow::ensure!(
+                        etc.is_dir(),
+                        "{} is not a Keel image's /usr (no {})",
+                        usr.display(),
+                        etc.display()
+                    );
+                    keel_provision::Base::Image(usr)
+                }
+                (None, None) if std::path::Path::new(factory).is_dir() => {
+                    keel_provision::Base::Image(&default_usr)
+                }
+                (None, None) => keel_provision::Base::None,
+            };
+            match keel_provision::validate(&data, &name, base, &opts) {
                 Ok((plan, format)) => {
                     print!("{}", plan.render());
+                    if matches!(base, keel_provision::Base::None) {
+                        eprintln!(
+                            "{name}: note: no image to plan against (not on Keel; give \
+                             --usr IMAGE/usr or --sysroot): units to enable and owners \
+                             not checked"
+                        );
+                    }
                     println!("{name}: ok ({format})");
                     Ok(ExitCode::SUCCESS)
                 }
@@ -82,16 +135,39 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Apply { file, sysroot, run } => {
+        Cmd::Translate { file, files_dir } => {
             let data =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let name = file.display().to_string();
+            let opts = keel_provision::butane::Options { files_dir };
+            match keel_provision::translate(&data, &name, &opts) {
+                Ok(json) => {
+                    println!("{json}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
+        }
+        Cmd::Apply {
+            file,
+            sysroot,
+            run,
+            files_dir,
+        } => {
+            let data =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let name = file.display().to_string();
+            let opts = keel_provision::butane::Options { files_dir };
             match keel_provision::apply_file(
                 &data,
                 &name,
                 &sysroot,
                 &run,
                 &keel_provision::sys::Real,
+                &opts,
             ) {
                 Ok(r) => {
                     println!("{}", serde_json::to_string_pretty(&r)?);

@@ -62,6 +62,8 @@ pub struct Group {
     pub gid: Option<u32>,
     /// Allocate the gid from the system range.
     pub system: bool,
+    /// crypt(3) hash for `/etc/gshadow` (Ignition `passwordHash`).
+    pub password_hash: Option<String>,
 }
 
 /// Attributes shared by files, directories and links.
@@ -138,6 +140,9 @@ pub struct Unit {
     /// Start on this boot only (cloud-config `command: start`): a runtime
     /// `multi-user.target.wants` link under `/run/systemd/system`.
     pub start: bool,
+    /// Not to run on this boot (cloud-config `command: stop`): a runtime
+    /// mask `/run/systemd/system/NAME` → `/dev/null`.
+    pub stop: bool,
 }
 
 /// A whole config.
@@ -201,6 +206,9 @@ impl Config {
                     b.at = g.at;
                     b.gid = g.gid.or(b.gid);
                     b.system |= g.system;
+                    if g.password_hash.is_some() {
+                        b.password_hash = g.password_hash;
+                    }
                 }
                 None => out.groups.push(g),
             }
@@ -229,6 +237,7 @@ impl Config {
                         b.contents = u.contents;
                     }
                     b.start |= u.start;
+                    b.stop |= u.stop;
                     for d in u.dropins {
                         match b.dropins.iter_mut().find(|x| x.name == d.name) {
                             Some(x) => *x = d,

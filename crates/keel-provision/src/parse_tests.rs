@@ -131,7 +131,7 @@ fn ignition_negative_fixtures() {
         ),
         (
             file(r#""path":"/x","contents":{"source":"data:,x","compression":"xz"}"#),
-            "$.storage.files.0.contents.compression: unsupported compression \"xz\" (only \"gzip\")",
+            "$.storage.files.0.contents.compression: unsupported compression \"xz\" (\"gzip\", or \"\" for none)",
         ),
         (
             file(r#""path":"/x","contents":{"source":"data:,x","compression":"gzip"}"#),
@@ -176,7 +176,6 @@ fn ignition_negative_fixtures() {
             h(r#""passwd":{"users":[{"name":"a"},{"name":"a"}]}"#),
             "$.passwd.users.1.name: duplicate user \"a\" (also at $.passwd.users.0)",
         ),
-        (h(r#""passwd":{"groups":[{"name":"g","passwordHash":"x"}]}"#), "$.passwd.groups.0.passwordHash: not supported by keel"),
         (h(r#""systemd":{"units":[{"name":"foo"}]}"#), "$.systemd.units.0.name: invalid unit name \"foo\""),
         (h(r#""systemd":{"units":[{"enabled":true}]}"#), "$.systemd.units.0.name: missing"),
         (
@@ -317,7 +316,9 @@ fn cloud_config_negative_fixtures() {
         ("#cloud-config\nwrite_files:\n  - content: x\n", "write_files[0].path: missing"),
         ("#cloud-config\nwrite_files:\n  - path: rel/x\n", "write_files[0].path: path \"rel/x\" is not absolute"),
         ("#cloud-config\nwrite_files:\n  - path: /a/../../etc/shadow\n", "write_files[0].path: path \"/a/../../etc/shadow\" leaves / (contains \"..\")"),
-        ("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 0644\n", "write_files[0].permissions: must be a quoted octal string such as '0644'"),
+        ("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 0999\n", "write_files[0].permissions: expected an octal mode such as 0644, found a number"),
+        ("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: 017777\n", "write_files[0].permissions: invalid octal mode 0o17777"),
+        ("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: [1]\n", "write_files[0].permissions: expected an octal mode such as 0644, found a list"),
         ("#cloud-config\nwrite_files:\n  - path: /x\n    permissions: '0999'\n", "write_files[0].permissions: invalid octal mode \"0999\""),
         ("#cloud-config\nwrite_files:\n  - path: /x\n    encoding: b64\n    content: '!!'\n", "write_files[0].encoding: content: invalid base64 at offset 0: invalid byte '!'"),
         ("#cloud-config\nwrite_files:\n  - path: /x\n    encoding: gzip\n    content: x\n", "write_files[0].encoding: gzip: unexpected end of file"),
@@ -325,8 +326,8 @@ fn cloud_config_negative_fixtures() {
         ("#cloud-config\nwrite_files:\n  - path: /x\n    append: true\n", "write_files[0].append: not supported by keel"),
         ("#cloud-config\nwrite_files:\n  - path: /x\n  - path: /x\n", "write_files[1].path: duplicate path /x (also at write_files[0])"),
         ("#cloud-config\ncoreos:\n  etcd2: {name: x}\n", "coreos.etcd2: not supported by keel"),
-        ("#cloud-config\ncoreos:\n  units:\n    - name: x.service\n      command: stop\n", "coreos.units[0].command: command \"stop\" is not supported at first boot (start or restart)"),
-        ("#cloud-config\ncoreos:\n  units:\n    - name: x.service\n      enable: yes\n", "coreos.units[0].enable: expected true or false, found a string"),
+        ("#cloud-config\ncoreos:\n  units:\n    - name: x.service\n      command: explode\n", "coreos.units[0].command: unknown command \"explode\" (start, stop, restart, reload, try-restart, reload-or-restart, reload-or-try-restart)"),
+        ("#cloud-config\ncoreos:\n  units:\n    - name: x.service\n      enable: maybe\n", "coreos.units[0].enable: expected true or false, found a string"),
         ("#cloud-config\ncoreos:\n  units:\n    - content: x\n", "coreos.units[0].name: missing"),
         ("#cloud-config\ncoreos:\n  units:\n    - name: x\n", "coreos.units[0].name: invalid unit name \"x\""),
         ("#cloud-config\ncoreos:\n  units:\n    - name: x.service\n      drop-ins: [{name: y}]\n", "coreos.units[0].drop-ins[0].name: invalid drop-in name \"y\" (NAME.conf)"),
@@ -381,7 +382,7 @@ fn format_detection() {
     );
     assert_eq!(
         parse_config(b"hello").unwrap_err().to_string(),
-        "line 1: neither an Ignition config (JSON object) nor #cloud-config"
+        "line 1: neither an Ignition config (JSON object), #cloud-config, Butane YAML (variant/version) nor MIME multipart"
     );
 }
 

@@ -266,19 +266,83 @@ enum Kind {
     Other,
 }
 
+/// The tree a plan is made against: a sysroot, or an image's `/usr` with
+/// its factory `/etc` over an empty ROOT (what a first boot sees, for
+/// `validate`).
+#[derive(Debug, Clone)]
+pub struct Tree {
+    /// ROOT (every path not redirected below).
+    pub root: PathBuf,
+    /// Read `/usr/...` from here instead of `root/usr`.
+    pub usr: Option<PathBuf>,
+    /// Read `/etc/...` from here instead of `root/etc`.
+    pub etc: Option<PathBuf>,
+}
+
+impl Tree {
+    /// A whole root tree.
+    pub fn sysroot(root: &Path) -> Tree {
+        Tree {
+            root: root.to_path_buf(),
+            usr: None,
+            etc: None,
+        }
+    }
+
+    /// An image's `/usr` (a running Keel's `/usr`, or the tree a build
+    /// made) with its factory `/etc` ([`keel_contract::paths::FACTORY_ETC`]),
+    /// over `empty_root`, an empty directory standing in for a fresh ROOT.
+    pub fn image(usr: &Path, empty_root: &Path) -> Tree {
+        let factory = keel_contract::paths::FACTORY_ETC.trim_start_matches("/usr/");
+        Tree {
+            root: empty_root.to_path_buf(),
+            usr: Some(usr.to_path_buf()),
+            etc: Some(usr.join(factory)),
+        }
+    }
+
+    fn host(&self, path: &str) -> PathBuf {
+        let rel = path.trim_start_matches('/');
+        for (prefix, dir) in [("usr", &self.usr), ("etc", &self.etc)] {
+            let Some(dir) = dir else { continue };
+            if rel == prefix {
+                return dir.clone();
+            }
+            if let Some(rest) = rel.strip_prefix(prefix).and_then(|r| r.strip_prefix('/')) {
+                return dir.join(rest);
+            }
+        }
+        self.root.join(rel)
+    }
+}
+
 struct Planner<'a> {
-    root: &'a Path,
+    tree: &'a Tree,
     plan: Plan,
     /// Paths that steps create, and which entry claimed them.
     claimed: BTreeMap<(Place, String), (Kind, String)>,
+    /// Units the config gives contents for: an instance's template may be
+    /// one of them (written to /etc before the links are made).
+    config_units: BTreeMap<String, String>,
 }
 
 /// Build the plan for `cfg` against the sysroot at `root`.
 pub fn plan(cfg: &Config, root: &Path) -> Result<Plan, PlanError> {
+    plan_in(cfg, &Tree::sysroot(root))
+}
+
+/// Build the plan for `cfg` against a [`Tree`].
+pub fn plan_in(cfg: &Config, tree: &Tree) -> Result<Plan, PlanError> {
     let mut p = Planner {
-        root,
+        tree,
         plan: Plan::default(),
         claimed: BTreeMap::new(),
+        config_units: cfg
+            .units
+            .iter()
+            .filter(|u| u.mask != Some(true))
+            .filter_map(|u| Some((u.name.clone(), u.contents.clone()?)))
+            .collect(),
     };
     let accounts = p.accounts(cfg)?;
     // Homes first, so that files a config puts in a new home do not create
@@ -381,7 +445,7 @@ impl Accounts {
 
 impl Planner<'_> {
     fn host(&self, path: &str) -> PathBuf {
-        self.root.join(path.trim_start_matches('/'))
+        self.tree.host(path)
     }
 
     fn read_opt(&self, path: &str) -> Result<Option<String>, PlanError> {
@@ -591,15 +655,30 @@ impl Planner<'_> {
             };
             if let Some(f) = group.get(&g.name) {
                 id.check_existing(&f[2])?;
-                continue;
+            } else {
+                let gid = id.choose(
+                    decl('g', &g.name).and_then(|d| d.id),
+                    &group,
+                    &declared_gids,
+                )?;
+                add_group(&mut group, &mut gshadow, &g.name, gid);
+                self.plan.summary.groups.push(g.name.clone());
             }
-            let gid = id.choose(
-                decl('g', &g.name).and_then(|d| d.id),
-                &group,
-                &declared_gids,
-            )?;
-            add_group(&mut group, &mut gshadow, &g.name, gid);
-            self.plan.summary.groups.push(g.name.clone());
+            // Ignition's group passwordHash goes to /etc/gshadow (created
+            // when the image has none, as groupadd --password would need).
+            if let Some(h) = &g.password_hash {
+                let gs = gshadow.get_or_insert_with(Table::empty);
+                if gs.get(&g.name).is_none() {
+                    gs.push(vec![
+                        g.name.clone(),
+                        h.clone(),
+                        String::new(),
+                        String::new(),
+                    ]);
+                } else {
+                    gs.set(&g.name, 1, h);
+                }
+            }
         }
 
         for u in &cfg.users {
@@ -1212,6 +1291,21 @@ impl Planner<'_> {
                 );
                 did.push("started");
             }
+            if u.stop {
+                let link = format!("{RUN_UNITS}/{}", u.name);
+                self.parents(Place::Run, &link);
+                self.claim(Place::Run, &link, Kind::Symlink, at)?;
+                self.push(
+                    Place::Run,
+                    Action::Symlink {
+                        path: link,
+                        target: "/dev/null".into(),
+                        uid: 0,
+                        gid: 0,
+                    },
+                );
+                did.push("stopped for this boot");
+            }
             self.plan.summary.units.push(if did.is_empty() {
                 u.name.clone()
             } else {
@@ -1234,6 +1328,9 @@ impl Planner<'_> {
             }
         }
         for name in &names {
+            if let Some(text) = self.config_units.get(name) {
+                return Ok((format!("{ETC_UNITS}/{name}"), text.clone()));
+            }
             for dir in [ETC_UNITS, USR_UNITS] {
                 let p = format!("{dir}/{name}");
                 if let Some(text) = self.read_opt(&p)? {

@@ -30,6 +30,11 @@ pub enum Cmd {
         interfaces: Vec<String>,
         timeout: u64,
     },
+    /// `check [DIR…]`: the offline check of `.network`/`.netdev` files;
+    /// empty: the `--network-dir`s, else the default directories.
+    Check {
+        dirs: Vec<PathBuf>,
+    },
     /// Print this text and exit successfully (`--help`, `--version`).
     Print(String),
 }
@@ -61,11 +66,19 @@ Commands:
                 show each link's state, addresses, gateway, DNS and lease
                 (asks the daemon over D-Bus, else reads the state files)
   wait-online   wait until the network is online (networkd-wait-online semantics)
+  check [DIR]...
+                read the .netdev and .network files the daemon would (or
+                those in DIR..., lowest priority first) and print, per file,
+                whether it is used, what it matches and what it does; exits
+                1 when a file is refused. Host conditions are tested on
+                this machine.
 
 Options:
-      --network-dir DIR   directory with .network files, lowest priority first
-                          (repeatable; default /usr/lib/keel/network,
-                          /run/keel/network, /etc/keel/network)
+      --network-dir DIR   directory with .network and .netdev files, lowest
+                          priority first (repeatable; default, merged:
+                          /usr/lib/systemd/network, /usr/lib/keel/network,
+                          /run/systemd/network, /run/keel/network,
+                          /etc/systemd/network, /etc/keel/network)
       --state-dir DIR     where leases are kept [default: /var/lib/keel/netd]
       --run-dir DIR       runtime directory: netd/links/*.json, resolv.conf
                           [default: /run/keel]
@@ -109,7 +122,7 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, UsageErro
         if !is_opt {
             if sub.is_none() {
                 match text.as_str() {
-                    "status" | "wait-online" => sub = Some(text),
+                    "status" | "wait-online" | "check" => sub = Some(text),
                     _ => return Err(UsageError::UnknownCommand(text)),
                 }
             } else {
@@ -169,6 +182,9 @@ pub fn parse(args: impl IntoIterator<Item = OsString>) -> Result<Args, UsageErro
     }
     out.cmd = match sub.as_deref() {
         None => Cmd::Daemon,
+        Some("check") => Cmd::Check {
+            dirs: positional.into_iter().map(PathBuf::from).collect(),
+        },
         Some("status") => {
             if positional.len() > 1 {
                 return Err(UsageError::Extra(positional.swap_remove(1)));
@@ -260,6 +276,17 @@ mod tests {
                 any: true,
                 interfaces: vec!["eth0:routable".into(), "eth1".into()],
                 timeout: 0
+            }
+        );
+    }
+
+    #[test]
+    fn check_takes_directories() {
+        assert_eq!(p(&["check"]).unwrap().cmd, Cmd::Check { dirs: vec![] });
+        assert_eq!(
+            p(&["check", "/a", "/b"]).unwrap().cmd,
+            Cmd::Check {
+                dirs: vec!["/a".into(), "/b".into()]
             }
         );
     }

@@ -1,4 +1,5 @@
-//! keel-netd: the daemon (no arguments), `status [IFACE]`, `wait-online`.
+//! keel-netd: the daemon (no arguments), `status [IFACE]`, `wait-online`,
+//! `check [DIR…]`.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -57,6 +58,25 @@ fn real_main(args: Args) -> anyhow::Result<()> {
                 .map(|s| cli::parse_spec(s))
                 .collect::<Result<Vec<_>, _>>()?;
             cli::wait_online(&args.run_dir, &specs, any, Duration::from_secs(timeout))?;
+            Ok(())
+        }
+        Cmd::Check { dirs } => {
+            let dirs = if !dirs.is_empty() {
+                dirs
+            } else if !args.network_dirs.is_empty() {
+                args.network_dirs
+            } else {
+                keel_netd::config::load::DEFAULT_DIRS
+                    .iter()
+                    .map(std::path::PathBuf::from)
+                    .collect()
+            };
+            let report = keel_netd::config::check::check(
+                &dirs,
+                &keel_netd::config::cond::HostFacts::detect(),
+            );
+            print!("{}", report.text);
+            anyhow::ensure!(report.ok, "some network files are refused (see above)");
             Ok(())
         }
         Cmd::Print(text) => {

@@ -20,6 +20,12 @@ pub struct Report {
 
 fn matches(n: &Network) -> String {
     let m = &n.match_;
+    if !m.unknown.is_empty() {
+        return format!(
+            "no link (unknown [Match] key {}: fail closed)",
+            m.unknown.join(", ")
+        );
+    }
     let mut parts = Vec::new();
     let mut list = |k: &str, v: &[String]| {
         if !v.is_empty() {

@@ -73,14 +73,35 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> Registry {
+        Registry::start_with(dir, None)
+    }
+
+    /// With `auth`, the registry asks for Basic credentials checked against
+    /// an htpasswd file made here by Apache's `htpasswd -B` (bcrypt, the
+    /// only hash docker-registry accepts; package apache2-utils).
+    fn start_with(dir: &Path, auth: Option<(&str, &str)>) -> Registry {
         let port = free_port();
         let storage = dir.join("registry-storage");
         std::fs::create_dir_all(&storage).unwrap();
         let cfg = dir.join("registry.yml");
+        let mut auth_cfg = String::new();
+        if let Some((user, password)) = auth {
+            let out = run_bounded(Command::new("htpasswd").args(["-nbB", user, password]), 60);
+            assert!(
+                out.status.success(),
+                "htpasswd (apt-get install apache2-utils)"
+            );
+            let path = dir.join("htpasswd");
+            std::fs::write(&path, &out.stdout).unwrap();
+            auth_cfg = format!(
+                "auth:\n  htpasswd:\n    realm: keel-test\n    path: {}\n",
+                path.display()
+            );
+        }
         std::fs::write(
             &cfg,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{auth_cfg}",
                 storage.display()
             ),
         )
@@ -99,7 +120,12 @@ impl Registry {
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if http_get(port, "/v2/").is_some_and(|s| s.starts_with("HTTP/1.1 200")) {
+            let want = if auth.is_some() {
+                "HTTP/1.1 401"
+            } else {
+                "HTTP/1.1 200"
+            };
+            if http_get(port, "/v2/").is_some_and(|s| s.starts_with(want)) {
                 return r;
             }
             assert!(
@@ -364,6 +390,10 @@ impl Env {
             .env("HOME", &self.home)
             .env_remove("SUDO_USER")
             .env_remove("JOURNAL_STREAM")
+            // Auth files only under the test's temp dir: root's
+            // /run/containers/0/auth.json is never read or written.
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env("XDG_RUNTIME_DIR", self.tmp.path().join("xdg-run"))
             .env("KEEL_LOG", "info");
         c
     }
@@ -1001,8 +1031,8 @@ fn security_registry_answering_garbage() {
         ),
         (b"\x00\x01garbage that is not HTTP\r\n\r\n", "/v2/keel/test/manifests/v1: "),
         (
-            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"x\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-            "authentication: unsupported challenge \"Basic realm=\\\"x\\\"\" (only anonymous Bearer tokens)",
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Negotiate x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "authentication: unsupported challenge scheme \"negotiate\" (Basic and Bearer are)",
         ),
     ];
     for (answer, want) in cases {
@@ -1232,7 +1262,11 @@ fn pull_replaces_an_old_tree_atomically_with_progress_on_a_terminal() {
             ])
             .env("HOME", &env.home)
             .env_remove("SUDO_USER")
-            .env_remove("JOURNAL_STREAM"),
+            .env_remove("JOURNAL_STREAM")
+            // Auth files only under the test's temp dir: root's
+            // /run/containers/0/auth.json is never read or written.
+            .env_remove("REGISTRY_AUTH_FILE")
+            .env("XDG_RUNTIME_DIR", env.tmp.path().join("xdg-run")),
         120,
     );
     assert!(
@@ -1311,4 +1345,301 @@ fn config_user_binds_and_env_apply() {
     ));
     let out = ok(&env.toolbox(&["-c", "id -u; cat /data/file; echo \"$GREETING/$PLAIN\"; cat /media/root/etc/hostname >/dev/null && echo host"]));
     assert_eq!(out, "1000\nfrom the host\nhello world/1\nhost\n");
+}
+
+// --- private registries, credentials, zstd (issue 20) -------------------------
+
+const REG_USER: &str = "keel";
+const REG_PASSWORD: &str = "pw-Zq7-never-printed";
+
+/// skopeo copy from the layout to the registry with extra arguments.
+fn skopeo_push(layout: &Path, dest: &str, extra: &[&str]) {
+    let src = format!("oci:{}:v1", layout.display());
+    let mut args = vec![
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        "--dest-tls-verify=false",
+    ];
+    args.extend_from_slice(extra);
+    args.push(&src);
+    args.push(dest);
+    let out = run_bounded(Command::new("skopeo").args(&args), 180);
+    assert!(
+        out.status.success(),
+        "skopeo copy {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A toolbox command logging at debug level (to show no secret is logged),
+/// with `REGISTRY_AUTH_FILE` when `auth_file` is given.
+fn auth_cmd(env: &Env, args: &[&str], auth_file: Option<&Path>) -> Command {
+    let mut c = env.cmd(args);
+    c.env("KEEL_LOG", "debug");
+    if let Some(f) = auth_file {
+        c.env("REGISTRY_AUTH_FILE", f);
+    }
+    c
+}
+
+fn no_secret(out: &Output) {
+    for stream in [&out.stdout, &out.stderr] {
+        let text = String::from_utf8_lossy(stream);
+        assert!(
+            !text.contains(REG_PASSWORD),
+            "the password was printed: {text}"
+        );
+    }
+}
+
+fn b64(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn write_auth_file(path: &Path, key: &str, user: &str, password: &str, mode: u32) {
+    std::fs::write(
+        path,
+        format!(
+            r#"{{"auths":{{"{key}":{{"auth":"{}"}}}}}}"#,
+            b64(&format!("{user}:{password}"))
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Nothing of a failed pull is left: no tree, no pull directory.
+fn nothing_unpacked(env: &Env, name: &str) {
+    assert!(!env.store.join(name).exists(), "tree {name} exists");
+    if let Ok(rd) = std::fs::read_dir(&env.store) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            assert!(!n.contains(".pull-"), "left behind: {n}");
+        }
+    }
+}
+
+fn login(env: &Env, host: &str, password: &str) -> Output {
+    let mut c = auth_cmd(
+        env,
+        &["login", "--username", REG_USER, "--password-stdin", host],
+        None,
+    );
+    let mut child = c
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{password}\n").as_bytes())
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-9").arg(pid.to_string()).status();
+            panic!("toolbox login did not finish");
+        }
+    }
+}
+
+#[test]
+fn private_registry_with_htpasswd_auth() {
+    let env = Env::new();
+    let reg = Registry::start_with(env.tmp.path(), Some((REG_USER, REG_PASSWORD)));
+    let host = format!("127.0.0.1:{}", reg.port);
+    let layout = env.path("layout");
+    write_layout(&layout, &test_layers(0));
+    skopeo_push(
+        &layout,
+        &format!("docker://{host}/keel/private:v1"),
+        &["--dest-creds", &format!("{REG_USER}:{REG_PASSWORD}")],
+    );
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE={host}/keel/private\nTOOLBOX_DOCKER_TAG=v1\n"
+    ));
+    let xdg_auth = env.path("xdg-run/containers/auth.json");
+
+    // 1. No credentials: a 401 that names the registry and the files looked at.
+    let out = run_bounded(&mut auth_cmd(&env, &["pull"], None), 120);
+    let err = failed(&out);
+    assert!(
+        err.contains(&format!("{host}: HTTP 401 unauthorized: the registry needs credentials and none were found for {host}/keel/private in {}", xdg_auth.display())),
+        "{err}"
+    );
+    assert!(
+        err.contains(".docker/config.json") && err.contains(&format!("toolbox login {host}")),
+        "{err}"
+    );
+    nothing_unpacked(&env, "t");
+
+    // 2. A world-readable auth file is refused, without showing the secret.
+    let file = env.path("auth.json");
+    write_auth_file(&file, &host, REG_USER, REG_PASSWORD, 0o644);
+    let out = run_bounded(&mut auth_cmd(&env, &["pull"], Some(&file)), 120);
+    let err = failed(&out);
+    no_secret(&out);
+    assert!(
+        err.contains(&format!(
+            "{}: refusing an auth file other users can read (mode 0644)",
+            file.display()
+        )),
+        "{err}"
+    );
+    nothing_unpacked(&env, "t");
+
+    // 3. A wrong password: the registry's refusal, named, nothing unpacked.
+    write_auth_file(&file, &host, REG_USER, "wrong-password", 0o600);
+    let out = run_bounded(&mut auth_cmd(&env, &["pull"], Some(&file)), 120);
+    let err = failed(&out);
+    assert!(
+        err.contains(&format!("{host}: HTTP 401 unauthorized: the registry refused the user {REG_USER} from {} (auths[\"{host}\"]): wrong user name or password", file.display())),
+        "{err}"
+    );
+    assert!(!err.contains("wrong-password"), "{err}");
+    nothing_unpacked(&env, "t");
+
+    // 4. The right password in the file (namespace key): pulls.
+    write_auth_file(
+        &file,
+        &format!("{host}/keel"),
+        REG_USER,
+        REG_PASSWORD,
+        0o600,
+    );
+    let out = run_bounded(&mut auth_cmd(&env, &["pull"], Some(&file)), 120);
+    ok(&out);
+    no_secret(&out);
+    let pulled = snapshot(&env.store.join("t"));
+    assert_eq!(pulled, snapshot(&umoci_unpack(&env, &layout)));
+    ok(&env.toolbox(&["rm"]));
+
+    // 5. toolbox login: a wrong password saves nothing; the right one writes
+    //    $XDG_RUNTIME_DIR/containers/auth.json 0600; then pull works.
+    let out = login(&env, &host, "wrong-password");
+    let err = failed(&out);
+    assert!(err.contains(&format!("{host}: HTTP 401: the registry refused user {REG_USER} (wrong user name or password); nothing saved")), "{err}");
+    assert!(!xdg_auth.exists());
+    let out = login(&env, &host, REG_PASSWORD);
+    ok(&out);
+    no_secret(&out);
+    let m = std::fs::metadata(&xdg_auth).unwrap();
+    assert_eq!(m.mode() & 0o777, 0o600);
+    let saved = std::fs::read_to_string(&xdg_auth).unwrap();
+    assert!(
+        saved.contains(&b64(&format!("{REG_USER}:{REG_PASSWORD}"))),
+        "{saved}"
+    );
+    let out = run_bounded(&mut auth_cmd(&env, &["pull"], None), 120);
+    ok(&out);
+    no_secret(&out);
+    assert_eq!(snapshot(&env.store.join("t")), pulled);
+
+    // 6. toolbox config says where the credentials come from, not what they are.
+    let out = run_bounded(&mut auth_cmd(&env, &["config"], None), 60);
+    let text = ok(&out);
+    no_secret(&out);
+    assert!(
+        text.lines().any(|l| l.starts_with("credentials")
+            && l.contains(&host)
+            && l.contains(&format!(
+                "user {REG_USER} from {} (auths[\"{host}\"])",
+                xdg_auth.display()
+            ))),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "{}/.toolboxrc:3 (TOOLBOX_DOCKER_IMAGE)",
+            env.home.display()
+        )),
+        "{text}"
+    );
+
+    // 7. logout removes the entry; the next pull is anonymous again and fails.
+    ok(&run_bounded(
+        &mut auth_cmd(&env, &["logout", &host], None),
+        60,
+    ));
+    ok(&env.toolbox(&["rm"]));
+    let err = failed(&run_bounded(&mut auth_cmd(&env, &["pull"], None), 120));
+    assert!(err.contains("none were found"), "{err}");
+    nothing_unpacked(&env, "t");
+}
+
+#[test]
+fn zstd_image_unpacks_identical_to_gzip() {
+    let env = Env::new();
+    let reg = Registry::start(env.tmp.path());
+    let host = format!("127.0.0.1:{}", reg.port);
+    let layout = env.path("layout");
+    write_layout(&layout, &test_layers(0));
+    // skopeo 1.9 keeps already-compressed layers as they are, and reuses a
+    // blob the registry already has for the same content: the zstd image is
+    // pushed first, from an uncompressed copy (dir: --dest-decompress).
+    let plain = env.path("plain");
+    skopeo_push(
+        &layout,
+        &format!("dir:{}", plain.display()),
+        &["--dest-decompress"],
+    );
+    let out = run_bounded(
+        Command::new("skopeo").args([
+            "--insecure-policy",
+            "copy",
+            "--quiet",
+            "--dest-tls-verify=false",
+            "--dest-compress-format",
+            "zstd",
+            &format!("dir:{}", plain.display()),
+            &format!("docker://{host}/keel/test:zstd"),
+        ]),
+        180,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    skopeo_push(&layout, &format!("docker://{host}/keel/test:gzip"), &[]);
+    // The registry really holds zstd layers.
+    let out = run_bounded(
+        Command::new("skopeo").args([
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{host}/keel/test:zstd"),
+        ]),
+        60,
+    );
+    let manifest = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        manifest.contains("application/vnd.oci.image.layer.v1.tar+zstd")
+            && !manifest.contains("tar+gzip"),
+        "{manifest}"
+    );
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE={host}/keel/test\nTOOLBOX_DOCKER_TAG=gzip\nTOOLBOX_NAME=gz\n"
+    ));
+    ok(&env.toolbox(&["pull"]));
+    env.rc(&format!(
+        "TOOLBOX_DOCKER_IMAGE={host}/keel/test\nTOOLBOX_DOCKER_TAG=zstd\nTOOLBOX_NAME=zs\n"
+    ));
+    ok(&env.toolbox(&["pull"]));
+    let gz = snapshot(&env.store.join("gz"));
+    let zs = snapshot(&env.store.join("zs"));
+    assert!(gz.contains_key("bin/busybox"));
+    assert_eq!(gz, zs);
+    // And it runs.
+    assert_eq!(ok(&env.toolbox(&["-c", "echo zstd ok"])), "zstd ok\n");
 }

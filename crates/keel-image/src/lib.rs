@@ -410,6 +410,17 @@ impl Build {
         let vmlinuz = t.join("boot").join(format!("vmlinuz-{}", self.kver));
         fs::copy(&vmlinuz, kdir.join("vmlinuz")).context("copying the kernel")?;
         fs::copy(&vmlinuz, self.opts.out.join("vmlinuz"))?;
+        // The kernel's build (`uname -v`) beside its modules: keel-init
+        // refuses a /usr whose modules are of another build of the same
+        // release (a Debian upload that kept the ABI name).
+        let image = fs::read(&vmlinuz).context("reading the kernel")?;
+        match bzimage_build(&image) {
+            Some(b) => fs::write(kdir.join(KERNEL_BUILD_FILE), format!("{b}\n"))?,
+            None => tracing::warn!(
+                "{}: no version string in the bzImage header; keel-init will check the release only",
+                vmlinuz.display()
+            ),
+        }
 
         // Prebuilt hwdb in /usr so no boot writes one into /etc.
         run(Command::new("chroot")
@@ -1011,8 +1022,56 @@ pub fn enable_units(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
+/// keel-init's name for the kernel build file in `/usr/lib/modules/<release>/`.
+pub const KERNEL_BUILD_FILE: &str = "keel-kernel-build";
+
+/// The build part (`uname -v`: `#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1
+/// (2024-11-22)`) of a bzImage's version string, which the x86 boot
+/// protocol points at from the setup header (`kernel_version` at 0x20E,
+/// the string at that value + 0x200; "HdrS" at 0x202). The string is
+/// `<release> (<builder>) <build>`; `None` if any of it is missing.
+pub fn bzimage_build(image: &[u8]) -> Option<String> {
+    if image.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let off = u16::from_le_bytes([*image.get(0x20E)?, *image.get(0x20F)?]) as usize;
+    if off == 0 {
+        return None;
+    }
+    let start = off + 0x200;
+    let rest = image.get(start..)?;
+    let end = rest.iter().position(|&b| b == 0)?;
+    let text = std::str::from_utf8(&rest[..end]).ok()?;
+    let (_, build) = text.split_once(") ")?;
+    let build = build.trim();
+    (!build.is_empty()).then(|| build.to_string())
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn bzimage_build_string() {
+        let mut img = vec![0u8; 0x4000];
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        let text = b"6.1.0-28-amd64 (debian-kernel@lists.debian.org) #1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)\0";
+        img[0x3200..0x3200 + text.len()].copy_from_slice(text);
+        img[0x20E..0x210].copy_from_slice(&0x3000u16.to_le_bytes());
+        assert_eq!(
+            super::bzimage_build(&img).as_deref(),
+            Some("#1 SMP PREEMPT_DYNAMIC Debian 6.1.119-1 (2024-11-22)")
+        );
+        img[0x20E..0x210].copy_from_slice(&0u16.to_le_bytes());
+        assert_eq!(super::bzimage_build(&img), None);
+        img[0x202] = b'X';
+        assert_eq!(super::bzimage_build(&img), None);
+        assert_eq!(super::bzimage_build(&[]), None);
+        // A pointer past the end, no NUL.
+        let mut short = vec![0u8; 0x300];
+        short[0x202..0x206].copy_from_slice(b"HdrS");
+        short[0x20E..0x210].copy_from_slice(&0xFFF0u16.to_le_bytes());
+        assert_eq!(super::bzimage_build(&short), None);
+    }
+
     use super::*;
 
     #[test]

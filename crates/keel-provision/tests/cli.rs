@@ -86,3 +86,78 @@ fn apply_then_show() {
         "{text}"
     );
 }
+
+/// `translate` prints the Ignition JSON a Butane file means; `local:`
+/// reads from `--files-dir` and is refused without it; `validate --usr`
+/// plans against an image tree and refuses what its boot would.
+#[test]
+fn translate_files_dir_and_validate_against_an_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let bu = dir.path().join("c.bu");
+    std::fs::write(
+        &bu,
+        "variant: flatcar\nversion: 1.1.0\nstorage:\n  files:\n    - path: /etc/app.conf\n      mode: 0600\n      contents:\n        local: app.conf\n",
+    )
+    .unwrap();
+    let out = bin().arg("translate").arg(&bu).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(
+            "storage.files[0].contents.local (line 8): local contents refer to files beside the config, and there is no files directory here"
+        ),
+        "{out:?}"
+    );
+    std::fs::write(dir.path().join("app.conf"), "a = 1\n").unwrap();
+    let out = bin()
+        .arg("translate")
+        .arg("--files-dir")
+        .arg(dir.path())
+        .arg(&bu)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ignition"]["version"], "3.4.0");
+    assert_eq!(v["storage"]["files"][0]["mode"], 0o600);
+    assert_eq!(
+        v["storage"]["files"][0]["contents"]["source"],
+        "data:,a%20=%201%0A"
+    );
+
+    // an image /usr with a factory /etc and one template unit
+    let usr = dir.path().join("usr");
+    std::fs::create_dir_all(usr.join("share/keel/factory/etc")).unwrap();
+    std::fs::create_dir_all(usr.join("lib/systemd/system")).unwrap();
+    std::fs::write(
+        usr.join("lib/systemd/system/t@.service"),
+        "[Service]\nExecStart=/bin/true\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .unwrap();
+    let ign = dir.path().join("c.ign");
+    std::fs::write(
+        &ign,
+        r#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"t@a.service","enabled":true},{"name":"u@a.service","enabled":true}]}}"#,
+    )
+    .unwrap();
+    let out = bin()
+        .arg("validate")
+        .arg("--usr")
+        .arg(&usr)
+        .arg(&ign)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("{}: $.systemd.units.1: unit u@a.service has no contents in the config and no file in /etc/systemd/system or /usr/lib/systemd/system\n", ign.display())
+    );
+    let out = bin()
+        .arg("validate")
+        .arg("--usr")
+        .arg(dir.path())
+        .arg(&ign)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not a Keel image's /usr"));
+}

@@ -228,3 +228,62 @@ fn invalid_configs_stop_the_boot_and_leave_no_trace() -> Result<()> {
     vm.finish()?;
     Ok(())
 }
+
+/// The CoreOS-era way to move SSH: a Butane config (read directly at first
+/// boot, no transpiler) with a drop-in for `sshd.socket` that resets
+/// `ListenStream=` and listens on 2222. A check unit from the same config
+/// reports on the console whether 2222 answers with an SSH banner and 22 is
+/// closed. Its own boot: the harness's SSH goes to guest port 22, which
+/// this config closes.
+#[test]
+fn butane_dropin_moves_ssh_to_port_2222() -> Result<()> {
+    let img = image();
+    let dir = tempfile::tempdir()?;
+    let cfg = dir.path().join("ssh-port.bu");
+    fs::write(
+        &cfg,
+        r#"variant: flatcar
+version: 1.0.0
+systemd:
+  units:
+    - name: sshd.socket
+      dropins:
+        - name: 10-sshd-port.conf
+          contents: |
+            [Socket]
+            ListenStream=
+            ListenStream=2222
+    - name: keel-ssh-port-check.service
+      enabled: true
+      contents: |
+        [Unit]
+        Description=Check that SSH listens on 2222 only
+        Requires=sshd.socket
+        After=sshd.socket
+        [Service]
+        Type=oneshot
+        StandardOutput=journal+console
+        ExecStart=/bin/bash -c 'ss -Hltn; if ss -Hltn "sport = :2222" | grep -q . && ! ss -Hltn "sport = :22" | grep -q . && (exec 3<>/dev/tcp/127.0.0.1/2222; head -c 8 <&3) | grep -q SSH-2.0; then echo KEEL-SSH-PORT-OK; else echo KEEL-SSH-PORT-BAD; fi'
+        [Install]
+        WantedBy=multi-user.target
+"#,
+    )?;
+    let mut vm = Vm::boot(
+        "butane_ssh_port_2222",
+        &img,
+        BootOptions {
+            qemu_args: fw_cfg("opt/org.flatcar-linux/config", &cfg),
+            ..Default::default()
+        },
+    )?;
+    vm.wait_console("KEEL-SSH-PORT-", BOOT)?;
+    let console = vm.console();
+    ensure!(
+        console.contains("KEEL-SSH-PORT-OK"),
+        "SSH did not move to 2222:\n{}",
+        keel_tests::tail(&console, 40)
+    );
+    vm.kill();
+    vm.finish()?;
+    Ok(())
+}

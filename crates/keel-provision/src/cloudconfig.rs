@@ -119,7 +119,19 @@ pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
                                 cfg.units.push(unit(u, &format!("coreos.units[{i}]"))?);
                             }
                         }
-                        "etcd" | "etcd2" | "fleet" | "flannel" | "locksmith" | "update" | "oem" => {
+                        "update" => {
+                            if let Some(f) = update_conf(v2, &at)? {
+                                cfg.files.push(f);
+                            }
+                        }
+                        "locksmith" if !is_null(v2) => {
+                            return Err(err(
+                                at,
+                                "not supported by keel (keel-update has no reboot window or \
+                                 lock settings to write it to yet)",
+                            ))
+                        }
+                        "etcd" | "etcd2" | "fleet" | "flannel" | "locksmith" | "oem" => {
                             if !is_null(v2) {
                                 return Err(err(at, "not supported by keel"));
                             }
@@ -396,6 +408,49 @@ fn write_file(f: &Y, at: &str) -> Result<File, ConfigError> {
         mode: Some(mode.unwrap_or(0o644)),
         contents: Some(data),
     })
+}
+
+/// `coreos.update` → `/etc/coreos/update.conf`, the file coreos-cloudinit
+/// wrote and keel-update reads (`GROUP=` channel, `SERVER=` base URL,
+/// `REBOOT_STRATEGY=`). Strategies keel-update does not implement are
+/// refused here, so the boot does not accept what the agent then refuses.
+fn update_conf(v: &Y, at: &str) -> Result<Option<File>, ConfigError> {
+    let mut lines = String::new();
+    for (k, v) in as_map(v, at)? {
+        let key = key_str(k, at)?;
+        let kat = format!("{at}.{key}");
+        let name = match key {
+            "group" => "GROUP",
+            "server" => "SERVER",
+            "reboot-strategy" | "reboot_strategy" => "REBOOT_STRATEGY",
+            _ => return Err(err(kat, "unknown key")),
+        };
+        let value = as_str(v, &kat)?;
+        if value.is_empty() || value.contains(['\n', '\r', '\0', '"', '\'']) {
+            return Err(err(kat, "must be one non-empty line without quotes"));
+        }
+        if name == "REBOOT_STRATEGY" && !matches!(value, "reboot" | "best-effort" | "off") {
+            return Err(err(
+                kat,
+                format!("reboot strategy {value:?} is not supported by keel-update (reboot, best-effort, off)"),
+            ));
+        }
+        lines.push_str(&format!("{name}={value}\n"));
+    }
+    if lines.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(File {
+        node: Node {
+            at: at.into(),
+            path: "/etc/coreos/update.conf".into(),
+            overwrite: Some(true),
+            user: None,
+            group: None,
+        },
+        mode: Some(0o644),
+        contents: Some(lines.into_bytes()),
+    }))
 }
 
 fn b64(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {

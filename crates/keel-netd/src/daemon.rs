@@ -220,6 +220,7 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 return;
             }
         };
+        let mut created = Vec::new();
         for d in self.netdevs.iter().filter(|d| d.independent()) {
             match links.iter().find(|l| l.name == d.ifname) {
                 Some(l) if l.kind.as_deref() == Some(d.kind.as_str()) => {
@@ -235,13 +236,30 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                 ),
                 None => match self.nl.create_link(d, None) {
                     Ok(()) => {
-                        tracing::info!(netdev = %d.ifname, file = %d.path.display(), "created {}", d.describe())
+                        tracing::info!(netdev = %d.ifname, file = %d.path.display(), "created {}", d.describe());
+                        created.push(d.clone());
                     }
                     Err(e) => {
                         tracing::error!(netdev = %d.ifname, file = %d.path.display(), "creating {}: {e}", d.describe())
                     }
                 },
             }
+        }
+        for d in created {
+            self.pin_mtu(&d);
+        }
+    }
+
+    /// Set a new netdev's `MTUBytes=` again after creation: an MTU given
+    /// only at creation is not "set by the user" for the kernel, and a
+    /// bridge would take the smaller MTU of the first port that joins.
+    fn pin_mtu(&mut self, d: &NetDev) {
+        let Some(mtu) = d.mtu else { return };
+        let Some(index) = self.index_of(&d.ifname) else {
+            return;
+        };
+        if let Err(e) = self.nl.set_mtu(index, mtu) {
+            tracing::error!(netdev = %d.ifname, "setting MTU {mtu}: {e}");
         }
     }
 
@@ -425,7 +443,15 @@ impl<N: Netlink, H: Host> Manager<N, H> {
                         up = false;
                     }
                     match self.nl.set_master(index, m) {
-                        Ok(()) => tracing::info!(interface = %link.name, "joined {what} {master}"),
+                        Ok(()) => {
+                            tracing::info!(interface = %link.name, "joined {what} {master}");
+                            // A joining port may have changed the master's MTU.
+                            if let Some(d) =
+                                self.netdevs.iter().find(|d| &d.ifname == master).cloned()
+                            {
+                                self.pin_mtu(&d);
+                            }
+                        }
                         Err(e) => err = Some(format!("joining {what} {master}: {e}")),
                     }
                 }
@@ -467,7 +493,8 @@ impl<N: Netlink, H: Host> Manager<N, H> {
             }
             match self.nl.create_link(&d, Some(index)) {
                 Ok(()) => {
-                    tracing::info!(interface = %link.name, file = %d.path.display(), "created {}", d.describe())
+                    tracing::info!(interface = %link.name, file = %d.path.display(), "created {}", d.describe());
+                    self.pin_mtu(&d);
                 }
                 Err(e) => err = Some(format!("creating {}: {e}", d.describe())),
             }

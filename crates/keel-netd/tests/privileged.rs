@@ -241,6 +241,11 @@ impl Net {
     }
 
     fn start_netd(&mut self) {
+        self.start_netd_dirs(&[self.path("net")]);
+    }
+
+    /// Start keel-netd reading `dirs` (lowest priority first).
+    fn start_netd_dirs(&mut self, dirs: &[PathBuf]) {
         let bin = env!("CARGO_BIN_EXE_keel-netd");
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -248,10 +253,12 @@ impl Net {
             .open(self.path("netd.log"))
             .unwrap();
         // unshare and ip exec in place: the child pid is keel-netd's.
-        let child = Command::new("unshare")
-            .args(["--uts", "ip", "netns", "exec", &self.cli, bin])
-            .arg("--network-dir")
-            .arg(self.path("net"))
+        let mut cmd = Command::new("unshare");
+        cmd.args(["--uts", "ip", "netns", "exec", &self.cli, bin]);
+        for d in dirs {
+            cmd.arg("--network-dir").arg(d);
+        }
+        let child = cmd
             .arg("--state-dir")
             .arg(self.path("state"))
             .arg("--run-dir")
@@ -296,6 +303,17 @@ impl Net {
         let mut a = vec!["ip", "-n", &self.cli];
         a.extend_from_slice(args);
         sh(&a)
+    }
+
+    /// `ip -n <client> ARGS` stdout, empty when it fails (a link that is
+    /// not there yet).
+    fn try_ip(&self, args: &[&str]) -> String {
+        Command::new("ip")
+            .args(["-n", &self.cli])
+            .args(args)
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
     }
 
     fn addrs(&self, dev: &str) -> String {
@@ -1130,4 +1148,142 @@ fn two_dhcp_links_keep_both_default_routes() {
     let (ok, out) = net.cli_cmd(&["wait-online", "--timeout", "10"]);
     assert!(ok, "{out}");
     net.assert_alive();
+}
+
+/// Whether the build machine's kernel can create a link of `kind`
+/// (`bond`, `vlan`, `bridge`): tried in a scratch namespace.
+fn kernel_can(kind: &str) -> bool {
+    let ns = format!("kprobe{}", std::process::id());
+    sh(&["ip", "netns", "add", &ns]);
+    let ok = |args: &[&str]| {
+        Command::new("ip")
+            .args(["-n", &ns])
+            .args(args)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let can = match kind {
+        "vlan" => {
+            ok(&["link", "add", "kp0", "type", "veth", "peer", "name", "kp1"])
+                && ok(&[
+                    "link", "add", "link", "kp0", "name", "kp0.5", "type", "vlan", "id", "5",
+                ])
+        }
+        k => ok(&["link", "add", "kp9", "type", k]),
+    };
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    can
+}
+
+fn squash(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The conformance corpus on real links (see tests/corpus/README.md): each
+/// case with a `privileged` file gets veth links named as it says, a
+/// keel-netd reading the case's six directories, and its expectations
+/// checked with `ip`. Cases needing a link kind this kernel cannot create
+/// are skipped, and say so.
+#[test]
+fn corpus_cases() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+    let mut cases: Vec<PathBuf> = std::fs::read_dir(&root)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("privileged").exists())
+        .collect();
+    cases.sort();
+    let (mut ran, mut skipped) = (Vec::new(), Vec::new());
+    for case in cases {
+        let name = case.file_name().unwrap().to_string_lossy().into_owned();
+        let spec = std::fs::read_to_string(case.join("privileged")).unwrap();
+        let lines: Vec<&str> = spec
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .collect();
+        let missing: Vec<&str> = lines
+            .iter()
+            .filter_map(|l| l.strip_prefix("requires "))
+            .flat_map(|k| k.split_whitespace())
+            .filter(|k| !kernel_can(k))
+            .collect();
+        if !missing.is_empty() {
+            eprintln!("corpus {name}: skipped, this kernel cannot create {missing:?}");
+            skipped.push(name);
+            continue;
+        }
+        let mut net = Net::new();
+        for l in &lines {
+            if let Some(names) = l.strip_prefix("links ") {
+                for (i, n) in names.split_whitespace().enumerate() {
+                    let c = net.pair(90 + i as u8, true);
+                    net.ip(&["link", "set", &c, "name", n]);
+                }
+            }
+        }
+        let dirs: Vec<PathBuf> = [
+            "usr/lib/systemd/network",
+            "usr/lib/keel/network",
+            "run/systemd/network",
+            "run/keel/network",
+            "etc/systemd/network",
+            "etc/keel/network",
+        ]
+        .iter()
+        .map(|d| case.join(d))
+        .collect();
+        net.start_netd_dirs(&dirs);
+        let mut negatives = Vec::new();
+        for l in &lines {
+            if l.starts_with("links ") || l.starts_with("requires ") {
+                continue;
+            }
+            if let Some(n) = l.strip_prefix("sleep ") {
+                std::thread::sleep(Duration::from_secs(n.parse().unwrap()));
+                continue;
+            }
+            let (cmd, want) = l
+                .split_once("=>")
+                .unwrap_or_else(|| panic!("corpus {name}: bad line {l:?}"));
+            let want = squash(want);
+            if let Some(cmd) = cmd.trim().strip_prefix('!') {
+                negatives.push((cmd.trim().to_string(), want));
+                continue;
+            }
+            let cmd = cmd.trim();
+            let get = || -> String {
+                match cmd.strip_prefix("file ") {
+                    Some(p) => std::fs::read_to_string(net.path(p.trim())).unwrap_or_default(),
+                    None => {
+                        let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+                        net.try_ip(&args)
+                    }
+                }
+            };
+            let start = Instant::now();
+            while !squash(&get()).contains(&want) {
+                assert!(
+                    start.elapsed() < Duration::from_secs(15),
+                    "corpus {name}: `{cmd}` never showed {want:?}; last:\n{}\nlog:\n{}",
+                    get(),
+                    net.netd_log()
+                );
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+        for (cmd, want) in negatives {
+            let args: Vec<&str> = cmd.split_whitespace().skip(1).collect();
+            let out = net.try_ip(&args);
+            assert!(
+                !squash(&out).contains(&want),
+                "corpus {name}: `{cmd}` shows {want:?}:\n{out}"
+            );
+        }
+        net.assert_alive();
+        ran.push(name);
+    }
+    eprintln!("corpus: ran {ran:?}; skipped {skipped:?}");
+    assert!(ran.len() >= 6, "ran {ran:?}");
 }

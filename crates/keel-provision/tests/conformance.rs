@@ -89,8 +89,9 @@ fn unescape(s: &str) -> String {
     out
 }
 
-/// Run one case; returns what did not match.
-pub fn run_case(config: &Path, system: &dyn sys::System) -> Vec<String> {
+/// Run one case; returns what did not match. `real` says `system` really
+/// changes owners (`owner` lines are checked only then).
+pub fn run_case(config: &Path, system: &dyn sys::System, real: bool) -> Vec<String> {
     let name = config.file_name().unwrap().to_string_lossy().to_string();
     let expect_path = config.with_extension("expect");
     let expect = fs::read_to_string(&expect_path)
@@ -185,6 +186,21 @@ pub fn run_case(config: &Path, system: &dyn sys::System) -> Vec<String> {
                     bad.push(format!("{p} does not contain {text:?}: {got:?}"));
                 }
             }
+            "owner" => {
+                use std::os::unix::fs::MetadataExt;
+                let (p, want) = rest.split_once(' ').unwrap();
+                if real {
+                    match fs::symlink_metadata(h(p)) {
+                        Ok(m) => {
+                            let got = format!("{}:{}", m.uid(), m.gid());
+                            if got != want {
+                                bad.push(format!("{p}: owner {got}, want {want}"));
+                            }
+                        }
+                        Err(e) => bad.push(format!("{p}: {e}")),
+                    }
+                }
+            }
             "absent" => {
                 if fs::symlink_metadata(h(rest)).is_ok() {
                     bad.push(format!("{rest} exists"));
@@ -214,7 +230,7 @@ fn conformance_corpus() {
     assert!(all.len() >= 19, "corpus has {} cases", all.len());
     for case in all {
         let fake = sys::Recording::default();
-        let bad = run_case(&case, &fake);
+        let bad = run_case(&case, &fake, false);
         if !bad.is_empty() {
             failures.push(format!("{}:\n  {}", case.display(), bad.join("\n  ")));
         }

@@ -254,3 +254,21 @@ fn real_chown_applies_numeric_ids() {
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (500, 500, 0o600));
     assert!(root.join("var/lib/keel/provisioned").is_file());
 }
+
+#[path = "conformance.rs"]
+mod conformance;
+
+/// The conformance corpus again, applied with the real `System`: files end
+/// up owned as the `owner` lines say (uid/gid from the image's passwd,
+/// sysusers and the config's own accounts).
+#[test]
+fn conformance_corpus_with_real_chown() {
+    let mut failures = Vec::new();
+    for case in conformance::cases() {
+        let bad = conformance::run_case(&case, &Real, true);
+        if !bad.is_empty() {
+            failures.push(format!("{}:\n  {}", case.display(), bad.join("\n  ")));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}

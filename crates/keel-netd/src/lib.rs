@@ -1,12 +1,17 @@
 //! keel-netd: Keel's networkd-like configurator.
 //!
-//! Owns: bringing links up, their MTU, the addresses and routes it adds
-//! (never routes it did not add), a DHCPv4 client per link, the resolver
+//! Owns: bringing links up, their MTU, the addresses, routes and routing
+//! policy rules it adds (never routes it did not add), the bonds, bridges
+//! and VLANs of `.netdev` files, a DHCPv4 client per link, the resolver
 //! file `/run/keel/resolv.conf`, and the hostname when DHCP offers one and
 //! the admin set none (`/etc/hostname` absent or empty).
 //!
-//! Reads: `.network` files from `/usr/lib/keel/network`, `/run/keel/network`
-//! and `/etc/keel/network` (systemd.network(5) subset, see [`config`]);
+//! Reads: `.network` and `.netdev` files from networkd's directories and
+//! Keel's own, merged (`/usr/lib/systemd/network`, `/usr/lib/keel/network`,
+//! `/run/systemd/network`, `/run/keel/network`, `/etc/systemd/network`,
+//! `/etc/keel/network`; systemd.network(5)/systemd.netdev(5) subset, see
+//! [`config`]); `/proc/cmdline`, DMI and `/run/systemd/container` for
+//! `[Match]` host conditions;
 //! `/etc/machine-id` (DHCP client identifier); `/etc/hostname`;
 //! `/sys/class/net/*/uevent` and `device/driver` (Match Type= and Driver=).
 //! Sets `/proc/sys/net/ipv6/conf/<link>/{addr_gen_mode,accept_ra}` from

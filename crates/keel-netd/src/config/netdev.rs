@@ -651,4 +651,29 @@ mod tests {
             ]
         );
     }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::strategy::Just("[NetDev]".to_string()),
+                    proptest::strategy::Just("[Bond]".to_string()),
+                    proptest::strategy::Just("[VLAN]".to_string()),
+                    proptest::strategy::Just("[Bridge]".to_string()),
+                    proptest::strategy::Just("[Match]".to_string()),
+                    "(Name|Kind|Mode|Id|MIIMonitorSec|STP|MTUBytes|Host|Virtualization)=[ -~]{0,16}",
+                    "Kind=(bond|vlan|bridge)",
+                    "[ -~]{0,24}",
+                ],
+                0..24,
+            )
+        ) {
+            let (r, _) = parse_text(Path::new("p.netdev"), &lines.join("\n"));
+            if let Ok(d) = r {
+                let _ = d.describe();
+                let _ = crate::netlink::netdev_message(&d, Some(2));
+            }
+        }
+    }
 }

@@ -9,7 +9,9 @@
 //!
 //! Reads: `/usr/share/keel/toolbox` (vendor defaults), `/etc/default/toolbox`,
 //! `~/.toolboxrc` — CoreOS's `KEY=value` variables, parsed as data (see
-//! [`config`]). Uses `/run/systemd/system` to decide whether to register the
+//! [`config`]); registry credentials from the containers auth files and
+//! `~/.docker/config.json` ([`auth`]), written by `toolbox login`. Uses
+//! `/run/systemd/system` to decide whether to register the
 //! container with machined. No units, no kernel arguments.
 //!
 //! Decisions (not in DESIGN.md):
@@ -22,7 +24,11 @@
 //!   inside the value; only `--bind=`/`--bind-ro=` and `--setenv=`/`KEY=VALUE`
 //!   are accepted; `$NAME` expands variables set earlier, `HOME` and `USER`;
 //! - registries on loopback are spoken to in plain HTTP, all others HTTPS;
-//!   only anonymous Bearer tokens (public images);
+//!   credentials from the containers/docker auth files ([`auth`]; Basic and
+//!   Bearer challenges), never from a credential helper (DESIGN.md,
+//!   "toolbox: credentials, zstd layers");
+//! - layers: tar, gzip, zstd ([`zstd`]: pure Rust, `zstd:chunked` read as
+//!   plain zstd);
 //! - layer paths resolve with `RESOLVE_BENEATH` (refuse, not clamp); device
 //!   nodes are refused; a bare `/` entry is the root;
 //! - a tree without os-release gets an empty `/etc/os-release` (as CoreOS);
@@ -31,10 +37,12 @@
 //!   (`SYSTEMD_NSPAWN_LOCK=0`), guarded by toolbox's own flocks;
 //! - exit status: the command's; toolbox's own failures exit 125.
 //!
-//! Layout: [`config`] (parse → merge → validate), [`reference`](crate::reference) and [`oci`]
-//! (image names and documents), [`source`] and [`registry`] (fetching,
-//! verifying), [`unpack`] (safe layer extraction), [`store`] (the toolbox
-//! directory, locks, pull), [`run`] (the nspawn command line and spawner).
+//! Layout: [`config`] (parse → merge → validate, and the `toolbox config`
+//! report), [`auth`] (registry credentials), [`reference`](crate::reference)
+//! and [`oci`] (image names and documents), [`source`] and [`registry`]
+//! (fetching, verifying), [`zstd`] (layer decoding), [`unpack`] (safe layer
+//! extraction), [`store`] (the toolbox directory, locks, pull), [`run`] (the
+//! nspawn command line and spawner).
 
 pub mod auth;
 pub mod config;

@@ -863,3 +863,39 @@ fn cloud_config_sudo_and_locked_password() {
         .unwrap()
         .contains("\nops:!$6$s$h::0:99999:7:::\n"));
 }
+
+#[test]
+fn butane_from_fw_cfg_at_first_boot() {
+    let env = env();
+    fw_cfg(
+        &env,
+        "opt/org.flatcar-linux/config",
+        "variant: flatcar\nversion: 1.0.0\nstorage:\n  files:\n    - path: /etc/hostname\n      mode: 0644\n      contents:\n        inline: bu-node\n",
+    );
+    let Outcome::Applied(r) = first_boot(&env.fb, &Recording::default()).unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(r.format, "butane flatcar 1.0.0 → ignition 3.3.0");
+    assert_eq!(
+        fs::read_to_string(env.fb.sysroot.join("etc/hostname")).unwrap(),
+        "bu-node"
+    );
+    // local: contents have no files directory at boot: refused, nothing written
+    let env = self::env();
+    fw_cfg(
+        &env,
+        "opt/keel/config",
+        "variant: fcos\nversion: 1.4.0\nstorage:\n  files:\n    - path: /etc/a\n      contents:\n        inline: a\n    - path: /etc/b\n      contents:\n        local: b.txt\n",
+    );
+    let e = first_boot(&env.fb, &Recording::default()).unwrap_err();
+    assert!(
+        e.to_string().starts_with("fw_cfg opt/keel/config: storage.files[1].contents.local (line 10): local contents refer to files beside the config"),
+        "{e}"
+    );
+    assert!(!env.fb.sysroot.join("etc/a").exists());
+    assert!(!env
+        .fb
+        .sysroot
+        .join(crate::MARKER.trim_start_matches('/'))
+        .exists());
+}

@@ -405,6 +405,20 @@ proptest! {
     }
 
     #[test]
+    fn butane_never_panics(s in "variant: (flatcar|fcos)\nversion: 1\\.[0-6]\\.0\n((passwd|storage|systemd):\n  (users|files|units|links|directories): ?\n(    - [a-z_]{1,10}: ?[ -~]{0,20}\n(      [a-z_]{1,10}: ?[ -~]{0,20}\n){0,3}){0,3}){0,3}") {
+        let opts = crate::butane::Options::default();
+        let _ = crate::butane::parse(s.as_bytes(), &opts);
+        let _ = crate::butane::translate(s.as_bytes(), &opts);
+        let _ = parse_config(s.as_bytes());
+    }
+
+    #[test]
+    fn mime_never_panics(s in "Content-Type: multipart/mixed; boundary=b\n\n(--b\n(Content-[A-Za-z-]{1,12}: [ -~]{0,20}\n){0,2}\n[ -~\n]{0,40}\n){0,3}(--b--)?") {
+        let _ = crate::mime::parse(s.as_bytes());
+        let _ = parse_config(s.as_bytes());
+    }
+
+    #[test]
     fn cloud_config_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
         let mut text = b"#cloud-config\n".to_vec();
         text.extend_from_slice(&data);

@@ -20,6 +20,10 @@ use crate::ConfigError;
 /// Most nodes a document may expand to (aliases included).
 const MAX_NODES: usize = 1 << 20;
 
+/// Deepest nesting of collections (the tree is dropped and walked
+/// recursively; real configs nest a handful of levels).
+const MAX_DEPTH: usize = 128;
+
 /// A YAML value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
@@ -54,17 +58,26 @@ pub struct Node {
 pub fn load(text: &str) -> Result<Vec<Node>, ConfigError> {
     let mut b = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser.load(&mut b, true).map_err(|e| {
-        let m = e.marker();
-        err(
-            format!("line {} column {}", m.line(), m.col() + 1),
-            format!("invalid YAML: {}", e.info()),
-        )
-    })?;
-    if let Some(e) = b.error {
-        return Err(e);
+    // Events are pulled one by one rather than through `Parser::load`,
+    // which recurses per nesting level: a deeply nested document stops at
+    // MAX_DEPTH here instead of overflowing the stack.
+    loop {
+        let (ev, mark) = parser.next_token().map_err(|e| {
+            let m = e.marker();
+            err(
+                format!("line {} column {}", m.line(), m.col() + 1),
+                format!("invalid YAML: {}", e.info()),
+            )
+        })?;
+        let end = ev == Event::StreamEnd;
+        b.on_event(ev, mark);
+        if let Some(e) = b.error.take() {
+            return Err(e);
+        }
+        if end {
+            return Ok(b.docs);
+        }
     }
-    Ok(b.docs)
 }
 
 /// Load a stream that must hold at most one document; an empty or null
@@ -111,6 +124,12 @@ impl Builder {
                 if self.stack.is_empty() {
                     // an empty document has no node
                 }
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.stack.len() >= MAX_DEPTH => {
+                return Err(err(
+                    format!("line {line}"),
+                    format!("collections nested deeper than {MAX_DEPTH} levels"),
+                ));
             }
             Event::SequenceStart(aid, _) => self.stack.push((
                 Node {
@@ -460,6 +479,14 @@ mod tests {
             ));
         }
         assert!(load(&bomb).unwrap_err().message.contains("alias bomb"));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error() {
+        let deep = "- ".repeat(100_000) + "x\n";
+        assert!(load(&deep).unwrap_err().message.contains("nested deeper"));
+        let flow = "[".repeat(200) + &"]".repeat(200);
+        assert!(load(&flow).is_err());
     }
 
     #[test]

@@ -665,6 +665,141 @@ mod tests {
         assert_eq!(pct("repository:a/b:pull"), "repository%3Aa%2Fb%3Apull");
     }
 
+    /// A registry whose `/v2/` wants a Bearer token from `/token`, which
+    /// hands out "good-token" for Basic alice:pw or for the refresh token
+    /// "idtok" (POST), and 401 otherwise.
+    fn token_registry() -> u16 {
+        use std::io::{BufRead, BufReader};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for c in l.incoming() {
+                let Ok(mut c) = c else { return };
+                let mut r = BufReader::new(c.try_clone().unwrap());
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    head.push(line.trim_end().to_string());
+                }
+                let len = head
+                    .iter()
+                    .find_map(|h| {
+                        h.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.parse::<usize>().unwrap_or(0))
+                    })
+                    .unwrap_or(0);
+                let mut body = vec![0; len];
+                let _ = r.read_exact(&mut body);
+                let body = String::from_utf8_lossy(&body).into_owned();
+                let authz = head
+                    .iter()
+                    .find_map(|h| {
+                        h.strip_prefix("authorization: ")
+                            .or_else(|| h.strip_prefix("Authorization: "))
+                    })
+                    .unwrap_or("")
+                    .to_string();
+                let line = head.first().cloned().unwrap_or_default();
+                use base64::Engine as _;
+                let alice = format!(
+                    "Basic {}",
+                    base64::engine::general_purpose::STANDARD.encode("alice:pw")
+                );
+                let (status, extra, answer) = if line.starts_with("GET /v2/ ") {
+                    if authz == "Bearer good-token" {
+                        ("200 OK", String::new(), "{}".to_string())
+                    } else {
+                        (
+                            "401 Unauthorized",
+                            format!("WWW-Authenticate: Bearer realm=\"http://127.0.0.1:{port}/token\",service=\"svc\"\r\n"),
+                            String::new(),
+                        )
+                    }
+                } else if line.starts_with("GET /token?")
+                    && line.contains("service=svc")
+                    && authz == alice
+                {
+                    (
+                        "200 OK",
+                        String::new(),
+                        r#"{"token":"good-token"}"#.to_string(),
+                    )
+                } else if line.starts_with("POST /token ")
+                    && body.contains("grant_type=refresh_token")
+                    && body.contains("refresh_token=idtok")
+                {
+                    (
+                        "200 OK",
+                        String::new(),
+                        r#"{"access_token":"good-token"}"#.to_string(),
+                    )
+                } else {
+                    ("401 Unauthorized", String::new(), String::new())
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+            }
+        });
+        port
+    }
+
+    fn ping(port: u16, c: Option<crate::auth::Credential>) -> Result<(), RegistryError> {
+        let r = RegistryRef {
+            host: format!("127.0.0.1:{port}"),
+            repository: "team/img".into(),
+            digest: None,
+        };
+        let found = c.map(|credential| Found {
+            file: "/f/auth.json".into(),
+            key: r.host.clone(),
+            credential,
+        });
+        Registry::new(&r)
+            .with_credentials(found, "/f/auth.json, /h/.docker/config.json".into())
+            .ping()
+    }
+
+    #[test]
+    fn bearer_token_with_user_password_or_identity_token() {
+        use crate::auth::Credential;
+        let port = token_registry();
+        let basic = |u: &str, p: &str| Credential {
+            user: Some(u.into()),
+            password: Some(Secret::new(p)),
+            identity_token: None,
+        };
+        ping(port, Some(basic("alice", "pw"))).unwrap();
+        ping(
+            port,
+            Some(Credential {
+                user: None,
+                password: None,
+                identity_token: Some(Secret::new("idtok")),
+            }),
+        )
+        .unwrap();
+        let e = ping(port, Some(basic("alice", "sekrit")))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            format!("127.0.0.1:{port}: HTTP 401 unauthorized: the registry refused the user alice from /f/auth.json (auths[\"127.0.0.1:{port}\"]): wrong user name or password, or no pull access to team/img")
+        );
+        assert!(!e.contains("sekrit"));
+        let e = ping(port, None).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("127.0.0.1:{port}: HTTP 401 unauthorized: the registry needs credentials and none were found for 127.0.0.1:{port}/team/img in /f/auth.json, /h/.docker/config.json; run `toolbox login 127.0.0.1:{port}`")
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn challenge_never_panics(s in "\\PC*") {

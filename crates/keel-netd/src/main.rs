@@ -61,6 +61,9 @@ fn real_main(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Check { dirs } => {
+            for d in &dirs {
+                anyhow::ensure!(d.is_dir(), "{}: not a directory", d.display());
+            }
             let dirs = if !dirs.is_empty() {
                 dirs
             } else if !args.network_dirs.is_empty() {

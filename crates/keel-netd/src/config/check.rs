@@ -193,6 +193,9 @@ pub fn render(l: &Loaded) -> Report {
                 }
             }
         }
+        for r in &e.replaces {
+            let _ = writeln!(t, "  replaces: {}", r.display());
+        }
         for w in &e.warnings {
             let _ = writeln!(t, "  warning: {w}");
         }

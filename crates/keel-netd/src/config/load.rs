@@ -46,6 +46,8 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct FileEntry {
     pub path: PathBuf,
+    /// Same-named files in earlier directories that this one replaces.
+    pub replaces: Vec<PathBuf>,
     pub outcome: Outcome,
     pub warnings: Vec<Warning>,
 }
@@ -75,7 +77,19 @@ fn masked(path: &Path) -> bool {
 
 /// Map file name → highest-priority path for entries ending in `suffix`.
 fn collect(dirs: &[PathBuf], sub: Option<&str>, suffix: &str) -> BTreeMap<String, PathBuf> {
-    let mut out = BTreeMap::new();
+    collect_all(dirs, sub, suffix)
+        .into_iter()
+        .filter_map(|(n, mut v)| v.pop().map(|p| (n, p)))
+        .collect()
+}
+
+/// Map file name → every path with that name, lowest priority first.
+fn collect_all(
+    dirs: &[PathBuf],
+    sub: Option<&str>,
+    suffix: &str,
+) -> BTreeMap<String, Vec<PathBuf>> {
+    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
     for dir in dirs {
         let dir = match sub {
             Some(s) => dir.join(s),
@@ -91,7 +105,8 @@ fn collect(dirs: &[PathBuf], sub: Option<&str>, suffix: &str) -> BTreeMap<String
             .collect();
         names.sort();
         for n in names {
-            out.insert(n.clone(), dir.join(&n));
+            let p = dir.join(&n);
+            out.entry(n).or_default().push(p);
         }
     }
     out
@@ -141,7 +156,8 @@ pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
             format!("conditions do not hold on this host ({})", list.join(" "))
         })
     };
-    for (name, path) in collect(dirs, None, ".netdev") {
+    for (name, mut all) in collect_all(dirs, None, ".netdev") {
+        let Some(path) = all.pop() else { continue };
         let mut warnings = Vec::new();
         let outcome = if masked(&path) {
             Outcome::Masked
@@ -172,11 +188,13 @@ pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
         out.warnings.extend(warnings.iter().cloned());
         out.entries.push(FileEntry {
             path,
+            replaces: std::mem::take(&mut all),
             outcome,
             warnings,
         });
     }
-    for (name, path) in collect(dirs, None, ".network") {
+    for (name, mut all) in collect_all(dirs, None, ".network") {
+        let Some(path) = all.pop() else { continue };
         let mut warnings = Vec::new();
         let outcome = if masked(&path) {
             tracing::debug!(file = %path.display(), "masked");
@@ -209,6 +227,7 @@ pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
         out.warnings.extend(warnings.iter().cloned());
         out.entries.push(FileEntry {
             path,
+            replaces: std::mem::take(&mut all),
             outcome,
             warnings,
         });

@@ -6,8 +6,11 @@
 //! 1. `$REGISTRY_AUTH_FILE`, else `$XDG_RUNTIME_DIR/containers/auth.json`,
 //!    else for root `/run/containers/0/auth.json` — also where
 //!    `toolbox login` writes;
-//! 2. `~/.config/containers/auth.json`;
-//! 3. `~/.docker/config.json`.
+//! 2. run through sudo by a user (`SUDO_UID`, as toolbox re-runs itself):
+//!    that user's `/run/user/UID/containers/auth.json`, where a rootless
+//!    `podman login` or `toolbox login` writes;
+//! 3. `~/.config/containers/auth.json`;
+//! 4. `~/.docker/config.json`.
 //!
 //! An entry is `"auths": {KEY: {"auth": base64("user:password")}}` and/or
 //! `"identitytoken"` (an OAuth2 refresh token, used with Bearer token
@@ -341,6 +344,13 @@ impl AuthFiles {
             files.push(Path::new(&x).join("containers/auth.json"));
         } else if root {
             files.push(PathBuf::from("/run/containers/0/auth.json"));
+        }
+        let sudo_uid = get("SUDO_UID").and_then(|u| u.parse::<u32>().ok());
+        if let Some(uid) = sudo_uid.filter(|u| root && *u != 0) {
+            let p = PathBuf::from(format!("/run/user/{uid}/containers/auth.json"));
+            if !files.contains(&p) {
+                files.push(p);
+            }
         }
         if let Some(h) = get("HOME") {
             files.push(Path::new(&h).join(".config/containers/auth.json"));
@@ -792,6 +802,22 @@ mod tests {
             root.files,
             vec![PathBuf::from("/run/containers/0/auth.json")]
         );
+        // A user's toolbox re-run through sudo also reads that user's login.
+        let sudo = |k: &str| match k {
+            "SUDO_UID" => Some("1000".to_string()),
+            "HOME" => Some("/home/core".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            AuthFiles::standard(&sudo, true).files,
+            vec![
+                PathBuf::from("/run/containers/0/auth.json"),
+                PathBuf::from("/run/user/1000/containers/auth.json"),
+                PathBuf::from("/home/core/.config/containers/auth.json"),
+                PathBuf::from("/home/core/.docker/config.json"),
+            ]
+        );
+        assert_eq!(AuthFiles::standard(&sudo, false).files.len(), 2);
         assert!(AuthFiles::standard(&|_| None, false).login_file().is_err());
     }
 

@@ -393,6 +393,7 @@ impl Env {
             // Auth files only under the test's temp dir: root's
             // /run/containers/0/auth.json is never read or written.
             .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("SUDO_UID")
             .env("XDG_RUNTIME_DIR", self.tmp.path().join("xdg-run"))
             .env("KEEL_LOG", "info");
         c
@@ -1266,6 +1267,7 @@ fn pull_replaces_an_old_tree_atomically_with_progress_on_a_terminal() {
             // Auth files only under the test's temp dir: root's
             // /run/containers/0/auth.json is never read or written.
             .env_remove("REGISTRY_AUTH_FILE")
+            .env_remove("SUDO_UID")
             .env("XDG_RUNTIME_DIR", env.tmp.path().join("xdg-run")),
         120,
     );

@@ -6,6 +6,14 @@
 //! the manifest, the kernel and initramfs installed, and only then
 //! `set-next`.
 //!
+//! Chunks the running slot already holds (same offset, same SHA-256 of
+//! the uncompressed bytes as the signed manifest says) are copied from it
+//! instead of downloaded: a new version built from the same tree shares
+//! most of its USR blocks with the old one. The copy is hashed before it is
+//! written, exactly like a download, so a running slot that changed under
+//! us (it cannot: it is read-only and verity-checked) would only cost a
+//! download.
+//!
 //! Power-cut safety: the running slot's partitions and attributes are never
 //! written; the inactive slot is made unbootable before its first byte
 //! changes and becomes the next boot only by the last step. A cut anywhere
@@ -310,6 +318,28 @@ struct Job<'a> {
     report: &'a mut dyn FnMut(Step),
     done: u64,
     total: u64,
+    traffic: Traffic,
+}
+
+/// Where the chunks of one update came from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Traffic {
+    /// Chunks fetched from the release server.
+    pub fetched_chunks: u64,
+    /// Compressed bytes fetched (chunks, kernel, initramfs).
+    pub fetched_bytes: u64,
+    /// Chunks copied from the running slot.
+    pub local_chunks: u64,
+    /// Their uncompressed bytes.
+    pub local_bytes: u64,
+}
+
+/// A chunk on its way to the disk.
+enum Input {
+    /// Compressed bytes from the server: to be verified and decoded.
+    Fetched(Vec<u8>),
+    /// Uncompressed bytes from the running slot, already hashed equal.
+    Local(Vec<u8>),
 }
 
 impl Job<'_> {
@@ -338,12 +368,17 @@ impl Job<'_> {
         // overlap. Chunks come back in order, and a chunk is written only
         // after the worker verified it. At most two are in flight.
         std::thread::scope(|scope| -> Result<(), UpdateError> {
-            let (in_tx, in_rx) = mpsc::sync_channel::<(usize, Vec<u8>)>(1);
+            let (in_tx, in_rx) = mpsc::sync_channel::<(usize, Input)>(1);
             let (out_tx, out_rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, ChunkError>)>(1);
             scope.spawn(move || {
-                for (i, bytes) in in_rx {
-                    let mut buf = Vec::new();
-                    let r = decode_chunk_into(name, i, &chunks[i], &bytes, &mut buf).map(|()| buf);
+                for (i, input) in in_rx {
+                    let r = match input {
+                        Input::Local(buf) => Ok(buf),
+                        Input::Fetched(bytes) => {
+                            let mut buf = Vec::new();
+                            decode_chunk_into(name, i, &chunks[i], &bytes, &mut buf).map(|()| buf)
+                        }
+                    };
                     let failed = r.is_err();
                     if out_tx.send((i, r)).is_err() || failed {
                         break;
@@ -356,9 +391,20 @@ impl Job<'_> {
             loop {
                 while in_flight < 2 && fetch_err.is_none() {
                     let Some((i, c)) = todo.next() else { break };
+                    if let Some(buf) = self.local_copy(slot.other(), t, i as u64 * cs, c) {
+                        self.traffic.local_chunks += 1;
+                        self.traffic.local_bytes += c.size;
+                        if in_tx.send((i, Input::Local(buf))).is_err() {
+                            break;
+                        }
+                        in_flight += 1;
+                        continue;
+                    }
                     match self.src.get_range(&rel, c.offset, c.length) {
                         Ok(bytes) => {
-                            if in_tx.send((i, bytes)).is_err() {
+                            self.traffic.fetched_chunks += 1;
+                            self.traffic.fetched_bytes += c.length;
+                            if in_tx.send((i, Input::Fetched(bytes))).is_err() {
                                 break;
                             }
                             in_flight += 1;
@@ -412,6 +458,20 @@ impl Job<'_> {
                 None => Ok(()),
             }
         })
+    }
+
+    /// The chunk from the running slot `from` at `offset`, if its bytes
+    /// hash to what the manifest says (any read error: not there).
+    fn local_copy(
+        &mut self,
+        from: Slot,
+        t: Target,
+        offset: u64,
+        c: &keel_release::Chunk,
+    ) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; usize::try_from(c.size).ok()?];
+        self.disk.read_at(from, t, offset, &mut buf).ok()?;
+        (Sha256::of(&buf) == c.sha256).then_some(buf)
     }
 
     /// Re-read `a` from the slot and compare chunk by chunk (so a mismatch
@@ -568,6 +628,7 @@ pub fn stage(
         report,
         done,
         total,
+        traffic: Traffic::default(),
     };
     job.write_artifact(r, slot, Target::Usr, usr, &mut prog)?;
     job.write_artifact(r, slot, Target::UsrVerity, tree, &mut prog)?;
@@ -643,6 +704,16 @@ pub fn stage(
     };
     state.set_pending(Some(&pending))?;
     state.remove("progress.json")?;
+    let t = job.traffic;
+    tracing::info!(
+        "{} staged in USR-{slot}: {} chunks ({} MiB) copied from USR-{}, {} chunks fetched, {} MiB downloaded in all",
+        pending.version,
+        t.local_chunks,
+        t.local_bytes >> 20,
+        m.booted,
+        t.fetched_chunks,
+        (t.fetched_bytes + a.kernel.compressed_size + a.initramfs.compressed_size) >> 20
+    );
     Ok(pending)
 }
 

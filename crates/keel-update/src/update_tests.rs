@@ -455,3 +455,41 @@ fn verity_root_is_salt_then_top_block() {
     assert_eq!(verity_root("abcd", &top), Some(Sha256(h.finalize().into())));
     assert_eq!(verity_root("xyz", &top), None);
 }
+
+#[test]
+fn chunks_the_running_slot_holds_are_copied_not_fetched() {
+    let w = world();
+    let mut src = Faulty::new(&w.base);
+    let mut disk = MemDisk::new(1 << 20);
+    // USR-A holds the new version except in chunks 3 and 7 (an older
+    // version sharing most blocks); its verity tree is all different.
+    let cs = tree::CHUNK as usize;
+    let mut old = w.built.usr.clone();
+    old[3 * cs + 17] ^= 1;
+    old[7 * cs] ^= 1;
+    disk.parts.get_mut(&(Slot::A, "usr")).expect("A")[..USR_LEN].copy_from_slice(&old);
+    let mut esp = MemEsp::default();
+    run(&w, &mut src, &mut disk, &mut esp).expect("stage");
+    assert_eq!(&disk.parts[&(Slot::B, "usr")][..USR_LEN], &w.built.usr[..]);
+    let usr_file = &w.built.manifest.artifacts.usr.file;
+    let usr_chunks = &w.built.manifest.artifacts.usr.chunks;
+    let fetched: Vec<usize> = src
+        .ranges
+        .iter()
+        .filter(|(rel, _)| rel.ends_with(usr_file.as_str()))
+        .map(|(_, off)| {
+            usr_chunks
+                .iter()
+                .position(|c| c.offset == *off)
+                .expect("a chunk's offset")
+        })
+        .collect();
+    assert_eq!(
+        fetched,
+        vec![3, 7],
+        "only the chunks that differ are fetched"
+    );
+    // The running slot is still only read.
+    assert!(disk.writes.iter().all(|(s, _, _)| *s == Slot::B));
+    assert_eq!(&disk.parts[&(Slot::A, "usr")][..USR_LEN], &old[..]);
+}

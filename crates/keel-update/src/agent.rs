@@ -42,6 +42,8 @@ pub struct Agent {
     pub staged: Option<Version>,
     /// The last decision.
     pub decision: Option<Decision<Version>>,
+    /// What the reboot into the staged version waits for (a sentence).
+    pub reboot_wait: Option<String>,
 }
 
 /// What a check ended with.
@@ -71,6 +73,7 @@ impl Agent {
             status,
             staged: None,
             decision: None,
+            reboot_wait: None,
         };
         a.status.blocked = a.state.blocked().unwrap_or_default();
         a
@@ -87,6 +90,7 @@ impl Agent {
             self.decision.as_ref(),
             self.machine.current.as_str(),
             self.config_error.as_deref(),
+            self.reboot_wait.as_deref(),
         );
         fx.publish(&self.status);
     }
@@ -200,6 +204,7 @@ impl Agent {
                 decision.as_ref(),
                 current.as_str(),
                 config_error.as_deref(),
+                None,
             );
             fx.publish(status);
         };

@@ -19,6 +19,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use keel_lock::window::{PeriodicConfig, Schedule};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -42,7 +43,7 @@ pub const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_CHANNEL: &str = "stable";
 
 /// A configuration that cannot be used; every variant names the file.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// Reading failed (other than "not there").
     #[error("reading {path}: {message}")]
@@ -93,32 +94,134 @@ pub enum IntervalText {
     Text(String),
 }
 
-/// How the machine reboots into a staged update. Issue 17's coordination
-/// strategies (periodic windows, etcd lock, FleetLock) extend this enum.
+/// How the machine reboots into a staged update.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RebootStrategy {
-    /// Reboot as soon as the update is staged.
+    /// Reboot as soon as the update is staged (inside the windows, when
+    /// some are configured).
     Immediate,
     /// Never reboot: stage, say so, and leave the reboot to the admin.
     Off,
+    /// Reboot only inside a maintenance window (at least one needed).
+    Periodic,
+    /// Take a slot of the etcd v3 reboot semaphore first (locksmith's).
+    EtcdLock,
+    /// Take the FleetLock server's lock first (Zincati's).
+    FleetLock,
+}
+
+impl RebootStrategy {
+    /// The TOML name.
+    pub fn name(self) -> &'static str {
+        match self {
+            RebootStrategy::Immediate => "immediate",
+            RebootStrategy::Off => "off",
+            RebootStrategy::Periodic => "periodic",
+            RebootStrategy::EtcdLock => "etcd_lock",
+            RebootStrategy::FleetLock => "fleet_lock",
+        }
+    }
+
+    /// The TOML name back to a strategy.
+    pub fn from_name(s: &str) -> Option<RebootStrategy> {
+        [
+            RebootStrategy::Immediate,
+            RebootStrategy::Off,
+            RebootStrategy::Periodic,
+            RebootStrategy::EtcdLock,
+            RebootStrategy::FleetLock,
+        ]
+        .into_iter()
+        .find(|x| x.name() == s)
+    }
 }
 
 impl fmt::Display for RebootStrategy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            RebootStrategy::Immediate => "immediate",
-            RebootStrategy::Off => "off",
-        })
+        f.write_str(self.name())
     }
 }
+
+/// Default time logged-in users get between the `wall` warning and the reboot.
+pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10 * 60);
 
 /// `[reboot]` of a drop-in.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RebootFragment {
-    /// `"immediate"` or `"off"`.
-    pub strategy: Option<RebootStrategy>,
+    /// `"immediate"`, `"off"`, `"periodic"`, `"etcd_lock"` or
+    /// `"fleet_lock"`; kept as text here so an unknown name is an error of
+    /// the reboot settings alone (updates are still staged).
+    pub strategy: Option<String>,
+    /// Time between the `wall` warning and the reboot when users are
+    /// logged in ("10m"; 0 = no wait).
+    pub grace_period: Option<IntervalText>,
+    /// Maintenance windows (Zincati's `updates.periodic` schema plus
+    /// `random_offset_minutes`); they gate every strategy but `off`.
+    pub periodic: Option<PeriodicConfig>,
+    /// The etcd semaphore.
+    pub etcd_lock: Option<EtcdFragment>,
+    /// The FleetLock server.
+    pub fleet_lock: Option<FleetLockFragment>,
+    /// What a legacy `update.conf` set (not a TOML key).
+    #[serde(skip)]
+    pub legacy: Option<LegacyReboot>,
+}
+
+/// `[reboot.etcd_lock]`: how to reach the etcd semaphore.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EtcdFragment {
+    /// Endpoint URLs (a bare `host:port` gets http, or https with TLS files).
+    pub endpoints: Option<Vec<String>>,
+    /// CA bundle (PEM) that signed etcd's certificate.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM).
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM).
+    pub key_file: Option<PathBuf>,
+    /// etcd user.
+    pub username: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+    /// Lock group (`…/groups/<group>/semaphore`).
+    pub group: Option<String>,
+}
+
+/// `[reboot.fleet_lock]`: the FleetLock server.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetLockFragment {
+    /// The server's base URL (`POST <base>/v1/pre-reboot`).
+    pub base_url: Option<String>,
+    /// The group ("default" when unset).
+    pub group: Option<String>,
+}
+
+/// locksmith's settings from `update.conf` (`LOCKSMITHD_*`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LegacyReboot {
+    /// `LOCKSMITHD_REBOOT_WINDOW_START`.
+    pub window_start: Option<String>,
+    /// `LOCKSMITHD_REBOOT_WINDOW_LENGTH`.
+    pub window_length: Option<String>,
+    /// `REBOOT_STRATEGY=` as written (locksmith's names).
+    pub strategy: Option<String>,
+    /// `LOCKSMITHD_ENDPOINT` (comma-separated).
+    pub endpoint: Option<String>,
+    /// `LOCKSMITHD_ETCD_CAFILE`.
+    pub ca_file: Option<String>,
+    /// `LOCKSMITHD_ETCD_CERTFILE`.
+    pub cert_file: Option<String>,
+    /// `LOCKSMITHD_ETCD_KEYFILE`.
+    pub key_file: Option<String>,
+    /// `LOCKSMITHD_ETCD_USERNAME`.
+    pub username: Option<String>,
+    /// `LOCKSMITHD_ETCD_PASSWORD`.
+    pub password: Option<String>,
+    /// `LOCKSMITHD_GROUP`.
+    pub group: Option<String>,
 }
 
 /// `[health]` of a drop-in.
@@ -166,10 +269,571 @@ pub struct Merged {
     enabled: Option<From<bool>>,
     interval: Option<From<IntervalText>>,
     allow_downgrade: Option<From<bool>>,
-    strategy: Option<From<RebootStrategy>>,
     health_timeout: Option<From<IntervalText>>,
+    reboot: RebootMerged,
     /// Files read, in order.
     pub files: Vec<PathBuf>,
+}
+
+/// A reboot setting with the file and key that set it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Set<T> {
+    value: T,
+    path: PathBuf,
+    key: &'static str,
+}
+
+impl<T> Set<T> {
+    fn err(&self, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            path: self.path.clone(),
+            key: self.key,
+            message: message.into(),
+        }
+    }
+}
+
+/// Where the windows came from: a TOML table or locksmith's two variables.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum WindowInput {
+    Toml(Set<PeriodicConfig>),
+    Locksmith {
+        start: Option<Set<String>>,
+        length: Option<Set<String>>,
+    },
+}
+
+/// The `[reboot]` keys folded together, each with its origin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct RebootMerged {
+    strategy: Option<Set<String>>,
+    grace: Option<Set<IntervalText>>,
+    windows: Option<WindowInput>,
+    endpoints: Option<Set<Vec<String>>>,
+    ca_file: Option<Set<PathBuf>>,
+    cert_file: Option<Set<PathBuf>>,
+    key_file: Option<Set<PathBuf>>,
+    username: Option<Set<String>>,
+    password: Option<Set<String>>,
+    etcd_group: Option<Set<String>>,
+    fleet_url: Option<Set<String>>,
+    fleet_group: Option<Set<String>>,
+}
+
+fn put<T: Clone>(slot: &mut Option<Set<T>>, v: &Option<T>, path: &Path, key: &'static str) {
+    if let Some(v) = v {
+        *slot = Some(Set {
+            value: v.clone(),
+            path: path.to_path_buf(),
+            key,
+        });
+    }
+}
+
+impl RebootMerged {
+    fn apply(&mut self, path: &Path, r: &RebootFragment) {
+        put(&mut self.strategy, &r.strategy, path, "reboot.strategy");
+        put(
+            &mut self.grace,
+            &r.grace_period,
+            path,
+            "reboot.grace_period",
+        );
+        if let Some(p) = &r.periodic {
+            // A file's [reboot.periodic] replaces an earlier one whole, so
+            // a window list never mixes two files.
+            self.windows = Some(WindowInput::Toml(Set {
+                value: p.clone(),
+                path: path.to_path_buf(),
+                key: "reboot.periodic",
+            }));
+        }
+        if let Some(e) = &r.etcd_lock {
+            put(
+                &mut self.endpoints,
+                &e.endpoints,
+                path,
+                "reboot.etcd_lock.endpoints",
+            );
+            put(
+                &mut self.ca_file,
+                &e.ca_file,
+                path,
+                "reboot.etcd_lock.ca_file",
+            );
+            put(
+                &mut self.cert_file,
+                &e.cert_file,
+                path,
+                "reboot.etcd_lock.cert_file",
+            );
+            put(
+                &mut self.key_file,
+                &e.key_file,
+                path,
+                "reboot.etcd_lock.key_file",
+            );
+            put(
+                &mut self.username,
+                &e.username,
+                path,
+                "reboot.etcd_lock.username",
+            );
+            put(
+                &mut self.password,
+                &e.password,
+                path,
+                "reboot.etcd_lock.password",
+            );
+            put(
+                &mut self.etcd_group,
+                &e.group,
+                path,
+                "reboot.etcd_lock.group",
+            );
+        }
+        if let Some(f) = &r.fleet_lock {
+            put(
+                &mut self.fleet_url,
+                &f.base_url,
+                path,
+                "reboot.fleet_lock.base_url",
+            );
+            put(
+                &mut self.fleet_group,
+                &f.group,
+                path,
+                "reboot.fleet_lock.group",
+            );
+        }
+        if let Some(l) = &r.legacy {
+            self.apply_legacy(path, l);
+        }
+    }
+
+    fn apply_legacy(&mut self, path: &Path, l: &LegacyReboot) {
+        put(&mut self.strategy, &l.strategy, path, "REBOOT_STRATEGY");
+        if l.window_start.is_some() || l.window_length.is_some() {
+            let (mut start, mut length) = match self.windows.take() {
+                Some(WindowInput::Locksmith { start, length }) => (start, length),
+                _ => (None, None),
+            };
+            put(
+                &mut start,
+                &l.window_start,
+                path,
+                "LOCKSMITHD_REBOOT_WINDOW_START",
+            );
+            put(
+                &mut length,
+                &l.window_length,
+                path,
+                "LOCKSMITHD_REBOOT_WINDOW_LENGTH",
+            );
+            self.windows = Some(WindowInput::Locksmith { start, length });
+        }
+        let endpoints = l.endpoint.as_ref().map(|e| {
+            e.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        });
+        put(&mut self.endpoints, &endpoints, path, "LOCKSMITHD_ENDPOINT");
+        let p = |v: &Option<String>| v.as_ref().map(PathBuf::from);
+        put(
+            &mut self.ca_file,
+            &p(&l.ca_file),
+            path,
+            "LOCKSMITHD_ETCD_CAFILE",
+        );
+        put(
+            &mut self.cert_file,
+            &p(&l.cert_file),
+            path,
+            "LOCKSMITHD_ETCD_CERTFILE",
+        );
+        put(
+            &mut self.key_file,
+            &p(&l.key_file),
+            path,
+            "LOCKSMITHD_ETCD_KEYFILE",
+        );
+        put(
+            &mut self.username,
+            &l.username,
+            path,
+            "LOCKSMITHD_ETCD_USERNAME",
+        );
+        put(
+            &mut self.password,
+            &l.password,
+            path,
+            "LOCKSMITHD_ETCD_PASSWORD",
+        );
+        put(&mut self.etcd_group, &l.group, path, "LOCKSMITHD_GROUP");
+    }
+
+    /// The reboot settings, validated. Errors here stop reboots only.
+    fn validate(&self) -> Result<RebootSettings, ConfigError> {
+        let (strategy, best_effort) = match &self.strategy {
+            None => (RebootStrategy::Immediate, false),
+            Some(s) => {
+                let v = s.value.trim();
+                let legacy = s.key == "REBOOT_STRATEGY";
+                let known = if legacy {
+                    match v {
+                        "reboot" | "immediate" => Some(RebootStrategy::Immediate),
+                        "etcd-lock" | "etcd_lock" => Some(RebootStrategy::EtcdLock),
+                        "off" => Some(RebootStrategy::Off),
+                        // locksmith: the etcd lock when etcd is there, else
+                        // reboot; here: when an endpoint is configured.
+                        "best-effort" => Some(if self.endpoints.is_some() {
+                            RebootStrategy::EtcdLock
+                        } else {
+                            RebootStrategy::Immediate
+                        }),
+                        _ => None,
+                    }
+                } else {
+                    RebootStrategy::from_name(v)
+                };
+                let known = known.ok_or_else(|| {
+                    s.err(if legacy {
+                        format!("unknown reboot strategy {v:?} (reboot, etcd-lock, best-effort, off); updates are staged but the machine is not rebooted until this is fixed")
+                    } else {
+                        format!("unknown reboot strategy {v:?} (immediate, off, periodic, etcd_lock, fleet_lock); updates are staged but the machine is not rebooted until this is fixed")
+                    })
+                })?;
+                (known, legacy && v == "best-effort")
+            }
+        };
+        let grace_period = match &self.grace {
+            None => DEFAULT_GRACE_PERIOD,
+            Some(g) => {
+                let d = match &g.value {
+                    IntervalText::Seconds(n) => Duration::from_secs(*n),
+                    IntervalText::Text(t) => parse_duration(t).map_err(|m| g.err(m))?,
+                };
+                if d > Duration::from_secs(24 * 3600) {
+                    return Err(g.err(format!("{} s: at most a day", d.as_secs())));
+                }
+                d
+            }
+        };
+        let windows = self.windows()?;
+        let strategy_err = |key: &'static str, message: String| match &self.strategy {
+            Some(s) => ConfigError::Invalid {
+                path: s.path.clone(),
+                key,
+                message,
+            },
+            None => ConfigError::Invalid {
+                path: PathBuf::from("(defaults)"),
+                key,
+                message,
+            },
+        };
+        if strategy == RebootStrategy::Periodic && windows.is_none() {
+            return Err(strategy_err(
+                "reboot.periodic",
+                "strategy periodic needs at least one [[reboot.periodic.window]]".into(),
+            ));
+        }
+        let etcd = if strategy == RebootStrategy::EtcdLock {
+            Some(self.etcd()?)
+        } else {
+            None
+        };
+        let fleet_lock = if strategy == RebootStrategy::FleetLock {
+            let Some(u) = &self.fleet_url else {
+                return Err(strategy_err(
+                    "reboot.fleet_lock.base_url",
+                    "strategy fleet_lock needs the FleetLock server's base_url".into(),
+                ));
+            };
+            let url = u.value.trim().trim_end_matches('/');
+            if !(url.starts_with("http://") || url.starts_with("https://"))
+                || url.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(u.err(format!("{url:?} is not an http:// or https:// URL")));
+            }
+            let group = match &self.fleet_group {
+                Some(g) => Some(check_group(g)?),
+                None => None,
+            };
+            Some(FleetLockSettings {
+                base_url: url.to_string(),
+                group,
+            })
+        } else {
+            None
+        };
+        Ok(RebootSettings {
+            strategy,
+            best_effort,
+            windows,
+            etcd,
+            fleet_lock,
+            grace_period,
+        })
+    }
+
+    fn windows(&self) -> Result<Option<Windows>, ConfigError> {
+        match &self.windows {
+            None => Ok(None),
+            Some(WindowInput::Toml(t)) => {
+                if t.value.window.is_empty() {
+                    return Ok(None);
+                }
+                let schedule = Schedule::from_config(&t.value).map_err(|e| t.err(e.to_string()))?;
+                Ok(Some(Windows {
+                    schedule,
+                    path: t.path.clone(),
+                }))
+            }
+            Some(WindowInput::Locksmith { start, length }) => {
+                let (s, l) = match (start, length) {
+                    (Some(s), Some(l)) => (s, l),
+                    (Some(s), None) => {
+                        return Err(s.err(
+                            "LOCKSMITHD_REBOOT_WINDOW_LENGTH must be set too (both or neither)",
+                        ))
+                    }
+                    (None, Some(l)) => {
+                        return Err(l.err(
+                            "LOCKSMITHD_REBOOT_WINDOW_START must be set too (both or neither)",
+                        ))
+                    }
+                    (None, None) => return Ok(None),
+                };
+                let (days, st) = keel_lock::window::parse_locksmith_start(&s.value)
+                    .map_err(|e| s.err(e.to_string()))?;
+                let len =
+                    keel_lock::window::parse_length(&l.value).map_err(|e| l.err(e.to_string()))?;
+                // locksmithd read its window in the host's local zone.
+                let tz = keel_lock::window::resolve_time_zone("localtime")
+                    .map_err(|e| s.err(e.to_string()))?;
+                let schedule = Schedule::new(
+                    vec![keel_lock::window::Window {
+                        days,
+                        start: st,
+                        length: len,
+                    }],
+                    tz,
+                    "localtime",
+                    jiff::SignedDuration::ZERO,
+                )
+                .map_err(|e| s.err(e.to_string()))?;
+                Ok(Some(Windows {
+                    schedule,
+                    path: s.path.clone(),
+                }))
+            }
+        }
+    }
+
+    fn etcd(&self) -> Result<EtcdSettings, ConfigError> {
+        let mut endpoints = vec!["http://127.0.0.1:2379".to_string()];
+        if let Some(e) = &self.endpoints {
+            if e.value.is_empty() {
+                return Err(e.err("no endpoint given"));
+            }
+            for ep in &e.value {
+                let bare = ep
+                    .strip_prefix("http://")
+                    .or_else(|| ep.strip_prefix("https://"))
+                    .unwrap_or(ep);
+                if ep.contains("://") && !(ep.starts_with("http://") || ep.starts_with("https://"))
+                {
+                    return Err(e.err(format!("{ep:?}: only http:// and https:// endpoints")));
+                }
+                if bare.is_empty() || ep.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    return Err(e.err(format!("{ep:?} is not an endpoint URL or host:port")));
+                }
+            }
+            endpoints = e.value.clone();
+        }
+        let abs = |f: &Option<Set<PathBuf>>| -> Result<Option<PathBuf>, ConfigError> {
+            match f {
+                Some(p) if !p.value.is_absolute() => {
+                    Err(p.err(format!("{} is not an absolute path", p.value.display())))
+                }
+                Some(p) => Ok(Some(p.value.clone())),
+                None => Ok(None),
+            }
+        };
+        let ca_file = abs(&self.ca_file)?;
+        let cert_file = abs(&self.cert_file)?;
+        let key_file = abs(&self.key_file)?;
+        match (&self.cert_file, &self.key_file) {
+            (Some(c), None) => return Err(c.err("a client certificate needs its key file too")),
+            (None, Some(k)) => return Err(k.err("a client key needs its certificate file too")),
+            _ => {}
+        }
+        if let (Some(p), None) = (&self.password, &self.username) {
+            return Err(p.err("a password needs a user name"));
+        }
+        let group = match &self.etcd_group {
+            Some(g) => Some(check_group(g)?),
+            None => None,
+        };
+        Ok(EtcdSettings {
+            endpoints,
+            ca_file,
+            cert_file,
+            key_file,
+            username: self.username.as_ref().map(|u| u.value.clone()),
+            password: self.password.as_ref().map(|p| p.value.clone()),
+            group,
+        })
+    }
+}
+
+fn check_group(g: &Set<String>) -> Result<String, ConfigError> {
+    let v = g.value.trim();
+    let ok = !v.is_empty()
+        && v.len() <= 64
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && !v.starts_with('.');
+    if ok {
+        Ok(v.to_string())
+    } else {
+        Err(g.err(format!(
+            "{v:?}: a group is 1-64 of a-z, A-Z, 0-9, '-', '_', '.' (it is part of a key or URL)"
+        )))
+    }
+}
+
+/// Validated maintenance windows and the file that set them.
+#[derive(Debug, Clone)]
+pub struct Windows {
+    /// The schedule (no host offset yet: see `Schedule::for_host`).
+    pub schedule: Schedule,
+    /// The file that set them.
+    pub path: PathBuf,
+}
+
+impl PartialEq for Windows {
+    fn eq(&self, o: &Windows) -> bool {
+        self.path == o.path
+            && self.schedule.windows() == o.schedule.windows()
+            && self.schedule.describe() == o.schedule.describe()
+    }
+}
+
+impl Eq for Windows {}
+
+/// How to reach the etcd semaphore (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdSettings {
+    /// Endpoints.
+    pub endpoints: Vec<String>,
+    /// CA bundle.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate.
+    pub cert_file: Option<PathBuf>,
+    /// Client key.
+    pub key_file: Option<PathBuf>,
+    /// etcd user.
+    pub username: Option<String>,
+    /// etcd password.
+    pub password: Option<String>,
+    /// Lock group.
+    pub group: Option<String>,
+}
+
+impl EtcdSettings {
+    /// keel-lock's client configuration.
+    pub fn client_config(&self) -> keel_lock::etcd::EtcdConfig {
+        keel_lock::etcd::EtcdConfig {
+            endpoints: self.endpoints.clone(),
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            username: self.username.clone(),
+            password: self.password.clone(),
+            group: self.group.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// The FleetLock server (validated).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetLockSettings {
+    /// Base URL, no trailing slash.
+    pub base_url: String,
+    /// Group (None = "default").
+    pub group: Option<String>,
+}
+
+/// The validated `[reboot]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebootSettings {
+    /// The strategy.
+    pub strategy: RebootStrategy,
+    /// Whether it came from locksmith's `best-effort`.
+    pub best_effort: bool,
+    /// Maintenance windows (gate every strategy but `off`).
+    pub windows: Option<Windows>,
+    /// The etcd semaphore (`etcd_lock`).
+    pub etcd: Option<EtcdSettings>,
+    /// The FleetLock server (`fleet_lock`).
+    pub fleet_lock: Option<FleetLockSettings>,
+    /// Wait between the `wall` warning and the reboot.
+    pub grace_period: Duration,
+}
+
+impl Default for RebootSettings {
+    fn default() -> Self {
+        RebootSettings {
+            strategy: RebootStrategy::Immediate,
+            best_effort: false,
+            windows: None,
+            etcd: None,
+            fleet_lock: None,
+            grace_period: DEFAULT_GRACE_PERIOD,
+        }
+    }
+}
+
+impl RebootSettings {
+    /// Settings of one strategy with the defaults.
+    pub fn of(strategy: RebootStrategy) -> RebootSettings {
+        RebootSettings {
+            strategy,
+            ..Default::default()
+        }
+    }
+
+    /// Whether a lock is taken before the reboot.
+    pub fn uses_lock(&self) -> bool {
+        matches!(
+            self.strategy,
+            RebootStrategy::EtcdLock | RebootStrategy::FleetLock
+        )
+    }
+
+    /// One line describing the lock ("etcd http://… group g").
+    pub fn lock_name(&self) -> Option<String> {
+        if let Some(e) = &self.etcd {
+            return Some(format!(
+                "etcd {} key {}",
+                e.endpoints.join(","),
+                keel_lock::etcd::semaphore_key(e.group.as_deref())
+            ));
+        }
+        self.fleet_lock.as_ref().map(|f| {
+            format!(
+                "FleetLock {} group {}",
+                f.base_url,
+                f.group
+                    .as_deref()
+                    .unwrap_or(keel_lock::fleetlock::DEFAULT_GROUP)
+            )
+        })
+    }
 }
 
 fn set<T: Clone>(slot: &mut Option<From<T>>, v: &Option<T>, path: &Path) {
@@ -190,7 +854,7 @@ impl Merged {
         set(&mut self.interval, &f.interval, path);
         set(&mut self.allow_downgrade, &f.allow_downgrade, path);
         if let Some(r) = &f.reboot {
-            set(&mut self.strategy, &r.strategy, path);
+            self.reboot.apply(path, r);
         }
         if let Some(h) = &f.health {
             set(&mut self.health_timeout, &h.timeout, path);
@@ -220,10 +884,7 @@ impl Merged {
             enabled: self.enabled.as_ref().is_none_or(|e| e.value),
             interval,
             allow_downgrade: self.allow_downgrade.as_ref().is_some_and(|a| a.value),
-            strategy: self
-                .strategy
-                .as_ref()
-                .map_or(RebootStrategy::Immediate, |s| s.value),
+            reboot: self.reboot.validate(),
             health_timeout,
             files: self.files.clone(),
         })
@@ -343,7 +1004,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The validated settings the agent runs with.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Settings {
     /// The release server (no trailing slash); `None` = nowhere to look.
     pub base_url: Option<String>,
@@ -352,22 +1013,26 @@ pub struct Settings {
     /// Whether periodic checks run.
     pub enabled: bool,
     /// Time between checks.
-    #[serde(serialize_with = "secs")]
     pub interval: Duration,
     /// Whether an older version may be applied.
     pub allow_downgrade: bool,
-    /// Reboot policy.
-    pub strategy: RebootStrategy,
+    /// Reboot policy, or why it is invalid (then updates are staged but
+    /// the machine is never rebooted by the agent).
+    pub reboot: Result<RebootSettings, ConfigError>,
     /// How long after boot an updated slot has to be marked good before
     /// the agent rolls back.
-    #[serde(serialize_with = "secs")]
     pub health_timeout: Duration,
     /// The files read, in order.
     pub files: Vec<PathBuf>,
 }
 
-fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-    s.serialize_u64(d.as_secs())
+impl Settings {
+    /// The strategy in force (`off` while the reboot settings are invalid).
+    pub fn strategy(&self) -> RebootStrategy {
+        self.reboot
+            .as_ref()
+            .map_or(RebootStrategy::Off, |r| r.strategy)
+    }
 }
 
 impl Default for Settings {
@@ -378,7 +1043,7 @@ impl Default for Settings {
             enabled: true,
             interval: DEFAULT_INTERVAL,
             allow_downgrade: false,
-            strategy: RebootStrategy::Immediate,
+            reboot: Ok(RebootSettings::default()),
             health_timeout: DEFAULT_HEALTH_TIMEOUT,
             files: Vec::new(),
         }
@@ -394,12 +1059,13 @@ pub fn parse_fragment(path: &Path, text: &str) -> Result<Fragment, ConfigError> 
 }
 
 /// Parse a CoreOS/Flatcar `update.conf` (`KEY=VALUE`, `#` comments, values
-/// optionally quoted) into a fragment. Keys other than `GROUP`, `SERVER`
-/// and `REBOOT_STRATEGY` are accepted and ignored: those files carry
+/// optionally quoted) into a fragment. Keys other than `GROUP`, `SERVER`,
+/// `REBOOT_STRATEGY` and locksmith's `LOCKSMITHD_*` are accepted and ignored: those files carry
 /// update_engine's own keys (`AUTHORITY`, `PCR_POLICY`, …) that mean nothing
 /// here.
 pub fn parse_legacy(path: &Path, text: &str) -> Result<Fragment, ConfigError> {
     let mut f = Fragment::default();
+    let mut legacy = LegacyReboot::default();
     for (i, raw) in text.lines().enumerate() {
         let line = raw.trim();
         if line.is_empty() || line.starts_with('#') {
@@ -424,24 +1090,24 @@ pub fn parse_legacy(path: &Path, text: &str) -> Result<Fragment, ConfigError> {
         match k {
             "GROUP" => f.channel = Some(v),
             "SERVER" => f.base_url = Some(v),
-            "REBOOT_STRATEGY" => {
-                let s = match v.as_str() {
-                    "reboot" | "best-effort" | "immediate" => RebootStrategy::Immediate,
-                    "off" => RebootStrategy::Off,
-                    other => {
-                        return Err(ConfigError::Invalid {
-                            path: path.to_path_buf(),
-                            key: "REBOOT_STRATEGY",
-                            message: format!(
-                                "{other:?} is not supported (reboot, best-effort, off)"
-                            ),
-                        })
-                    }
-                };
-                f.reboot = Some(RebootFragment { strategy: Some(s) });
-            }
+            "REBOOT_STRATEGY" => legacy.strategy = Some(v),
+            "LOCKSMITHD_REBOOT_WINDOW_START" => legacy.window_start = Some(v),
+            "LOCKSMITHD_REBOOT_WINDOW_LENGTH" => legacy.window_length = Some(v),
+            "LOCKSMITHD_ENDPOINT" => legacy.endpoint = Some(v),
+            "LOCKSMITHD_ETCD_CAFILE" => legacy.ca_file = Some(v),
+            "LOCKSMITHD_ETCD_CERTFILE" => legacy.cert_file = Some(v),
+            "LOCKSMITHD_ETCD_KEYFILE" => legacy.key_file = Some(v),
+            "LOCKSMITHD_ETCD_USERNAME" => legacy.username = Some(v),
+            "LOCKSMITHD_ETCD_PASSWORD" => legacy.password = Some(v),
+            "LOCKSMITHD_GROUP" => legacy.group = Some(v),
             _ => {}
         }
+    }
+    if legacy != LegacyReboot::default() {
+        f.reboot = Some(RebootFragment {
+            legacy: Some(legacy),
+            ..Default::default()
+        });
     }
     Ok(f)
 }
@@ -614,7 +1280,7 @@ mod tests {
         assert_eq!(s.channel, "alpha");
         assert_eq!(s.interval, Duration::from_secs(7200));
         assert!(!s.allow_downgrade, "the shadowed vendor file is not read");
-        assert_eq!(s.strategy, RebootStrategy::Off);
+        assert_eq!(s.strategy(), RebootStrategy::Off);
         assert_eq!(s.files.len(), 3, "{:?}", s.files);
         assert_eq!(s.health_timeout, DEFAULT_HEALTH_TIMEOUT);
         write(
@@ -659,7 +1325,7 @@ mod tests {
         let s = load(&Sources::under(r)).expect("load");
         assert_eq!(s.channel, "alpha");
         assert_eq!(s.base_url.as_deref(), Some("https://mirror.example/keel"));
-        assert_eq!(s.strategy, RebootStrategy::Off);
+        assert_eq!(s.strategy(), RebootStrategy::Off);
         write(
             r,
             "etc/keel/update.d/20-admin.toml",
@@ -677,8 +1343,8 @@ mod tests {
         assert!(s.contains("chanel"), "{s}");
         let e = parse_fragment(p, "interval = true\n").expect_err("type");
         assert!(e.to_string().contains("interval"), "{e}");
-        let e = parse_fragment(p, "[reboot]\nstrategy = \"later\"\n").expect_err("variant");
-        assert!(e.to_string().contains("later"), "{e}");
+        let e = parse_fragment(p, "[reboot]\nstrategee = \"off\"\n").expect_err("key");
+        assert!(e.to_string().contains("strategee"), "{e}");
 
         let mut m = Merged::default();
         m.apply(
@@ -709,8 +1375,14 @@ mod tests {
             e.to_string(),
             "/etc/flatcar/update.conf: line 2: \"garbage\" is not KEY=VALUE"
         );
-        let e = parse_legacy(l, "REBOOT_STRATEGY=sometimes\n").expect_err("strategy");
-        assert!(e.to_string().contains("key REBOOT_STRATEGY"), "{e}");
+        let mut m = Merged::default();
+        m.apply(
+            l,
+            &parse_legacy(l, "REBOOT_STRATEGY=sometimes\n").expect("parses"),
+        );
+        let s = m.validate().expect("the rest is valid");
+        let e = s.reboot.expect_err("strategy");
+        assert!(e.to_string().starts_with("/etc/flatcar/update.conf: key REBOOT_STRATEGY: unknown reboot strategy \"sometimes\""), "{e}");
     }
 
     #[test]
@@ -725,5 +1397,210 @@ mod tests {
         assert!(parse_duration("h").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
         assert!(parse_duration("999999999999999d").is_err());
+    }
+
+    fn reboot_of(root: &Path) -> Result<RebootSettings, ConfigError> {
+        load(&Sources::under(root))
+            .expect("the rest is valid")
+            .reboot
+    }
+
+    #[test]
+    fn reboot_strategies_in_toml() {
+        let t = tempfile::tempdir().expect("tmp");
+        let r = t.path();
+        assert_eq!(reboot_of(r), Ok(RebootSettings::default()));
+        write(
+            r,
+            "etc/keel/update.d/50-reboot.toml",
+            r#"[reboot]
+strategy = "etcd_lock"
+grace_period = "2m"
+[reboot.etcd_lock]
+endpoints = ["https://10.0.0.1:2379", "10.0.0.2:2379"]
+ca_file = "/etc/keel/etcd/ca.pem"
+cert_file = "/etc/keel/etcd/client.pem"
+key_file = "/etc/keel/etcd/client-key.pem"
+username = "keel"
+password = "secret"
+group = "workers"
+[reboot.periodic]
+time_zone = "UTC"
+random_offset_minutes = 30
+[[reboot.periodic.window]]
+days = ["Sat", "Sun"]
+start_time = "02:00"
+length_minutes = 120
+"#,
+        );
+        let rs = reboot_of(r).expect("valid");
+        assert_eq!(rs.strategy, RebootStrategy::EtcdLock);
+        assert_eq!(rs.grace_period, Duration::from_secs(120));
+        let e = rs.etcd.as_ref().expect("etcd");
+        assert_eq!(e.endpoints, ["https://10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(e.group.as_deref(), Some("workers"));
+        assert_eq!(e.username.as_deref(), Some("keel"));
+        let c = e.client_config();
+        assert_eq!(
+            c.cert_file.as_deref(),
+            Some(Path::new("/etc/keel/etcd/client.pem"))
+        );
+        let w = rs.windows.as_ref().expect("windows");
+        assert_eq!(w.schedule.windows().len(), 1);
+        assert_eq!(
+            rs.lock_name().as_deref(),
+            Some("etcd https://10.0.0.1:2379,10.0.0.2:2379 key coreos.com/updateengine/rebootlock/groups/workers/semaphore")
+        );
+        // A later file switches to FleetLock; the windows stay.
+        write(
+            r,
+            "run/keel/update.d/60-fleet.toml",
+            "[reboot]\nstrategy = \"fleet_lock\"\n[reboot.fleet_lock]\nbase_url = \"http://airlock:3333/\"\n",
+        );
+        let rs = reboot_of(r).expect("valid");
+        assert_eq!(rs.strategy, RebootStrategy::FleetLock);
+        assert_eq!(
+            rs.fleet_lock,
+            Some(FleetLockSettings {
+                base_url: "http://airlock:3333".into(),
+                group: None
+            })
+        );
+        assert!(rs.windows.is_some() && rs.etcd.is_none());
+        std::fs::remove_file(r.join("run/keel/update.d/60-fleet.toml")).expect("rm");
+        write(
+            r,
+            "run/keel/update.d/60-p.toml",
+            "[reboot]\nstrategy = \"periodic\"\n",
+        );
+        assert_eq!(
+            reboot_of(r).expect("valid").strategy,
+            RebootStrategy::Periodic
+        );
+    }
+
+    #[test]
+    fn bad_reboot_values_name_file_and_key_and_keep_updates() {
+        let t = tempfile::tempdir().expect("tmp");
+        let r = t.path();
+        let cases: &[(&str, &str)] = &[
+            ("[reboot]\nstrategy = \"later\"\n", "key reboot.strategy: unknown reboot strategy \"later\" (immediate, off, periodic, etcd_lock, fleet_lock)"),
+            ("[reboot]\nstrategy = \"periodic\"\n", "key reboot.periodic: strategy periodic needs at least one"),
+            ("[reboot]\nstrategy = \"fleet_lock\"\n", "key reboot.fleet_lock.base_url: strategy fleet_lock needs"),
+            ("[reboot]\nstrategy = \"fleet_lock\"\n[reboot.fleet_lock]\nbase_url = \"airlock:3333\"\n", "key reboot.fleet_lock.base_url: \"airlock:3333\" is not an http"),
+            ("[reboot]\nstrategy = \"etcd_lock\"\n[reboot.etcd_lock]\ncert_file = \"/c.pem\"\n", "key reboot.etcd_lock.cert_file: a client certificate needs its key file too"),
+            ("[reboot]\nstrategy = \"etcd_lock\"\n[reboot.etcd_lock]\nca_file = \"ca.pem\"\n", "key reboot.etcd_lock.ca_file: ca.pem is not an absolute path"),
+            ("[reboot]\nstrategy = \"etcd_lock\"\n[reboot.etcd_lock]\ngroup = \"a/b\"\n", "key reboot.etcd_lock.group: \"a/b\""),
+            ("[reboot]\nstrategy = \"etcd_lock\"\n[reboot.etcd_lock]\nendpoints = [\"ftp://x\"]\n", "key reboot.etcd_lock.endpoints: \"ftp://x\": only http"),
+            ("[reboot]\ngrace_period = \"2 weeks\"\n", "key reboot.grace_period:"),
+            ("[reboot.periodic]\ntime_zone = \"Mars/Olympus\"\n[[reboot.periodic.window]]\nstart_time = \"02:00\"\nlength_minutes = 60\n", "key reboot.periodic: time zone \"Mars/Olympus\""),
+            ("[reboot.periodic]\n[[reboot.periodic.window]]\nstart_time = \"25:00\"\nlength_minutes = 60\n", "key reboot.periodic: window start \"25:00\""),
+            ("[reboot.periodic]\nrandom_offset_minutes = 90\n[[reboot.periodic.window]]\nstart_time = \"02:00\"\nlength_minutes = 60\n", "key reboot.periodic: random offset"),
+        ];
+        for (text, want) in cases {
+            write(
+                r,
+                "etc/keel/update.d/50-reboot.toml",
+                &format!("channel = \"beta\"\n{text}"),
+            );
+            let s = load(&Sources::under(r)).expect("the update settings stay valid");
+            assert_eq!(s.channel, "beta");
+            assert_eq!(s.strategy(), RebootStrategy::Off, "{text}");
+            let e = s.reboot.expect_err(text).to_string();
+            assert!(
+                e.contains("50-reboot.toml: ") && e.contains(want),
+                "{text}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn locksmith_settings_from_update_conf() {
+        let t = tempfile::tempdir().expect("tmp");
+        let r = t.path();
+        write(
+            r,
+            "etc/coreos/update.conf",
+            "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_REBOOT_WINDOW_START=\"Thu 04:00\"\n",
+        );
+        write(
+            r,
+            "etc/flatcar/update.conf",
+            "LOCKSMITHD_REBOOT_WINDOW_LENGTH=1h30m\nLOCKSMITHD_ENDPOINT=http://10.0.0.1:2379,http://10.0.0.2:2379\nLOCKSMITHD_ETCD_CAFILE=/etc/ssl/etcd/ca.pem\nLOCKSMITHD_ETCD_CERTFILE=/etc/ssl/etcd/c.pem\nLOCKSMITHD_ETCD_KEYFILE=/etc/ssl/etcd/k.pem\nLOCKSMITHD_GROUP=web\n",
+        );
+        let rs = reboot_of(r).expect("valid");
+        assert_eq!(rs.strategy, RebootStrategy::EtcdLock);
+        let e = rs.etcd.expect("etcd");
+        assert_eq!(
+            e.endpoints,
+            ["http://10.0.0.1:2379", "http://10.0.0.2:2379"]
+        );
+        assert_eq!(e.group.as_deref(), Some("web"));
+        assert_eq!(
+            e.ca_file.as_deref(),
+            Some(Path::new("/etc/ssl/etcd/ca.pem"))
+        );
+        let w = rs.windows.expect("window");
+        assert_eq!(
+            w.schedule.windows()[0].length,
+            jiff::SignedDuration::from_mins(90)
+        );
+        assert_eq!(w.schedule.time_zone_name(), "localtime");
+        // best-effort: the lock when an endpoint is configured, else reboot.
+        write(r, "etc/coreos/update.conf", "REBOOT_STRATEGY=best-effort\n");
+        write(
+            r,
+            "etc/flatcar/update.conf",
+            "LOCKSMITHD_ENDPOINT=http://10.0.0.1:2379\n",
+        );
+        let rs = reboot_of(r).expect("valid");
+        assert!(rs.best_effort);
+        assert_eq!(rs.strategy, RebootStrategy::EtcdLock);
+        write(r, "etc/flatcar/update.conf", "");
+        let rs = reboot_of(r).expect("valid");
+        assert_eq!(rs.strategy, RebootStrategy::Immediate);
+        write(r, "etc/coreos/update.conf", "REBOOT_STRATEGY=reboot\n");
+        assert_eq!(
+            reboot_of(r).expect("valid").strategy,
+            RebootStrategy::Immediate
+        );
+        // Errors name the file and the variable.
+        write(
+            r,
+            "etc/coreos/update.conf",
+            "LOCKSMITHD_REBOOT_WINDOW_START=04:00\n",
+        );
+        let e = reboot_of(r).expect_err("half a window").to_string();
+        assert!(e.starts_with(&format!("{}: key LOCKSMITHD_REBOOT_WINDOW_START: LOCKSMITHD_REBOOT_WINDOW_LENGTH must be set too", r.join("etc/coreos/update.conf").display())), "{e}");
+        write(
+            r,
+            "etc/coreos/update.conf",
+            "LOCKSMITHD_REBOOT_WINDOW_START=Thu 04:00\nLOCKSMITHD_REBOOT_WINDOW_LENGTH=forever\n",
+        );
+        let e = reboot_of(r).expect_err("length").to_string();
+        assert!(
+            e.contains("key LOCKSMITHD_REBOOT_WINDOW_LENGTH: window length \"forever\""),
+            "{e}"
+        );
+        write(
+            r,
+            "etc/coreos/update.conf",
+            "REBOOT_STRATEGY=etcd-lock\nLOCKSMITHD_ENDPOINT=ftp://x\n",
+        );
+        let e = reboot_of(r).expect_err("endpoint").to_string();
+        assert!(e.contains("key LOCKSMITHD_ENDPOINT: \"ftp://x\""), "{e}");
+        // An admin drop-in's windows replace locksmith's.
+        write(
+            r,
+            "etc/coreos/update.conf",
+            "LOCKSMITHD_REBOOT_WINDOW_START=Thu 04:00\nLOCKSMITHD_REBOOT_WINDOW_LENGTH=1h\n",
+        );
+        write(r, "etc/keel/update.d/50-w.toml", "[reboot.periodic]\n[[reboot.periodic.window]]\nstart_time = \"01:00\"\nlength_minutes = 30\n");
+        let w = reboot_of(r).expect("valid").windows.expect("w");
+        assert_eq!(
+            w.schedule.windows()[0].length,
+            jiff::SignedDuration::from_mins(30)
+        );
+        assert!(w.path.ends_with("50-w.toml"));
     }
 }

@@ -16,6 +16,11 @@
 //! (resumable progress, blocked versions), `/run/keel/update.json`,
 //! `/run/reboot-required`.
 //!
+//! Reboots into a staged version follow the configured strategy
+//! ([`reboot`]: maintenance windows, the etcd or FleetLock reboot lock
+//! through keel-lock, a `wall` warning; `/etc/machine-id` is the lock
+//! holder id, `/run/utmp` says who is logged in).
+//!
 //! The decisions are pure code ([`machine`]: what to do next, when, and why
 //! not); everything that touches the network, the disk or the clock sits
 //! behind a small trait with a real and a fake side.
@@ -26,6 +31,7 @@ pub mod config;
 pub mod disk;
 pub mod esp;
 pub mod machine;
+pub mod reboot;
 pub mod runtime;
 pub mod source;
 pub mod status;

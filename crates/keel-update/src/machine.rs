@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{RebootStrategy, Settings};
+use keel_lock::window::WindowState;
+
+use crate::config::{ConfigError, RebootSettings, RebootStrategy, Settings};
 
 /// First check after the agent starts (the boot settles first; Zincati and
 /// update_engine wait a few minutes too).
@@ -319,6 +321,7 @@ pub fn why_no_update<V: fmt::Display>(
     decision: Option<&Decision<V>>,
     current: &str,
     config_error: Option<&str>,
+    reboot_wait: Option<&str>,
 ) -> String {
     if let Some(e) = config_error {
         return format!("the configuration is invalid ({e}); running with the last good one");
@@ -331,11 +334,15 @@ pub fn why_no_update<V: fmt::Display>(
     }
     match state {
         State::Staged { version } => {
-            return match settings.strategy {
-                RebootStrategy::Off => {
+            return match (&settings.reboot, reboot_wait) {
+                (Err(e), _) => format!(
+                    "{version} is staged; not rebooting: the reboot settings are invalid ({e})"
+                ),
+                (Ok(r), _) if r.strategy == RebootStrategy::Off => {
                     format!("{version} is staged; the reboot strategy is off: reboot to use it")
                 }
-                RebootStrategy::Immediate => format!("{version} is staged; rebooting"),
+                (Ok(_), Some(w)) if !w.is_empty() => format!("{version} is staged; {w}"),
+                (Ok(_), _) => format!("{version} is staged; rebooting"),
             }
         }
         State::Rebooting { version } => return format!("rebooting into {version}"),
@@ -367,12 +374,132 @@ pub fn why_no_update<V: fmt::Display>(
     }
 }
 
-/// Whether the strategy reboots now that an update is staged.
-pub fn reboot_now(strategy: RebootStrategy) -> bool {
-    match strategy {
-        RebootStrategy::Immediate => true,
-        RebootStrategy::Off => false,
+/// Whether this host holds the reboot lock, as far as the agent knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockHold {
+    /// The strategy takes no lock.
+    NotNeeded,
+    /// Taken (now or before, in this boot).
+    Held,
+    /// Not taken yet.
+    NotHeld,
+}
+
+/// What the agent knows while a version is staged and it considers rebooting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RebootFacts {
+    /// The windows' state now (None: no windows configured).
+    pub window: Option<WindowState>,
+    /// The lock.
+    pub lock: LockHold,
+    /// Users logged in now.
+    pub users: Vec<String>,
+    /// When they were warned (seconds since the epoch), if they were.
+    pub warned: Option<u64>,
+    /// Now (seconds since the epoch).
+    pub now: u64,
+}
+
+/// The next step towards the reboot into a staged version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebootStep {
+    /// Do not reboot (strategy off, or invalid reboot settings): why.
+    Hold(String),
+    /// Outside every window: wait until this host's part of the next opens.
+    WaitWindow {
+        /// When it opens.
+        opens: jiff::Timestamp,
+    },
+    /// Inside a window (or none configured): take the lock.
+    TakeLock,
+    /// Users are logged in: send the `wall` warning now.
+    Warn,
+    /// Warned: wait for the grace period to end.
+    Grace {
+        /// When it ends (seconds since the epoch).
+        until: u64,
+    },
+    /// Reboot now.
+    Reboot,
+}
+
+/// The order of events after staging: window → lock → warning and grace
+/// period (only when someone is logged in) → reboot. A lock already held
+/// (taken earlier in this boot) skips the window: it was taken inside one,
+/// and holding it while waiting would stall the fleet. A window closing
+/// during the grace period does not stop a reboot whose users were warned.
+pub fn reboot_step(reboot: &Result<RebootSettings, ConfigError>, f: &RebootFacts) -> RebootStep {
+    let r = match reboot {
+        Ok(r) => r,
+        Err(e) => {
+            return RebootStep::Hold(format!(
+                "not rebooting: the reboot settings are invalid ({e})"
+            ))
+        }
+    };
+    if r.strategy == RebootStrategy::Off {
+        return RebootStep::Hold("the reboot strategy is off: reboot to use it".into());
     }
+    if f.lock != LockHold::Held {
+        if let Some(WindowState::Closed { opens }) = f.window {
+            return RebootStep::WaitWindow { opens };
+        }
+        if f.lock == LockHold::NotHeld {
+            return RebootStep::TakeLock;
+        }
+    }
+    if !f.users.is_empty() && !r.grace_period.is_zero() {
+        let grace = r.grace_period.as_secs();
+        match f.warned {
+            None => return RebootStep::Warn,
+            Some(t) if f.now < t.saturating_add(grace) => {
+                return RebootStep::Grace {
+                    until: t.saturating_add(grace),
+                }
+            }
+            Some(_) => {}
+        }
+    }
+    RebootStep::Reboot
+}
+
+/// Whether to give the reboot lock back now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockRelease {
+    /// A version is staged in this boot: the lock is for its reboot.
+    Keep,
+    /// The boot is not good yet (its slot is not marked successful).
+    WaitForGoodBoot,
+    /// The boot is good: release.
+    Release,
+}
+
+/// After a reboot (into the new version, or back after a rollback) the
+/// lock is released only once this boot is good: its slot marked
+/// successful, which keel-bootctl does after boot-complete.target. The
+/// same holds for a host that starts holding a lock from before.
+pub fn lock_release(staged_this_boot: bool, booted_slot_good: bool) -> LockRelease {
+    if staged_this_boot {
+        LockRelease::Keep
+    } else if !booted_slot_good {
+        LockRelease::WaitForGoodBoot
+    } else {
+        LockRelease::Release
+    }
+}
+
+/// The `wall` message before a reboot.
+pub fn wall_message(version: &str, grace: std::time::Duration) -> String {
+    let m = grace.as_secs() / 60;
+    let s = grace.as_secs() % 60;
+    let when = match (m, s) {
+        (0, s) => format!("{s} s"),
+        (m, 0) => format!("{m} min"),
+        (m, s) => format!("{m} min {s} s"),
+    };
+    format!(
+        "keel-update: this machine reboots into {version} in {when} to finish an update. Save your work and log out."
+    )
 }
 
 #[cfg(test)]
@@ -533,7 +660,7 @@ mod tests {
             ..Settings::default()
         };
         let w = |s: &Settings, st: &State, d: Option<&Decision<u32>>| {
-            why_no_update(s, st, d, "1", None)
+            why_no_update(s, st, d, "1", None, None)
         };
         assert_eq!(w(&s, &State::Idle, None), "no check yet");
         assert_eq!(
@@ -560,7 +687,7 @@ mod tests {
         )
         .starts_with("2 is blocked on this machine (x)"));
         assert_eq!(w(&s, &State::Downloading { percent: 3 }, None), "");
-        s.strategy = RebootStrategy::Off;
+        s.reboot = Ok(RebootSettings::of(RebootStrategy::Off));
         assert_eq!(
             w(
                 &s,
@@ -588,7 +715,7 @@ mod tests {
         s.base_url = None;
         assert!(w(&s, &State::Idle, None).starts_with("no release server configured"));
         assert!(
-            why_no_update::<u32>(&s, &State::Idle, None, "1", Some("bad"))
+            why_no_update::<u32>(&s, &State::Idle, None, "1", Some("bad"), None)
                 .starts_with("the configuration is invalid (bad)")
         );
     }
@@ -601,7 +728,128 @@ mod tests {
             serde_json::to_string(&st).expect("json"),
             r#"{"state":"downloading","percent":40}"#
         );
-        assert!(reboot_now(RebootStrategy::Immediate));
-        assert!(!reboot_now(RebootStrategy::Off));
+    }
+
+    fn facts(window: Option<WindowState>, lock: LockHold, users: &[&str]) -> RebootFacts {
+        RebootFacts {
+            window,
+            lock,
+            users: users.iter().map(|u| u.to_string()).collect(),
+            warned: None,
+            now: 1000,
+        }
+    }
+
+    #[test]
+    fn reboot_steps_in_order() {
+        let ts = |s: i64| jiff::Timestamp::from_second(s).expect("ts");
+        let lock = Ok(RebootSettings {
+            grace_period: Duration::from_secs(60),
+            ..RebootSettings::of(RebootStrategy::EtcdLock)
+        });
+        let closed = Some(WindowState::Closed { opens: ts(5000) });
+        let open = Some(WindowState::Open { closes: ts(5000) });
+        // Outside the window: wait, even for the lock.
+        assert_eq!(
+            reboot_step(&lock, &facts(closed, LockHold::NotHeld, &[])),
+            RebootStep::WaitWindow { opens: ts(5000) }
+        );
+        // Inside (or no windows): the lock first.
+        assert_eq!(
+            reboot_step(&lock, &facts(open, LockHold::NotHeld, &["core@pts/0"])),
+            RebootStep::TakeLock
+        );
+        assert_eq!(
+            reboot_step(&lock, &facts(None, LockHold::NotHeld, &[])),
+            RebootStep::TakeLock
+        );
+        // A lock already held skips the window.
+        assert_eq!(
+            reboot_step(&lock, &facts(closed, LockHold::Held, &[])),
+            RebootStep::Reboot
+        );
+        // Users: warn, wait the grace period, then reboot.
+        let mut f = facts(open, LockHold::Held, &["core@pts/0"]);
+        assert_eq!(reboot_step(&lock, &f), RebootStep::Warn);
+        f.warned = Some(1000);
+        f.now = 1030;
+        assert_eq!(reboot_step(&lock, &f), RebootStep::Grace { until: 1060 });
+        f.now = 1060;
+        assert_eq!(reboot_step(&lock, &f), RebootStep::Reboot);
+        // A grace period of 0 never waits.
+        let nowait = Ok(RebootSettings {
+            grace_period: Duration::ZERO,
+            ..RebootSettings::default()
+        });
+        assert_eq!(
+            reboot_step(&nowait, &facts(None, LockHold::NotNeeded, &["u@tty1"])),
+            RebootStep::Reboot
+        );
+        // Periodic: the window alone.
+        let periodic = Ok(RebootSettings::of(RebootStrategy::Periodic));
+        assert_eq!(
+            reboot_step(&periodic, &facts(closed, LockHold::NotNeeded, &[])),
+            RebootStep::WaitWindow { opens: ts(5000) }
+        );
+        assert_eq!(
+            reboot_step(&periodic, &facts(open, LockHold::NotNeeded, &[])),
+            RebootStep::Reboot
+        );
+        // Off and invalid settings hold.
+        let off = Ok(RebootSettings::of(RebootStrategy::Off));
+        assert!(matches!(
+            reboot_step(&off, &facts(None, LockHold::NotNeeded, &[])),
+            RebootStep::Hold(w) if w.contains("strategy is off")
+        ));
+        let bad = Err(ConfigError::Invalid {
+            path: "/etc/flatcar/update.conf".into(),
+            key: "REBOOT_STRATEGY",
+            message: "unknown reboot strategy \"sometimes\"".into(),
+        });
+        assert!(matches!(
+            reboot_step(&bad, &facts(None, LockHold::Held, &[])),
+            RebootStep::Hold(w) if w.contains("/etc/flatcar/update.conf: key REBOOT_STRATEGY")
+        ));
+    }
+
+    #[test]
+    fn lock_released_only_after_a_good_boot() {
+        assert_eq!(lock_release(true, true), LockRelease::Keep);
+        assert_eq!(lock_release(true, false), LockRelease::Keep);
+        assert_eq!(lock_release(false, false), LockRelease::WaitForGoodBoot);
+        assert_eq!(lock_release(false, true), LockRelease::Release);
+        assert_eq!(
+            wall_message("0.2.0", Duration::from_secs(90)),
+            "keel-update: this machine reboots into 0.2.0 in 1 min 30 s to finish an update. Save your work and log out."
+        );
+    }
+
+    #[test]
+    fn why_no_update_names_what_the_reboot_waits_for() {
+        let mut s = Settings {
+            base_url: Some("https://u.example".into()),
+            ..Settings::default()
+        };
+        let st = State::Staged {
+            version: "2".into(),
+        };
+        assert_eq!(
+            why_no_update::<u32>(
+                &s,
+                &st,
+                None,
+                "1",
+                None,
+                Some("waiting for the maintenance window, which opens at X")
+            ),
+            "2 is staged; waiting for the maintenance window, which opens at X"
+        );
+        s.reboot = Err(ConfigError::Invalid {
+            path: "/etc/keel/update.d/r.toml".into(),
+            key: "reboot.strategy",
+            message: "unknown reboot strategy \"later\"".into(),
+        });
+        assert!(why_no_update::<u32>(&s, &st, None, "1", None, None)
+            .starts_with("2 is staged; not rebooting: the reboot settings are invalid (/etc/keel/update.d/r.toml: key reboot.strategy"));
     }
 }

@@ -16,7 +16,8 @@ keel-update: signed A/B updates of /usr and the kernel
 usage: keel-update [OPTIONS] COMMAND
 
 commands:
-  status [--json]          state, versions, progress, last check and error, why no update
+  status [--json]          state, versions, progress, last check and error, why no update,
+                           reboot strategy and what the reboot waits for
   check [--dry-run]        check the channel now and apply what it offers
   apply PATH [--channel C] apply the newest version of a release tree directory (offline)
   daemon [--first-check SECONDS]
@@ -26,6 +27,7 @@ options (for tests and unusual layouts):
   --disk DEV  --boot-record FILE  --os-release FILE  --keys DIR  --state-dir DIR
   --status-file FILE  --config-root DIR  --esp DIR  --no-esp  --no-bus  --lock FILE
   --read-timeout SECONDS  --save-every-chunk  --reboot-command 'PROG ARGS'
+  --wall-command 'PROG ARGS'  --utmp FILE  --machine-id FILE  --lock-retry-max SECONDS
 ";
 
 enum Cmd {
@@ -75,6 +77,21 @@ fn parse(args: Vec<String>) -> Result<(Paths, Cmd), String> {
                     .split_whitespace()
                     .map(str::to_string)
                     .collect()
+            }
+            "--wall-command" => {
+                p.wall_cmd = val("--wall-command")?
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect()
+            }
+            "--utmp" => p.utmp = val("--utmp")?.into(),
+            "--machine-id" => p.machine_id = val("--machine-id")?.into(),
+            "--lock-retry-max" => {
+                let v = val("--lock-retry-max")?;
+                let s: u64 = v
+                    .parse()
+                    .map_err(|_| format!("--lock-retry-max {v:?}: seconds"))?;
+                p.lock_retry_max = Duration::from_secs(s.max(1));
             }
             "--config-root" => p.config = Sources::under(&PathBuf::from(val("--config-root")?)),
             "--read-timeout" => {

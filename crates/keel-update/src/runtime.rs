@@ -18,10 +18,11 @@ use tracing::{info, warn};
 
 use crate::agent::{Agent, Effects, Outcome};
 use crate::bus;
-use crate::config::{self, Settings, Sources};
+use crate::config::{self, RebootSettings, Settings, Sources};
 use crate::disk::{GptSlots, SlotDisk};
 use crate::esp::{BootDiskEsp, BootInstaller, NoEsp};
-use crate::machine::{self, Blocked, BootOutcome, Pending, Schedule, State};
+use crate::machine::{self, Blocked, BootOutcome, LockRelease, Pending, Schedule, State};
+use crate::reboot::{self, Coordinator, LockRecord, Next, RebootHost};
 use crate::source::{self, Dir, Source, Timeouts};
 use crate::status::{self, Status};
 use crate::update::{Machine, StateDir};
@@ -60,6 +61,14 @@ pub struct Paths {
     pub use_bus: bool,
     /// How to reboot (`systemctl reboot`).
     pub reboot_cmd: Vec<String>,
+    /// How to warn logged-in users (`wall`; the message is the last argument).
+    pub wall_cmd: Vec<String>,
+    /// Who is logged in.
+    pub utmp: PathBuf,
+    /// This host's id as a lock holder.
+    pub machine_id: PathBuf,
+    /// Longest pause between attempts to take the reboot lock.
+    pub lock_retry_max: Duration,
 }
 
 impl Default for Paths {
@@ -80,6 +89,10 @@ impl Default for Paths {
             save_every: Duration::from_secs(1),
             use_bus: true,
             reboot_cmd: vec!["systemctl".into(), "reboot".into()],
+            wall_cmd: vec!["wall".into()],
+            utmp: "/run/utmp".into(),
+            machine_id: "/etc/machine-id".into(),
+            lock_retry_max: Duration::from_secs(60),
         }
     }
 }
@@ -362,6 +375,17 @@ pub fn status(paths: &Paths) -> Status {
         .unwrap_or_default();
     let mut s = Status::new(&current, &channel, server.as_deref());
     s.why_no_update = why;
+    if let Ok(settings) = &settings {
+        let id = keel_lock::cli::read_machine_id(&paths.machine_id).unwrap_or_default();
+        let sched = schedule_for(&settings.reboot, &id);
+        reboot::fill_static(&settings.reboot, sched.as_ref(), &mut s.reboot);
+        reboot::fill_window(
+            sched.as_ref().map(|x| x.state_at(jiff::Timestamp::now())),
+            &mut s.reboot,
+        );
+    }
+    s.reboot.users = RealHost { paths }.users();
+    s.reboot.lock_held = LockRecord::load(&paths.state_dir.join(reboot::LOCK_RECORD)).is_some();
     let state = StateDir::new(&paths.state_dir);
     s.blocked = state.blocked().unwrap_or_default();
     if let Ok(Some(p)) = state.pending() {
@@ -560,6 +584,175 @@ fn trial_loop(a: &mut Agent, paths: &Paths, disk: &Path, mut p: Pending, fx: &mu
     }
 }
 
+/// The reboot side's effects on the real machine.
+struct RealHost<'a> {
+    paths: &'a Paths,
+}
+
+impl RebootHost for RealHost<'_> {
+    fn now(&self) -> jiff::Timestamp {
+        jiff::Timestamp::now()
+    }
+
+    fn users(&self) -> Vec<String> {
+        let data = std::fs::read(&self.paths.utmp).unwrap_or_default();
+        reboot::utmp_users(&data, |pid| {
+            pid > 0 && Path::new(&format!("/proc/{pid}")).exists()
+        })
+    }
+
+    fn wall(&mut self, message: &str) -> std::result::Result<(), String> {
+        let (prog, args) = self
+            .paths
+            .wall_cmd
+            .split_first()
+            .ok_or_else(|| "no wall command".to_string())?;
+        let st = std::process::Command::new(prog)
+            .args(args)
+            .arg(message)
+            .stdin(std::process::Stdio::null())
+            .status()
+            .map_err(|e| format!("running {prog}: {e}"))?;
+        if st.success() {
+            Ok(())
+        } else {
+            Err(format!("{prog} failed: {st}"))
+        }
+    }
+
+    fn reboot(&mut self) -> std::result::Result<(), String> {
+        reboot(self.paths).map_err(|e| format!("{e:#}"))
+    }
+}
+
+/// The windows as this host sees them (its own offset inside each).
+fn schedule_for(
+    r: &std::result::Result<RebootSettings, config::ConfigError>,
+    machine_id: &str,
+) -> Option<keel_lock::window::Schedule> {
+    let r = r.as_ref().ok()?;
+    if r.strategy == config::RebootStrategy::Off {
+        return None;
+    }
+    r.windows
+        .as_ref()
+        .map(|w| w.schedule.clone().for_host(machine_id))
+}
+
+/// The lock client of the settings, acting as `machine_id`.
+fn lock_client(
+    r: &std::result::Result<RebootSettings, config::ConfigError>,
+    machine_id: &std::result::Result<String, String>,
+) -> std::result::Result<Option<Box<dyn keel_lock::RebootLock>>, String> {
+    let Ok(r) = r else {
+        return Ok(None);
+    };
+    if !r.uses_lock() {
+        return Ok(None);
+    }
+    let id = machine_id.as_ref().map_err(Clone::clone)?;
+    if let Some(e) = &r.etcd {
+        return keel_lock::etcd::EtcdLock::new(&e.client_config(), id)
+            .map(|l| Some(Box::new(l) as Box<dyn keel_lock::RebootLock>))
+            .map_err(|e| e.to_string());
+    }
+    if let Some(f) = &r.fleet_lock {
+        return keel_lock::fleetlock::FleetLock::new(
+            &f.base_url,
+            id,
+            f.group.as_deref(),
+            Duration::from_secs(10),
+        )
+        .map(|l| Some(Box::new(l) as Box<dyn keel_lock::RebootLock>))
+        .map_err(|e| e.to_string());
+    }
+    Ok(None)
+}
+
+/// One attempt to give back a lock held from before this boot: only once
+/// the boot is good, never while a version is staged in this boot.
+/// Returns when to try again (None: done).
+fn release_step(
+    a: &mut Agent,
+    disk: &Path,
+    record: &Path,
+    machine_id: &std::result::Result<String, String>,
+    failures: &mut u32,
+    backoff_max: Duration,
+) -> Option<Duration> {
+    let held = LockRecord::load(record);
+    let uses_lock = a
+        .settings
+        .reboot
+        .as_ref()
+        .is_ok_and(RebootSettings::uses_lock);
+    if !uses_lock {
+        if let Some(h) = held {
+            let msg = format!(
+                "this host took the {} lock as {} before and still holds it, but the reboot strategy no longer names a lock: release it with `keel-lock unlock {}`",
+                h.strategy, h.id, h.id
+            );
+            warn!("{msg}");
+            a.status.reboot.error = Some(msg);
+            a.status.reboot.lock_held = true;
+        }
+        return None;
+    }
+    let staged = matches!(
+        a.status.state,
+        State::Staged { .. } | State::Rebooting { .. }
+    );
+    let good = slot_state(disk, a.machine.booted)
+        .map(|s| s.successful)
+        .unwrap_or(false);
+    match machine::lock_release(staged, good) {
+        LockRelease::Keep => None,
+        LockRelease::WaitForGoodBoot => {
+            a.status.reboot.waiting_for = "good_boot".into();
+            Some(Duration::from_secs(5))
+        }
+        LockRelease::Release => {
+            let lock = match lock_client(&a.settings.reboot, machine_id) {
+                Ok(Some(l)) => l,
+                Ok(None) => return None,
+                Err(e) => {
+                    a.status.reboot.error = Some(format!("releasing the reboot lock: {e}"));
+                    return Some(backoff_max);
+                }
+            };
+            match reboot::release(lock.as_ref(), record) {
+                Ok(r) => {
+                    info!(
+                        "this boot is good; reboot lock given back ({})",
+                        match r {
+                            keel_lock::Release::Released => "released",
+                            keel_lock::Release::NotHeld => "it held none",
+                        }
+                    );
+                    if a.status.reboot.waiting_for == "good_boot" {
+                        a.status.reboot.waiting_for.clear();
+                    }
+                    a.status.reboot.lock_held = false;
+                    a.status.reboot.error = None;
+                    *failures = 0;
+                    None
+                }
+                Err(e) => {
+                    warn!("releasing the reboot lock: {e}; retrying");
+                    a.status.reboot.error = Some(format!("releasing the reboot lock: {e}"));
+                    let b = keel_lock::Backoff {
+                        initial: Duration::from_secs(1),
+                        max: backoff_max,
+                    };
+                    let d = b.delay(*failures, fastrand::f64());
+                    *failures = failures.saturating_add(1);
+                    Some(d)
+                }
+            }
+        }
+    }
+}
+
 /// The daemon: first check a few minutes after start, then every interval
 /// with jitter, backing off on errors; the configuration is re-read before
 /// every check and a bad one keeps the last good settings.
@@ -616,18 +809,49 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
         trial_loop(&mut a, paths, &disk_of(paths, &rec), p, &mut fx);
     }
     let mut sched = Schedule::new(a.settings.interval);
-    let mut wait = first_delay.unwrap_or_else(|| sched.first(fastrand::f64()));
+    let wait = first_delay.unwrap_or_else(|| sched.first(fastrand::f64()));
+    let mut check_at = std::time::Instant::now() + wait;
     a.status.next_check = Some(now() + wait.as_secs());
+    let disk = disk_of(paths, &rec);
+    let machine_id =
+        keel_lock::cli::read_machine_id(&paths.machine_id).map_err(|e| format!("{e:#}"));
+    let record = paths.state_dir.join(reboot::LOCK_RECORD);
+    let backoff = keel_lock::Backoff {
+        initial: Duration::from_secs(1),
+        max: paths.lock_retry_max,
+    };
+    let mut coord = Coordinator::new(record.clone(), backoff);
+    coord.lock_held =
+        LockRecord::load(&record).is_some() && matches!(a.status.state, State::Staged { .. });
+    // A version staged in this boot (before a restart of the agent) goes
+    // on towards its reboot.
+    let mut coord_at = matches!(a.status.state, State::Staged { .. }).then(std::time::Instant::now);
+    let mut release_at = Some(std::time::Instant::now());
+    let mut release_failures = 0u32;
+    let mut rebooted = false;
+    let mut host = RealHost { paths };
     let st = a.status.state.clone();
     a.set_state(st, &mut fx);
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
     loop {
-        // Sleep until the planned check, or until `Check()` on the bus.
-        match check_rx.recv_timeout(wait) {
-            Ok(()) => info!("check requested over D-Bus"),
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(wait),
-        }
+        // Sleep until the next thing is due, or until `Check()` on the bus.
+        let due = [Some(check_at), coord_at, release_at]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(check_at);
+        let timeout = due.saturating_duration_since(std::time::Instant::now());
+        let requested = match check_rx.recv_timeout(timeout) {
+            Ok(()) => {
+                info!("check requested over D-Bus");
+                true
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => false,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(timeout);
+                false
+            }
+        };
         match config::load(&paths.config) {
             Ok(s) => {
                 if s != a.settings {
@@ -635,6 +859,11 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
                 }
                 if s.interval != a.settings.interval {
                     sched.interval = s.interval;
+                }
+                if let Err(e) = &s.reboot {
+                    if a.settings.reboot.as_ref().err() != Some(e) {
+                        warn!("{e}; updates are staged but the machine is not rebooted");
+                    }
                 }
                 a.settings = s;
                 config_error = None;
@@ -645,53 +874,113 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
             }
         }
         a.config_error = config_error.clone();
-        let base = match (&a.settings.base_url, a.settings.enabled) {
-            (Some(b), true) => b.clone(),
-            _ => {
-                let st = a.status.state.clone();
-                a.set_state(st, &mut fx);
-                wait = sched.after_success(fastrand::f64());
-                continue;
-            }
+        let now_i = std::time::Instant::now();
+
+        // Give back a lock held from before, once this boot is good.
+        if release_at.is_some_and(|t| t <= now_i) {
+            release_at = release_step(
+                &mut a,
+                &disk,
+                &record,
+                &machine_id,
+                &mut release_failures,
+                paths.lock_retry_max,
+            )
+            .map(|d| now_i + d);
+        }
+
+        // Towards the reboot into a staged version.
+        let staged = match &a.status.state {
+            State::Staged { version } => Some(version.clone()),
+            _ => None,
         };
-        let result = (|| -> Result<Outcome> {
-            let _lock = lock(paths)?;
-            let mut src = source::for_url(&base, paths.timeouts);
-            let disk = disk_of(paths, &rec);
-            let mut slots = GptSlots::open(&disk)?;
-            let mut esp = installer(paths, &disk);
-            Ok(a.check(src.as_mut(), &mut slots, esp.as_mut(), &mut fx, false)?)
-        })();
-        wait = match &result {
-            Ok(_) => sched.after_success(fastrand::f64()),
-            Err(e) => {
-                warn!("update check failed: {e:#}");
-                if !matches!(a.status.state, State::Error { .. }) {
-                    a.status.last_error = Some(format!("{e:#}"));
-                    a.set_state(
-                        State::Error {
-                            message: format!("{e:#}"),
-                        },
-                        &mut fx,
-                    );
-                }
-                sched.after_error(fastrand::f64())
-            }
-        };
-        a.status.next_check = Some(now() + wait.as_secs());
-        if let Ok(Outcome::Staged(v)) = &result {
-            info!("{v} staged in USR-{}", a.machine.booted.other());
-            if machine::reboot_now(a.settings.strategy) {
-                a.set_state(State::Rebooting { version: v.clone() }, &mut fx);
-                match reboot(paths) {
-                    Ok(()) => {}
-                    Err(other) => {
-                        let msg = format!("{v} is staged, but rebooting failed: {other:#}");
+        let mut holding = false;
+        if let (Some(v), false) = (&staged, rebooted) {
+            if requested || coord_at.is_none_or(|t| t <= now_i) {
+                let id = machine_id.clone().unwrap_or_default();
+                let sched_w = schedule_for(&a.settings.reboot, &id);
+                let next = match lock_client(&a.settings.reboot, &machine_id) {
+                    Ok(lock) => coord.step(
+                        v,
+                        &a.settings.reboot,
+                        sched_w.as_ref(),
+                        lock.as_deref(),
+                        &mut host,
+                        &mut a.status.reboot,
+                    ),
+                    Err(e) => {
+                        let msg = format!("cannot use the reboot lock: {e}");
                         warn!("{msg}");
-                        a.status.last_error = Some(msg);
-                        a.status.state = State::Staged { version: v.clone() };
+                        a.status.reboot.error = Some(msg.clone());
+                        coord.wait = format!("{msg}; never rebooting without it");
+                        Next::After(paths.lock_retry_max)
                     }
+                };
+                a.reboot_wait = Some(coord.wait.clone());
+                coord_at = match next {
+                    // Re-read the settings now and then: the admin may
+                    // turn the strategy on.
+                    Next::Hold => Some(now_i + Duration::from_secs(60)),
+                    Next::After(d) => Some(now_i + d),
+                    Next::Rebooted => {
+                        rebooted = true;
+                        a.set_state(State::Rebooting { version: v.clone() }, &mut fx);
+                        None
+                    }
+                };
+                holding = matches!(next, Next::Hold);
+            } else {
+                holding = a
+                    .settings
+                    .reboot
+                    .as_ref()
+                    .map_or(true, |r| r.strategy == config::RebootStrategy::Off);
+            }
+        }
+
+        // Checks go on while nothing waits to reboot; once the reboot
+        // sequence runs, the staged slot is left alone.
+        let may_check = !rebooted && (staged.is_none() || holding);
+        if may_check && (requested || check_at <= now_i) {
+            let base = match (&a.settings.base_url, a.settings.enabled) {
+                (Some(b), true) => Some(b.clone()),
+                _ => None,
+            };
+            let result = base.map(|base| {
+                (|| -> Result<Outcome> {
+                    let _lock = lock(paths)?;
+                    let mut src = source::for_url(&base, paths.timeouts);
+                    let mut slots = GptSlots::open(&disk)?;
+                    let mut esp = installer(paths, &disk);
+                    Ok(a.check(src.as_mut(), &mut slots, esp.as_mut(), &mut fx, false)?)
+                })()
+            });
+            let wait = match &result {
+                None | Some(Ok(_)) => sched.after_success(fastrand::f64()),
+                Some(Err(e)) => {
+                    warn!("update check failed: {e:#}");
+                    if !matches!(a.status.state, State::Error { .. }) {
+                        a.status.last_error = Some(format!("{e:#}"));
+                        a.set_state(
+                            State::Error {
+                                message: format!("{e:#}"),
+                            },
+                            &mut fx,
+                        );
+                    }
+                    sched.after_error(fastrand::f64())
                 }
+            };
+            check_at = std::time::Instant::now() + wait;
+            a.status.next_check = Some(now() + wait.as_secs());
+            if let Some(Ok(Outcome::Staged(v))) = &result {
+                info!("{v} staged in USR-{}", a.machine.booted.other());
+                // A new staging starts the reboot sequence from its start
+                // (a lock this host holds stays held).
+                let held = coord.lock_held;
+                coord = Coordinator::new(record.clone(), backoff);
+                coord.lock_held = held;
+                coord_at = Some(std::time::Instant::now());
             }
         }
         let st = a.status.state.clone();

@@ -47,6 +47,36 @@ pub struct Status {
     /// (`status` computed it without either).
     #[serde(default)]
     pub source: String,
+    /// The reboot strategy and what the reboot waits for.
+    #[serde(default)]
+    pub reboot: RebootStatus,
+}
+
+/// The reboot side of the status: strategy, windows, lock, users.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RebootStatus {
+    /// `immediate`, `off`, `periodic`, `etcd_lock`, `fleet_lock`, or
+    /// `invalid` (then `error` says why).
+    pub strategy: String,
+    /// What the reboot waits for now: `window`, `lock`, `users` (grace
+    /// period), `good_boot` (to release the lock), or empty.
+    pub waiting_for: String,
+    /// The windows ("Sat,Sun 02:00 for 2h (Europe/Berlin)").
+    pub window: Option<String>,
+    /// When this host's part of the next window opens (RFC 3339), while closed.
+    pub window_opens: Option<String>,
+    /// When the open window closes (RFC 3339), while open.
+    pub window_closes: Option<String>,
+    /// The lock ("etcd … key …" or "FleetLock … group …").
+    pub lock: Option<String>,
+    /// Whether this host holds it.
+    pub lock_held: bool,
+    /// Who holds it (etcd only; FleetLock cannot say).
+    pub lock_holders: Vec<String>,
+    /// Users logged in (the `wall` warning and grace period are for them).
+    pub users: Vec<String>,
+    /// The last error of the reboot side (invalid settings, lock unreachable).
+    pub error: Option<String>,
 }
 
 impl Status {
@@ -65,6 +95,7 @@ impl Status {
             server: server.map(str::to_string),
             blocked: vec![],
             source: "offline".into(),
+            reboot: RebootStatus::default(),
         }
     }
 
@@ -131,6 +162,23 @@ impl Status {
         }
         let blocked: Vec<&str> = self.blocked.iter().map(|b| b.version.as_str()).collect();
         kv("BLOCKED_VERSIONS", &blocked.join(" "));
+        let r = &self.reboot;
+        kv("REBOOT_STRATEGY", &r.strategy);
+        kv("REBOOT_WAITING_FOR", &r.waiting_for);
+        kv("REBOOT_WINDOW", r.window.as_deref().unwrap_or(""));
+        kv(
+            "REBOOT_WINDOW_OPENS",
+            r.window_opens.as_deref().unwrap_or(""),
+        );
+        kv(
+            "REBOOT_WINDOW_CLOSES",
+            r.window_closes.as_deref().unwrap_or(""),
+        );
+        kv("REBOOT_LOCK", r.lock.as_deref().unwrap_or(""));
+        kv("REBOOT_LOCK_HELD", if r.lock_held { "yes" } else { "no" });
+        kv("REBOOT_LOCK_HOLDERS", &r.lock_holders.join(" "));
+        kv("LOGGED_IN_USERS", &r.users.join(" "));
+        kv("REBOOT_ERROR", r.error.as_deref().unwrap_or(""));
         kv(
             "SOURCE",
             match self.source.as_str() {

@@ -516,7 +516,9 @@ fn trial_loop(a: &mut Agent, paths: &Paths, disk: &Path, mut p: Pending, fx: &mu
                     p.from_version
                 );
                 fx.publish(&a.status);
-                std::thread::sleep(left.min(Duration::from_secs(5)));
+                // Every second: the reboot lock is held until this
+                // ends, so the fleet waits for this poll too.
+                std::thread::sleep(left.min(Duration::from_secs(1)));
             }
             machine::Trial::Expired => {
                 let why = format!(

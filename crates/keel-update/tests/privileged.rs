@@ -170,7 +170,8 @@ const PARTS: [(&str, u64); 4] = [
     ("USR-B-VERITY", 1),
 ];
 
-fn loop_disk(dir: &Path) -> Loop {
+/// A sparse image file with a Keel-like GPT (USR-A proven, USR-B empty).
+fn gpt_image(dir: &Path) -> PathBuf {
     let img = dir.join("disk.img");
     let size = 16 * MIB;
     let mut f = std::fs::File::create(&img).expect("image");
@@ -211,6 +212,11 @@ fn loop_disk(dir: &Path) -> Loop {
     }
     g.write(&mut f).expect("write gpt");
     drop(f);
+    img
+}
+
+fn loop_disk(dir: &Path) -> Loop {
+    let img = gpt_image(dir);
     let out = Command::new("losetup")
         .args(["--find", "--show"])
         .arg(&img)
@@ -934,4 +940,718 @@ fn an_updated_slot_not_marked_good_in_time_is_rolled_back() {
     std::thread::sleep(Duration::from_millis(300));
     assert!(!marker.exists(), "no reboot for a good slot");
     assert_eq!(prio(&h.disk.dev, "USR-B").priority, 2);
+}
+
+// ---------------------------------------------------------------------------
+// Reboot coordination (issue 16): agents with a fake reboot action against a
+// real etcd (Debian's etcd-server, started here on loopback with a temporary
+// data directory) and against an in-test FleetLock server.
+
+use keel_lock::etcd::{EtcdConfig, EtcdLock};
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t = Instant::now();
+    while !f() {
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "timed out after {secs} s waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// One etcd member on 127.0.0.1 (free ports, its own data directory).
+struct Etcd {
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let mut e = Etcd {
+            dir: tempfile::tempdir().expect("tmp"),
+            client_port: free_port(),
+            peer_port: free_port(),
+            child: None,
+        };
+        e.spawn();
+        e
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn spawn(&mut self) {
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("log");
+        self.child = Some(
+            Command::new("etcd")
+                .arg("--name=keel-update-test")
+                .arg(format!(
+                    "--data-dir={}",
+                    self.dir.path().join("data").display()
+                ))
+                .arg(format!("--listen-client-urls={}", self.endpoint()))
+                .arg(format!("--advertise-client-urls={}", self.endpoint()))
+                .arg(format!("--listen-peer-urls={peer}"))
+                .arg(format!("--initial-advertise-peer-urls={peer}"))
+                .arg(format!("--initial-cluster=keel-update-test={peer}"))
+                .arg("--log-outputs=stderr")
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("starting etcd (apt-get install etcd-server)"),
+        );
+        let cfg = self.config();
+        wait_until("etcd", 30, || {
+            EtcdLock::new(&cfg, "probe")
+                .map(|l| l.read().is_ok())
+                .unwrap_or(false)
+        });
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn config(&self) -> EtcdConfig {
+        EtcdConfig {
+            endpoints: vec![self.endpoint()],
+            timeout: Duration::from_secs(3),
+            ..EtcdConfig::default()
+        }
+    }
+
+    fn client(&self) -> EtcdLock {
+        EtcdLock::new(&self.config(), "test").expect("client")
+    }
+
+    fn holders(&self) -> Vec<String> {
+        self.client()
+            .read()
+            .expect("read")
+            .value
+            .map(|v| v.holders)
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn this_boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .expect("boot_id")
+        .trim()
+        .to_string()
+}
+
+/// Set USR-B's attributes on a GPT image.
+fn set_b(disk: &Path, p: Prio) {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(disk)
+        .expect("open disk");
+    let (mut g, _) = Gpt::read(&f, 512).expect("gpt");
+    let n = g.by_name("USR-B").expect("b").number;
+    let part = g.by_number_mut(n).expect("b");
+    part.attributes = p.apply(part.attributes).expect("attr");
+    let mut f = f;
+    g.write(&mut f).expect("write gpt");
+}
+
+/// A host of a fleet on an image file: 0.2.0 staged in USR-B in this boot
+/// (as `check` leaves it), a fake reboot action that appends to a shared
+/// log, its own machine id, a fake utmp.
+struct FleetHost {
+    dir: tempfile::TempDir,
+    id: String,
+    disk: PathBuf,
+    daemon: Option<Guard>,
+    rebooted: bool,
+}
+
+impl FleetHost {
+    fn new(n: usize, public_key: &str, reboot_toml: &str, events: &Path) -> FleetHost {
+        let dir = tempfile::tempdir().expect("tmp");
+        let d = dir.path();
+        let id = format!("{:032x}", 0x5eed_0000_u64 + n as u64);
+        std::fs::write(d.join("machine-id"), format!("{id}\n")).expect("machine-id");
+        std::fs::create_dir_all(d.join("keys")).expect("keys");
+        std::fs::write(d.join("keys/test.pub"), public_key).expect("pub");
+        std::fs::write(d.join("os-release"), "NAME=Keel\nVERSION_ID=0.1.0\n").expect("os");
+        let disk = gpt_image(d);
+        set_b(
+            &disk,
+            Prio {
+                priority: 2,
+                tries: 1,
+                successful: false,
+            },
+        );
+        std::fs::write(
+            d.join("boot.json"),
+            format!(r#"{{"version":1,"slot":"A","disk":"{}"}}"#, disk.display()),
+        )
+        .expect("boot.json");
+        std::fs::create_dir_all(d.join("state")).expect("state");
+        std::fs::write(
+            d.join("state/pending.json"),
+            format!(
+                r#"{{"version":"0.2.0","slot":"B","from_version":"0.1.0","at":1,"boot_id":"{}"}}"#,
+                this_boot_id()
+            ),
+        )
+        .expect("pending");
+        let conf = d.join("root/etc/keel/update.d");
+        std::fs::create_dir_all(&conf).expect("conf");
+        std::fs::write(
+            conf.join("10-test.toml"),
+            format!(
+                "base_url = \"http://127.0.0.1:9\"\n[health]\ntimeout = \"3650d\"\n{reboot_toml}"
+            ),
+        )
+        .expect("config");
+        std::fs::write(
+            d.join("reboot.sh"),
+            format!(
+                "echo \"reboot {id} $(date +%s.%N)\" >> {ev}\ntouch {m}\n",
+                ev = events.display(),
+                m = d.join("rebooted").display()
+            ),
+        )
+        .expect("reboot.sh");
+        std::fs::write(
+            d.join("wall.sh"),
+            format!(
+                "echo \"wall $(date +%s.%N) $*\" >> {}\n",
+                d.join("wall.log").display()
+            ),
+        )
+        .expect("wall.sh");
+        std::fs::write(d.join("utmp"), b"").expect("utmp");
+        FleetHost {
+            dir,
+            id,
+            disk,
+            daemon: None,
+            rebooted: false,
+        }
+    }
+
+    fn p(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.arg("--disk")
+            .arg(&self.disk)
+            .arg("--boot-record")
+            .arg(self.p("boot.json"))
+            .arg("--os-release")
+            .arg(self.p("os-release"))
+            .arg("--keys")
+            .arg(self.p("keys"))
+            .arg("--state-dir")
+            .arg(self.p("state"))
+            .arg("--config-root")
+            .arg(self.p("root"))
+            .arg("--machine-id")
+            .arg(self.p("machine-id"))
+            .arg("--utmp")
+            .arg(self.p("utmp"))
+            .args(["--no-esp", "--no-bus", "--lock-retry-max", "1"])
+            .arg("--reboot-command")
+            .arg(format!("/bin/sh {}", self.p("reboot.sh").display()))
+            .arg("--wall-command")
+            .arg(format!("/bin/sh {}", self.p("wall.sh").display()))
+            .args(args)
+            .env("KEEL_LOG", "info");
+        c
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.p("daemon.log"))
+            .expect("log");
+        self.daemon = Some(Guard(
+            self.cmd(&["daemon", "--first-check", "3600"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("daemon"),
+        ));
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.p("daemon.log")).unwrap_or_default()
+    }
+
+    /// The fake reboot: stop the agent, then the next boot runs USR-B
+    /// with 0.2.0, not yet marked good.
+    fn reboot_into_b(&mut self) {
+        self.daemon = None;
+        let _ = std::fs::remove_file(self.p("rebooted"));
+        set_b(
+            &self.disk,
+            Prio {
+                priority: 2,
+                tries: 0,
+                successful: false,
+            },
+        );
+        std::fs::write(
+            self.p("boot.json"),
+            format!(
+                r#"{{"version":1,"slot":"B","disk":"{}"}}"#,
+                self.disk.display()
+            ),
+        )
+        .expect("boot.json");
+        std::fs::write(self.p("os-release"), "NAME=Keel\nVERSION_ID=0.2.0\n").expect("os");
+        let pending = std::fs::read_to_string(self.p("state/pending.json")).expect("pending");
+        std::fs::write(
+            self.p("state/pending.json"),
+            pending.replace(&this_boot_id(), "an-earlier-boot"),
+        )
+        .expect("pending");
+    }
+
+    /// keel-mark-successful's part: the boot is good.
+    fn mark_good(&self) {
+        set_b(
+            &self.disk,
+            Prio {
+                priority: 2,
+                tries: 0,
+                successful: true,
+            },
+        );
+    }
+
+    fn status(&self) -> String {
+        let out = run_bounded(&mut self.cmd(&["status"]), 10);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A utmp record of `user` on `line` for the live process `pid`.
+fn utmp_record(user: &str, line: &str, pid: i32) -> Vec<u8> {
+    let mut r = vec![0u8; 384];
+    r[0..2].copy_from_slice(&7i16.to_le_bytes());
+    r[4..8].copy_from_slice(&pid.to_le_bytes());
+    r[8..8 + line.len()].copy_from_slice(line.as_bytes());
+    r[44..44 + user.len()].copy_from_slice(user.as_bytes());
+    r
+}
+
+fn etcd_toml(e: &Etcd, grace: &str) -> String {
+    format!(
+        "[reboot]\nstrategy = \"etcd_lock\"\ngrace_period = \"{grace}\"\n[reboot.etcd_lock]\nendpoints = [\"{}\"]\n",
+        e.endpoint()
+    )
+}
+
+fn public_key() -> String {
+    let dir = tempfile::tempdir().expect("tmp");
+    let key = SigningKey::generate().expect("key");
+    tree::build(
+        &dir.path().join("tree"),
+        "stable",
+        "0.2.0",
+        4 * tree::CHUNK as usize,
+        &key,
+    )
+    .public_key
+}
+
+/// Order of events on one host: lock → wall warning and grace period (a
+/// user is logged in) → reboot; after the reboot the lock stays held while
+/// the new slot is on trial and is released only once it is marked good.
+/// A host that comes back on its old slot (a rollback) releases a lock it
+/// holds once that boot is good.
+#[test]
+fn the_reboot_lock_is_released_only_after_a_good_boot() {
+    assert!(is_root(), "privileged tests run as root");
+    let e = Etcd::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = dir.path().join("events");
+    let key = public_key();
+    let mut h = FleetHost::new(1, &key, &etcd_toml(&e, "2s"), &events);
+    // Someone is logged in (this test process stands in for the session).
+    std::fs::write(
+        h.p("utmp"),
+        utmp_record("core", "pts/7", std::process::id() as i32),
+    )
+    .expect("utmp");
+    // Another host holds the only slot: no reboot until it is given back.
+    let other = EtcdLock::new(&e.config(), "other").expect("client");
+    other.lock_as("other").expect("lock");
+    h.start();
+    wait_until("the agent to wait for the lock", 30, || {
+        h.status().contains("REBOOT_WAITING_FOR=lock\n")
+    });
+    let st = h.status();
+    assert!(st.contains("REBOOT_STRATEGY=etcd_lock\n"), "{st}");
+    assert!(st.contains("REBOOT_LOCK_HOLDERS=other\n"), "{st}");
+    assert!(st.contains("LOGGED_IN_USERS=core@pts/7\n"), "{st}");
+    assert!(
+        st.contains("WHY_NO_UPDATE=0.2.0 is staged; waiting for the reboot lock"),
+        "{st}"
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!h.p("rebooted").exists(), "rebooted without the lock");
+    other.unlock_as("other").expect("unlock");
+    wait_until("the fake reboot", 30, || h.p("rebooted").exists());
+    assert_eq!(e.holders(), [h.id.clone()]);
+    let wall = std::fs::read_to_string(h.p("wall.log")).expect("wall was called");
+    assert!(
+        wall.contains("keel-update: this machine reboots into 0.2.0 in 2 s"),
+        "{wall}"
+    );
+    let walled: f64 = wall
+        .split_whitespace()
+        .nth(1)
+        .expect("t")
+        .parse()
+        .expect("t");
+    let ev = std::fs::read_to_string(&events).expect("events");
+    let rebooted: f64 = ev.split_whitespace().nth(2).expect("t").parse().expect("t");
+    assert!(
+        rebooted - walled >= 1.9,
+        "grace period: {walled} → {rebooted}"
+    );
+    assert!(h.p("state/reboot-lock.json").exists());
+
+    // The new boot: on trial, the lock stays held.
+    h.reboot_into_b();
+    h.start();
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(e.holders(), [h.id.clone()], "{}", h.log());
+    // Marked good: released.
+    h.mark_good();
+    wait_until("the release after the good boot", 30, || {
+        e.holders().is_empty()
+    });
+    assert!(!h.p("state/reboot-lock.json").exists());
+    assert!(!h.p("rebooted").exists(), "no second reboot");
+    h.daemon = None;
+
+    // A rollback boot: the host comes back on USR-A holding the lock; it
+    // gives it back (USR-A is proven) and blocks the version.
+    let mut r = FleetHost::new(2, &key, &etcd_toml(&e, "0"), &events);
+    e.client().lock_as(&r.id).expect("lock");
+    std::fs::write(
+        r.p("state/pending.json"),
+        r#"{"version":"0.2.0","slot":"B","from_version":"0.1.0","at":1,"boot_id":"an-earlier-boot"}"#,
+    )
+    .expect("pending");
+    r.start();
+    wait_until("the release after the rollback boot", 30, || {
+        e.holders().is_empty()
+    });
+    let st = r.status();
+    assert!(st.contains("BLOCKED_VERSIONS=0.2.0\n"), "{st}");
+    assert!(!r.p("rebooted").exists());
+}
+
+/// Runs `n` agents against a semaphore of `max`, each rebooting (fakely),
+/// coming back on USR-B and being marked good after `boot_ms`; a monitor
+/// checks the holders never exceed max. With `outage`, etcd is killed
+/// after the first reboot and restarted 3 s later. Returns the reboot order.
+fn fleet(e: &mut Etcd, max: i64, n: usize, boot_ms: u64, outage: bool) -> Vec<String> {
+    e.client().set_max(max).expect("set-max");
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = dir.path().join("events");
+    std::fs::write(&events, "").expect("events");
+    let key = public_key();
+    let mut hosts: Vec<FleetHost> = (0..n)
+        .map(|i| FleetHost::new(100 * max as usize + i, &key, &etcd_toml(e, "0"), &events))
+        .collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let most = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let monitor = {
+        let (stop, most, cfg) = (stop.clone(), most.clone(), e.config());
+        std::thread::spawn(move || {
+            let l = EtcdLock::new(&cfg, "monitor").expect("client");
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok(Some(v)) = l.read().map(|r| r.value) {
+                    assert!(
+                        v.holders.len() as i64 <= v.max,
+                        "more holders than max: {v:?}"
+                    );
+                    most.fetch_max(v.holders.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    for h in &mut hosts {
+        h.start();
+    }
+    let t = Instant::now();
+    let mut back: Vec<(usize, Instant)> = Vec::new();
+    let mut done = 0;
+    let mut outage_at: Option<Instant> = None;
+    while done < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(240),
+            "the rollout did not finish: {done} of {n} hosts rebooted\n{}",
+            hosts
+                .iter()
+                .map(|h| h.log())
+                .collect::<Vec<_>>()
+                .join("\n----\n")
+        );
+        for (i, h) in hosts.iter_mut().enumerate() {
+            if !h.rebooted && h.p("rebooted").exists() {
+                h.rebooted = true;
+                h.reboot_into_b();
+                h.start();
+                back.push((i, Instant::now()));
+                if outage && outage_at.is_none() {
+                    e.kill();
+                    outage_at = Some(Instant::now());
+                }
+            }
+        }
+        if outage_at.is_some_and(|o| o.elapsed() > Duration::from_secs(3)) && e.child.is_none() {
+            e.spawn();
+        }
+        back.retain(|(i, at)| {
+            if at.elapsed() >= Duration::from_millis(boot_ms) {
+                hosts[*i].mark_good();
+                done += 1;
+                false
+            } else {
+                true
+            }
+        });
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if e.child.is_none() {
+        e.spawn();
+    }
+    wait_until("every lock released", 60, || e.holders().is_empty());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    monitor
+        .join()
+        .expect("the monitor saw more holders than max");
+    let seen = most.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(seen as i64 <= max && seen >= 1, "most holders seen: {seen}");
+    eprintln!(
+        "fleet of {n}, max {max}: rollout {:.1} s, at most {seen} holders",
+        t.elapsed().as_secs_f64()
+    );
+    std::fs::read_to_string(&events)
+        .expect("events")
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect()
+}
+
+/// N agent processes contend for a semaphore of max 1, then of max 2:
+/// never more holders than max, every agent reboots exactly once, each
+/// lock given back only after its host's (faked) good boot.
+#[test]
+fn a_fleet_of_agents_never_exceeds_the_semaphore() {
+    assert!(is_root(), "privileged tests run as root");
+    let mut e = Etcd::start();
+    for max in [1, 2] {
+        let order = fleet(&mut e, max, 4, 1500, false);
+        assert_eq!(order.len(), 4, "{order:?}");
+        let mut uniq = order.clone();
+        uniq.sort();
+        uniq.dedup();
+        assert_eq!(uniq.len(), 4, "each host reboots once: {order:?}");
+    }
+}
+
+/// etcd killed after the first reboot and restarted 3 s later: the agents
+/// waiting for the lock (and the one giving it back) retry and finish.
+#[test]
+fn agents_recover_from_an_etcd_restart() {
+    assert!(is_root(), "privileged tests run as root");
+    let mut e = Etcd::start();
+    let order = fleet(&mut e, 1, 3, 1000, true);
+    assert_eq!(order.len(), 3, "{order:?}");
+}
+
+/// A FleetLock server in the test that records every request and refuses
+/// the first pre-reboot (its semaphore is full).
+struct FleetServer {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FleetServer {
+    fn start() -> FleetServer {
+        let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let url = format!("http://{}", l.local_addr().expect("addr"));
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let rec = requests.clone();
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(mut c) = conn else { continue };
+                let _ = c.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut buf = Vec::new();
+                let mut tmp = [0u8; 4096];
+                // Read the head, then Content-Length bytes of body.
+                let (head, body) = loop {
+                    let n = c.read(&mut tmp).unwrap_or(0);
+                    if n == 0 {
+                        break (String::new(), String::new());
+                    }
+                    buf.extend_from_slice(&tmp[..n]);
+                    let text = String::from_utf8_lossy(&buf).into_owned();
+                    if let Some(i) = text.find("\r\n\r\n") {
+                        let head = text[..i].to_string();
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                let (k, v) = l.split_once(':')?;
+                                k.eq_ignore_ascii_case("content-length")
+                                    .then(|| v.trim().parse().ok())?
+                            })
+                            .unwrap_or(0);
+                        while buf.len() < i + 4 + len {
+                            let n = c.read(&mut tmp).unwrap_or(0);
+                            if n == 0 {
+                                break;
+                            }
+                            buf.extend_from_slice(&tmp[..n]);
+                        }
+                        let body = String::from_utf8_lossy(&buf[i + 4..]).into_owned();
+                        break (head, body);
+                    }
+                };
+                let mut r = rec.lock().expect("lock");
+                let first = head.lines().next().unwrap_or("").to_string();
+                let pre_reboots = r.iter().filter(|x| x.contains("pre-reboot")).count();
+                let refuse = first.contains("/v1/pre-reboot") && pre_reboots == 0;
+                r.push(format!("{first}\n{head}\n\n{body}"));
+                drop(r);
+                let (status, body) = if refuse {
+                    (
+                        "409 Conflict",
+                        r#"{"kind":"failed_lock","value":"semaphore full"}"#,
+                    )
+                } else {
+                    ("200 OK", "")
+                };
+                let _ = write!(
+                    c,
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        FleetServer { url, requests }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().expect("lock").clone()
+    }
+}
+
+/// FleetLock conformance of the agent: `POST <base>/v1/pre-reboot` with
+/// `fleet-lock-protocol: true` and `{"client_params":{"id","group"}}`
+/// before the reboot (a refusal is retried, never rebooted through), and
+/// `/v1/steady-state` only once the new boot is good.
+#[test]
+fn fleet_lock_requests_follow_the_protocol() {
+    assert!(is_root(), "privileged tests run as root");
+    let srv = FleetServer::start();
+    let dir = tempfile::tempdir().expect("tmp");
+    let events = dir.path().join("events");
+    let toml = format!(
+        "[reboot]\nstrategy = \"fleet_lock\"\ngrace_period = 0\n[reboot.fleet_lock]\nbase_url = \"{}/\"\ngroup = \"workers\"\n",
+        srv.url
+    );
+    let mut h = FleetHost::new(7, &public_key(), &toml, &events);
+    h.start();
+    wait_until("the fake reboot", 30, || h.p("rebooted").exists());
+    let reqs = srv.requests();
+    assert_eq!(
+        reqs.len(),
+        2,
+        "one refused pre-reboot, one granted: {reqs:#?}"
+    );
+    for r in &reqs {
+        assert!(r.starts_with("POST /v1/pre-reboot HTTP/1.1\n"), "{r}");
+        let lower = r.to_ascii_lowercase();
+        assert!(lower.contains("\nfleet-lock-protocol: true"), "{r}");
+        let body = r.split("\n\n").last().expect("body");
+        let v: serde_json::Value = serde_json::from_str(body).expect("json body");
+        assert_eq!(
+            v,
+            serde_json::json!({"client_params": {"id": h.id, "group": "workers"}})
+        );
+    }
+    h.reboot_into_b();
+    h.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        srv.requests().len(),
+        2,
+        "no steady-state before the boot is good"
+    );
+    h.mark_good();
+    wait_until("steady-state", 30, || srv.requests().len() >= 3);
+    let reqs = srv.requests();
+    assert!(
+        reqs[2].starts_with("POST /v1/steady-state HTTP/1.1\n"),
+        "{}",
+        reqs[2]
+    );
+    assert!(
+        reqs[2].contains(&format!("\"id\":\"{}\"", h.id)),
+        "{}",
+        reqs[2]
+    );
+}
+
+/// The fleet simulation of the benchmark report (ignored by default):
+/// `KEEL_FLEET_N` agents (default 20), `KEEL_FLEET_MAX` slots (default 5),
+/// 2 s from each fake reboot to its good boot; prints the rollout time
+/// against the ideal N/max × 2 s.
+#[test]
+#[ignore]
+fn fleet_simulation() {
+    assert!(is_root(), "privileged tests run as root");
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n, max) = (env("KEEL_FLEET_N", 20), env("KEEL_FLEET_MAX", 5));
+    let mut e = Etcd::start();
+    let t = Instant::now();
+    let order = fleet(&mut e, max as i64, n, 2000, false);
+    let took = t.elapsed().as_secs_f64();
+    let ideal = (n as f64 / max as f64).ceil() * 2.0;
+    eprintln!(
+        "fleet simulation: {n} agents, max {max}: {took:.1} s against the ideal {ideal:.1} s ({:.2}x)",
+        took / ideal
+    );
+    assert_eq!(order.len(), n);
 }

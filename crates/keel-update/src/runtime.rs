@@ -806,7 +806,15 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
         }
     };
     a.config_error = config_error.clone();
+    // What the reboot side shows from the start (the lock is kept while
+    // the new slot is on trial).
+    let record = paths.state_dir.join(reboot::LOCK_RECORD);
+    reboot::fill_static(&a.settings.reboot, None, &mut a.status.reboot);
+    a.status.reboot.lock_held = LockRecord::load(&record).is_some();
     if let Some(p) = judge(&mut a, &rec) {
+        if a.status.reboot.lock_held {
+            a.status.reboot.waiting_for = "good_boot".into();
+        }
         let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
         trial_loop(&mut a, paths, &disk_of(paths, &rec), p, &mut fx);
     }

@@ -1346,6 +1346,10 @@ fn the_reboot_lock_is_released_only_after_a_good_boot() {
     h.start();
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(e.holders(), [h.id.clone()], "{}", h.log());
+    let st = h.status();
+    assert!(st.contains("REBOOT_WAITING_FOR=good_boot\n"), "{st}");
+    assert!(st.contains("REBOOT_LOCK_HELD=yes\n"), "{st}");
+    assert!(st.contains("WHY_NO_UPDATE=0.2.0 is on trial"), "{st}");
     // Marked good: released.
     h.mark_good();
     wait_until("the release after the good boot", 30, || {

@@ -23,8 +23,12 @@ for t in nginx curl zstd dd losetup; do
   command -v $t >/dev/null || { echo "bench.sh: $t missing" >&2; exit 1; }
 done
 target=x86_64-unknown-linux-musl
-cargo build --release --quiet --target $target -p keel-install
-bin=$CARGO_TARGET_DIR/$target/release/keel-install
+# KEEL_INSTALL_BIN: an already built binary (skips the build).
+bin=${KEEL_INSTALL_BIN:-}
+if [ -z "$bin" ]; then
+  cargo build --release --quiet --target $target -p keel-install
+  bin=$CARGO_TARGET_DIR/$target/release/keel-install
+fi
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/keel-install-bench.XXXXXX")
 ngx=; lo=
 cleanup() {

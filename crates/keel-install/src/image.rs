@@ -41,8 +41,8 @@ pub enum Check {
 pub struct Block {
     /// Offset on the device.
     pub offset: u64,
-    /// The bytes.
-    pub data: Vec<u8>,
+    /// The bytes (shared: every all-zero chunk of a size is one buffer).
+    pub data: Arc<Vec<u8>>,
     /// What reading them back must give.
     pub check: Check,
     /// Compressed bytes this block consumed (progress).
@@ -349,7 +349,8 @@ pub fn decode(
     chunk: &keel_release::Chunk,
     compressed: &[u8],
     zero: &[(u64, Sha256)],
-) -> Result<(Vec<u8>, Check), ChunkError> {
+    out: &mut Vec<u8>,
+) -> Result<Check, ChunkError> {
     verify_compressed(name, index, chunk, compressed)?;
     let size = usize::try_from(chunk.size).map_err(|_| ChunkError::Size {
         artifact: name.into(),
@@ -357,15 +358,17 @@ pub fn decode(
         got: 0,
         want: chunk.size,
     })?;
-    // One byte of room more than declared: a longer frame fails instead of
-    // producing more, and libzstd allocates no window beyond the buffer.
-    let mut out = Vec::with_capacity(size + 1);
+    // At least one byte of room more than declared, at most a chunk and
+    // one byte (the buffer is reused): a longer frame fails or is caught by
+    // the size check below, and libzstd allocates no window beyond it.
+    out.clear();
+    out.reserve(size + 1);
     let mut d = zstd::bulk::Decompressor::new().map_err(|e| ChunkError::Decode {
         artifact: name.into(),
         index,
         msg: e.to_string(),
     })?;
-    d.decompress_to_buffer(compressed, &mut out)
+    d.decompress_to_buffer(compressed, out)
         .map_err(|e| ChunkError::Decode {
             artifact: name.into(),
             index,
@@ -374,11 +377,11 @@ pub fn decode(
     let declared_zero = zero
         .iter()
         .any(|(n, h)| *n == chunk.size && *h == chunk.sha256);
-    if declared_zero && out.len() == size && is_zero(&out) {
-        return Ok((out, Check::Zero));
+    if declared_zero && out.len() == size && is_zero(out) {
+        return Ok(Check::Zero);
     }
-    verify_uncompressed(name, index, chunk, &out)?;
-    Ok((out, Check::Sha256(chunk.sha256)))
+    verify_uncompressed(name, index, chunk, out)?;
+    Ok(Check::Sha256(chunk.sha256))
 }
 
 type Job = Result<(usize, Vec<u8>), ImageError>;
@@ -413,7 +416,15 @@ impl ReleaseBlocks {
             }
         }
         let zero: Arc<Vec<(u64, Sha256)>> =
-            Arc::new(sizes.into_iter().map(|n| (n, zero_hash(n))).collect());
+            Arc::new(sizes.iter().map(|n| (*n, zero_hash(*n))).collect());
+        // One zero buffer per chunk size, shared by every zero chunk: no
+        // allocation (and no page faults) for most of a fresh image.
+        let zero_bufs: Arc<Vec<(u64, Arc<Vec<u8>>)>> = Arc::new(
+            sizes
+                .iter()
+                .map(|n| (*n, Arc::new(vec![0u8; *n as usize])))
+                .collect(),
+        );
         let mut ins: Vec<SyncSender<Job>> = Vec::new();
         let mut outs = Vec::new();
         for _ in 0..workers {
@@ -422,11 +433,18 @@ impl ReleaseBlocks {
             ins.push(in_tx);
             outs.push(out_rx);
             let (a, zero, name) = (a.clone(), zero.clone(), name.to_string());
+            let zero_bufs = zero_bufs.clone();
             std::thread::spawn(move || {
+                let mut scratch = Vec::new();
                 for job in in_rx {
                     let r = job.and_then(|(i, bytes)| {
                         let c = &a.chunks[i];
-                        let (data, check) = decode(&name, i, c, &bytes, &zero)?;
+                        let check = decode(&name, i, c, &bytes, &zero, &mut scratch)?;
+                        let shared = zero_bufs.iter().find(|(n, _)| *n == c.size);
+                        let data = match (check, shared) {
+                            (Check::Zero, Some((_, z))) => z.clone(),
+                            _ => Arc::new(scratch.clone()),
+                        };
                         Ok(Block {
                             offset: i as u64 * chunk_size,
                             data,
@@ -667,7 +685,7 @@ impl FileBlocks {
                 let b = Block {
                     offset: off,
                     compressed: n as u64,
-                    data,
+                    data: Arc::new(data),
                     check,
                 };
                 off += n as u64;

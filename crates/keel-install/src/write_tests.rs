@@ -81,7 +81,7 @@ fn blocks(img: &[u8], bs: usize) -> Vec<Result<Block, ImageError>> {
         .map(|(i, c)| {
             Ok(Block {
                 offset: (i * bs) as u64,
-                data: c.to_vec(),
+                data: std::sync::Arc::new(c.to_vec()),
                 check: if c.iter().all(|b| *b == 0) {
                     Check::Zero
                 } else {

@@ -124,8 +124,10 @@ fn dhcp_from_qemu_and_status() -> Result<()> {
     let state = vm.wait_ready(Duration::from_secs(300))?;
     ensure!(
         state == "running",
-        "system {state}: {}",
-        vm.ssh_ok("systemctl --failed --no-legend")?
+        "system {state}: {}\n{}\n{}",
+        vm.ssh_ok("systemctl --failed --no-legend")?,
+        vm.ssh_ok("keel-netd status 2>&1; ip -br addr; ip -br link")?,
+        vm.ssh_ok("sudo journalctl -b -u keel-netd.service -u keel-netd-wait-online.service --no-pager -o cat | tail -60")?
     );
     ensure!(
         vm.ssh_ok("systemctl is-active keel-netd.service")?.trim() == "active",
@@ -156,35 +158,6 @@ fn dhcp_from_qemu_and_status() -> Result<()> {
         resolv.contains("nameserver 10.0.2.3"),
         "resolv.conf: {resolv}"
     );
-
-    // No /etc/hostname in the image: the DHCP hostname applies (at boot
-    // possibly before the bus is up, through sethostname(2)).
-    wait_ssh_until(&vm, "hostname", Duration::from_secs(30), |h| {
-        h.trim() == "keel-dhcp"
-    })?;
-    // With the bus up, a fresh lease goes through systemd-hostnamed.
-    vm.ssh_ok("sudo hostname localhost && sudo systemctl restart keel-netd.service")?;
-    wait_ssh_until(&vm, "hostname", Duration::from_secs(60), |h| {
-        h.trim() == "keel-dhcp"
-    })?;
-    let log = wait_ssh_until(
-        &vm,
-        "sudo journalctl -b -u keel-netd.service --no-pager -o cat",
-        Duration::from_secs(20),
-        |l| l.contains("hostname set to keel-dhcp from DHCP through systemd-hostnamed"),
-    )?;
-    // For the record (shown with --nocapture): what the daemon said about
-    // the bus and the hostname during this boot.
-    for l in log
-        .lines()
-        .filter(|l| l.contains("bus") || l.contains("hostname"))
-    {
-        eprintln!("keel-netd: {l}");
-    }
-    let prop = vm.ssh_ok(
-        "busctl get-property org.freedesktop.hostname1 /org/freedesktop/hostname1 org.freedesktop.hostname1 Hostname",
-    )?;
-    ensure!(prop.trim() == "s \"keel-dhcp\"", "hostnamed: {prop}\n{log}");
 
     // Issue 18: the files Ignition wrote into /etc/systemd/network.
     let nic3 = vm.ssh_ok(&format!(
@@ -240,6 +213,36 @@ fn dhcp_from_qemu_and_status() -> Result<()> {
         );
     }
     eprintln!("keel-netd check:\n{check}");
+
+    // No /etc/hostname in the image: the DHCP hostname applies (at boot
+    // possibly before the bus is up, through sethostname(2)).
+    wait_ssh_until(&vm, "hostname", Duration::from_secs(30), |h| {
+        h.trim() == "keel-dhcp"
+    })?;
+    // With the bus up, a fresh lease goes through systemd-hostnamed.
+    vm.ssh_ok("sudo hostname localhost && sudo systemctl restart keel-netd.service")?;
+    wait_ssh_until(&vm, "hostname", Duration::from_secs(60), |h| {
+        h.trim() == "keel-dhcp"
+    })?;
+    let log = wait_ssh_until(
+        &vm,
+        "sudo journalctl -b -u keel-netd.service --no-pager -o cat",
+        Duration::from_secs(20),
+        |l| l.contains("hostname set to keel-dhcp from DHCP through systemd-hostnamed"),
+    )?;
+    // For the record (shown with --nocapture): what the daemon said about
+    // the bus and the hostname during this boot.
+    for l in log
+        .lines()
+        .filter(|l| l.contains("bus") || l.contains("hostname"))
+    {
+        eprintln!("keel-netd: {l}");
+    }
+    let prop = vm.ssh_ok(
+        "busctl get-property org.freedesktop.hostname1 /org/freedesktop/hostname1 org.freedesktop.hostname1 Hostname",
+    )?;
+    ensure!(prop.trim() == "s \"keel-dhcp\"", "hostnamed: {prop}\n{log}");
+
     vm.finish()?;
     Ok(())
 }

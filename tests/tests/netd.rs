@@ -25,16 +25,18 @@ const VLAN_MAC: &str = "52:54:00:00:03:10";
 
 /// Issue 18's configuration, as a Flatcar user would write it with
 /// Butane: networkd files in /etc/systemd/network, a static address
-/// matched by MAC, and a VLAN on the second NIC.
+/// matched by MAC, and a VLAN on the second NIC. `Kind=!*`: a VLAN has its
+/// parent's MAC address, so a MAC-only match would catch vlan42 too (as in
+/// networkd; seen in this test's first run).
 fn ignition(pubkey: &str) -> String {
     let files = [
         (
             "/etc/systemd/network/10-static.network",
-            format!("[Match]\nMACAddress={STATIC_MAC}\n\n[Network]\nAddress=10.0.4.10/24\n\n[Route]\nDestination=192.0.2.0/24\nGateway=10.0.4.2\n"),
+            format!("[Match]\nMACAddress={STATIC_MAC}\nKind=!*\n\n[Network]\nAddress=10.0.4.10/24\n\n[Route]\nDestination=192.0.2.0/24\nGateway=10.0.4.2\n"),
         ),
         (
             "/etc/systemd/network/20-nic2.network",
-            format!("[Match]\nMACAddress={VLAN_MAC}\n\n[Network]\nDHCP=ipv4\nVLAN=vlan42\n"),
+            format!("[Match]\nMACAddress={VLAN_MAC}\nKind=!*\n\n[Network]\nDHCP=ipv4\nVLAN=vlan42\n"),
         ),
         (
             "/etc/systemd/network/30-vlan42.netdev",
@@ -204,7 +206,9 @@ fn dhcp_from_qemu_and_status() -> Result<()> {
     let check = vm.ssh_ok("keel-netd check")?;
     for want in [
         "/etc/systemd/network/30-vlan42.netdev: creates vlan vlan42 id 42",
-        &format!("/etc/systemd/network/10-static.network: matches MACAddress={STATIC_MAC}"),
+        &format!(
+            "/etc/systemd/network/10-static.network: matches Kind=!*, MACAddress={STATIC_MAC}"
+        ),
         "does: creates VLAN vlan42 on top; DHCPv4",
     ] {
         ensure!(

@@ -481,6 +481,30 @@ impl Vm {
         }
     }
 
+    /// Wait until the guest powers off or reboots on its own (QEMU runs
+    /// with `-no-reboot`, so a reboot ends it); returns the time since
+    /// start. The console is kept for [`Vm::finish`].
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<Duration> {
+        let start = Instant::now();
+        loop {
+            if let Some(c) = self.child.as_mut() {
+                if c.try_wait()?.is_some() {
+                    return Ok(self.started.elapsed());
+                }
+            } else {
+                return Ok(self.started.elapsed());
+            }
+            if start.elapsed() > timeout {
+                bail!(
+                    "{} still running after {timeout:?}\n--- console tail ---\n{}",
+                    self.name,
+                    tail(&self.console(), 40)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
     /// Kill QEMU at once (a power cut).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

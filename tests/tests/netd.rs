@@ -190,8 +190,9 @@ fn dhcp_from_qemu_and_status() -> Result<()> {
         vlan.contains("vlan protocol 802.1Q id 42"),
         "vlan42: {vlan}"
     );
+    // vlan42 carries its parent's MAC: keep the physical link only.
     let nic2 = vm.ssh_ok(&format!(
-        "ip -o link | awk -F': ' '/{VLAN_MAC}/ {{print $2}}'"
+        "ip -o link | awk -F': ' '/{VLAN_MAC}/ && $2 !~ /@/ {{print $2}}'"
     ))?;
     ensure!(
         vm.ssh_ok("ip -o link show vlan42")?

@@ -30,7 +30,7 @@ use serde::Deserialize;
 /// The target that must be reached.
 pub const TARGET: &str = "multi-user.target";
 /// Critical units when no drop-in names any.
-pub const DEFAULT_CRITICAL: &[&str] = &["ssh.service", "keel-netd.service", "keel-oem-*.service"];
+pub const DEFAULT_CRITICAL: &[&str] = &["sshd.socket", "keel-netd.service", "keel-oem-*.service"];
 /// The drop-in directory name under `/usr/lib/keel`, `/run/keel`, `/etc/keel`.
 pub const DROPIN_DIR: &str = "boot-check.d";
 

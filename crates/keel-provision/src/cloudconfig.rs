@@ -110,6 +110,7 @@ pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
                 }
             }
             "coreos" => {
+                let mut update_lines = String::new();
                 for (k2, v2) in as_map(v, key)? {
                     let key2 = key_str(k2, key)?;
                     let at = format!("coreos.{key2}");
@@ -119,17 +120,9 @@ pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
                                 cfg.units.push(unit(u, &format!("coreos.units[{i}]"))?);
                             }
                         }
-                        "update" => {
-                            if let Some(f) = update_conf(v2, &at)? {
-                                cfg.files.push(f);
-                            }
-                        }
+                        "update" => update_lines.push_str(&update_conf(v2, &at, UPDATE_KEYS)?),
                         "locksmith" if !is_null(v2) => {
-                            return Err(err(
-                                at,
-                                "not supported by keel (keel-update has no reboot window or \
-                                 lock settings to write it to yet)",
-                            ))
+                            update_lines.push_str(&update_conf(v2, &at, LOCKSMITH_KEYS)?)
                         }
                         "etcd" | "etcd2" | "fleet" | "flannel" | "locksmith" | "oem" => {
                             if !is_null(v2) {
@@ -138,6 +131,19 @@ pub fn parse(text: &[u8]) -> Result<Config, ConfigError> {
                         }
                         _ => return Err(err(at, "unknown key")),
                     }
+                }
+                if !update_lines.is_empty() {
+                    cfg.files.push(File {
+                        node: Node {
+                            at: "coreos.update".into(),
+                            path: "/etc/coreos/update.conf".into(),
+                            overwrite: Some(true),
+                            user: None,
+                            group: None,
+                        },
+                        mode: Some(0o644),
+                        contents: Some(update_lines.into_bytes()),
+                    });
                 }
             }
             k if KNOWN_UNSUPPORTED.contains(&k) => return Err(err(k, "not supported by keel")),
@@ -410,47 +416,60 @@ fn write_file(f: &Y, at: &str) -> Result<File, ConfigError> {
     })
 }
 
-/// `coreos.update` → `/etc/coreos/update.conf`, the file coreos-cloudinit
-/// wrote and keel-update reads (`GROUP=` channel, `SERVER=` base URL,
-/// `REBOOT_STRATEGY=`). Strategies keel-update does not implement are
-/// refused here, so the boot does not accept what the agent then refuses.
-fn update_conf(v: &Y, at: &str) -> Result<Option<File>, ConfigError> {
+/// `coreos.update` keys and the update.conf variables they become.
+const UPDATE_KEYS: &[(&str, &str)] = &[
+    ("group", "GROUP"),
+    ("server", "SERVER"),
+    ("reboot_strategy", "REBOOT_STRATEGY"),
+];
+
+/// `coreos.locksmith` keys (coreos-cloudinit's names) and the locksmithd
+/// variables they become.
+const LOCKSMITH_KEYS: &[(&str, &str)] = &[
+    ("endpoint", "LOCKSMITHD_ENDPOINT"),
+    ("etcd_cafile", "LOCKSMITHD_ETCD_CAFILE"),
+    ("etcd_certfile", "LOCKSMITHD_ETCD_CERTFILE"),
+    ("etcd_keyfile", "LOCKSMITHD_ETCD_KEYFILE"),
+    ("group", "LOCKSMITHD_GROUP"),
+    ("window_start", "LOCKSMITHD_REBOOT_WINDOW_START"),
+    ("window_length", "LOCKSMITHD_REBOOT_WINDOW_LENGTH"),
+];
+
+/// `coreos.update` and `coreos.locksmith` → lines of
+/// `/etc/coreos/update.conf`, the file coreos-cloudinit wrote and
+/// keel-update reads (`GROUP=` channel, `SERVER=` base URL,
+/// `REBOOT_STRATEGY=`, locksmithd's `LOCKSMITHD_*`). Keys are read with
+/// `-` or `_` as coreos-cloudinit did. Strategies keel-update does not
+/// implement are refused here, so the boot does not accept what the agent
+/// then refuses; window values are checked by keel-update, which names the
+/// file and variable and keeps staging without rebooting.
+fn update_conf(v: &Y, at: &str, keys: &[(&str, &str)]) -> Result<String, ConfigError> {
     let mut lines = String::new();
     for (k, v) in as_map(v, at)? {
         let key = key_str(k, at)?;
         let kat = format!("{at}.{key}");
-        let name = match key {
-            "group" => "GROUP",
-            "server" => "SERVER",
-            "reboot-strategy" | "reboot_strategy" => "REBOOT_STRATEGY",
-            _ => return Err(err(kat, "unknown key")),
+        let norm = key.replace('-', "_");
+        let Some((_, name)) = keys.iter().find(|(k, _)| *k == norm) else {
+            return Err(err(kat, "unknown key"));
         };
-        let value = as_str(v, &kat)?;
+        let value = as_str(v, &kat)?.to_string();
         if value.is_empty() || value.contains(['\n', '\r', '\0', '"', '\'']) {
             return Err(err(kat, "must be one non-empty line without quotes"));
         }
-        if name == "REBOOT_STRATEGY" && !matches!(value, "reboot" | "best-effort" | "off") {
+        if *name == "REBOOT_STRATEGY"
+            && !matches!(
+                value.as_str(),
+                "reboot" | "best-effort" | "etcd-lock" | "off"
+            )
+        {
             return Err(err(
                 kat,
-                format!("reboot strategy {value:?} is not supported by keel-update (reboot, best-effort, off)"),
+                format!("reboot strategy {value:?} is not supported by keel-update (reboot, etcd-lock, best-effort, off)"),
             ));
         }
         lines.push_str(&format!("{name}={value}\n"));
     }
-    if lines.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(File {
-        node: Node {
-            at: at.into(),
-            path: "/etc/coreos/update.conf".into(),
-            overwrite: Some(true),
-            user: None,
-            group: None,
-        },
-        mode: Some(0o644),
-        contents: Some(lines.into_bytes()),
-    }))
+    Ok(lines)
 }
 
 fn b64(raw: &[u8], at: &str) -> Result<Vec<u8>, ConfigError> {

@@ -1,5 +1,7 @@
 //! VM tests of keel-update on the UEFI path (the real one): version N boots
-//! through OVMF and systemd-boot, finds N+1 in a release tree served from
+//! through OVMF and systemd-boot (the way a real machine or a cloud boots
+//! the disk, instead of QEMU's direct `-kernel` fast path; the first boot
+//! checks that path too: firmware, loader entry, root hash, verity), finds N+1 in a release tree served from
 //! the host (a test-owned nginx, reached at 10.0.2.2 over QEMU's user
 //! network), refuses a tampered copy of it without changing the GPT or the
 //! ESP, then downloads, verifies and stages the real one into USR-B, and
@@ -8,7 +10,7 @@
 //! (ignored by default) shows the health gate: N+1 with a failing critical
 //! unit is rolled back by the agent on its own and blocked.
 //!
-//! `./run test vm` builds the fixture first (`update_fixture` in `run`):
+//! `./run test vm` builds the fixture first (`vm_fixtures` in `run`):
 //! `$KEEL_BUILD_DIR/update/n1` (the same image as version N+1, same
 //! development update key) and `$KEEL_BUILD_DIR/update/tree` (its signed
 //! release tree, channel `stable`).
@@ -132,6 +134,35 @@ fn boot_state(vm: &Vm) -> Result<String> {
     )
 }
 
+/// The disk booted the way it boots on a real machine or a cloud: OVMF →
+/// systemd-boot → the USR-A loader entry (its command line carries USR-A's
+/// root hash) → keel-init → systemd, with the verified USR-A as /usr.
+fn booted_by_uefi_from_usr_a(vm: &Vm, img: &Image) -> Result<()> {
+    ensure!(
+        vm.ssh_ok("test -d /sys/firmware/efi && echo efi")?.trim() == "efi",
+        "the kernel was not started by UEFI firmware"
+    );
+    // systemd-boot tells the OS which entry it booted (Boot Loader Interface).
+    let entry = vm.ssh_ok(
+        "cat /sys/firmware/efi/efivars/LoaderEntrySelected-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f | tail -c +5 | tr -d '\\000'",
+    )?;
+    ensure!(
+        entry.trim() == "keel-usr-a.conf",
+        "LoaderEntrySelected is {entry:?}"
+    );
+    let hash = img.manifest["usr_root_hash"].as_str().unwrap_or_default();
+    let cmdline = vm.ssh_ok("cat /proc/cmdline")?;
+    ensure!(
+        !hash.is_empty() && cmdline.contains(&format!("keel.usrhash.a={hash}")),
+        "the loader entry's command line lacks USR-A's root hash: {cmdline}"
+    );
+    let table = vm.ssh_ok("sudo dmsetup table usr")?;
+    ensure!(table.contains(hash), "verity table: {table}");
+    let boot: serde_json::Value = serde_json::from_str(&vm.ssh_ok("cat /run/keel/boot.json")?)?;
+    ensure!(boot["slot"] == "A", "boot.json: {boot}");
+    Ok(())
+}
+
 /// N → (tampered N+1 refused, nothing changed) → N+1 staged → reboot → B
 /// runs N+1 with its own kernel entry and root hash, is proven good, and
 /// keel-bootctl and keel-update agree.
@@ -160,6 +191,7 @@ fn uefi_update_to_next_version() -> Result<()> {
     let mut vm = Vm::boot("update_n", &img, opts.clone())?;
     let state = vm.wait_ready(BOOT)?;
     ensure!(state == "running", "system {state}");
+    booted_by_uefi_from_usr_a(&vm, &img)?;
     let before = boot_state(&vm)?;
 
     // A tampered chunk: refused, nothing that boots changed.

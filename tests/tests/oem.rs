@@ -1,4 +1,6 @@
 //! VM tests of the OEM hooks runner (issue 5). Run with `./run test vm`.
+//! The QEMU platform's fw_cfg metadata (SSH key, hostname) is checked on
+//! the foundation boot in `vm.rs`, which needs no OEM tree of its own.
 
 use std::fs;
 use std::path::Path;
@@ -11,48 +13,6 @@ const BOOT: Duration = Duration::from_secs(300);
 
 fn image() -> Image {
     Image::from_env().expect("the image is built (./run image)")
-}
-
-/// The QEMU platform: fw_cfg `opt/keel/metadata` with an SSH key and a
-/// hostname → SSH as core works without any Ignition config.
-#[test]
-fn fw_cfg_metadata_gives_ssh_and_hostname() -> Result<()> {
-    let img = image();
-    let dir = tempfile::tempdir()?;
-    let (key, public) = keypair(dir.path(), "meta")?;
-    let meta = dir.path().join("metadata");
-    fs::write(
-        &meta,
-        format!("KEEL_HOSTNAME=keel-meta\nKEEL_SSH_KEYS={public}\n"),
-    )?;
-    let mut vm = Vm::boot(
-        "oem_fw_cfg_metadata",
-        &img,
-        BootOptions {
-            qemu_args: fw_cfg("opt/keel/metadata", &meta),
-            ssh_key: Some(key),
-            ..Default::default()
-        },
-    )?;
-    let state = vm.wait_ready(BOOT)?;
-    ensure!(
-        state == "running",
-        "system {state}: {}",
-        vm.ssh_ok("systemctl --failed --no-legend")?
-    );
-    ensure!(
-        vm.ssh_ok("hostname")?.trim() == "keel-meta",
-        "hostname not from metadata"
-    );
-    let facts = vm.ssh_ok("cat /run/keel/metadata")?;
-    ensure!(
-        facts.contains("KEEL_HOSTNAME=keel-meta"),
-        "metadata: {facts}"
-    );
-    let st = vm.ssh_ok("keel-oem status")?;
-    ensure!(st.contains("30-ssh-keys"), "status: {st}");
-    vm.finish()?;
-    Ok(())
 }
 
 fn stamps(text: &str) -> Result<Vec<(String, f64)>> {

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use anyhow::{ensure, Result};
-use keel_tests::{BootOptions, Image, Vm};
+use keel_tests::{fw_cfg, keypair, BootOptions, Image, Vm};
 
 const BOOT: Duration = Duration::from_secs(300);
 
@@ -13,17 +13,43 @@ fn image() -> Image {
 }
 
 /// The foundation: multi-user and SSH; /usr read-only EROFS on dm-verity;
-/// slot A; os-release says Keel; every Keel binary static.
+/// slot A; os-release says Keel; every Keel binary static. The same boot
+/// checks the QEMU OEM platform (issue 5): fw_cfg `opt/keel/metadata` with
+/// an SSH key and a hostname → SSH as core with that key works without any
+/// Ignition config, and the hostname is set.
 #[test]
 fn boots_to_multi_user_with_verified_usr() -> Result<()> {
     let img = image();
-    let mut vm = Vm::boot("boots_to_multi_user", &img, BootOptions::default())?;
+    let dir = tempfile::tempdir()?;
+    let (key, public) = keypair(dir.path(), "meta")?;
+    let meta = dir.path().join("metadata");
+    std::fs::write(
+        &meta,
+        format!("KEEL_HOSTNAME=keel-meta\nKEEL_SSH_KEYS={public}\n"),
+    )?;
+    let opts = BootOptions {
+        qemu_args: fw_cfg("opt/keel/metadata", &meta),
+        ssh_key: Some(key),
+        ..Default::default()
+    };
+    let mut vm = Vm::boot("boots_to_multi_user", &img, opts)?;
     let state = vm.wait_ready(BOOT)?;
     ensure!(
         state == "running",
         "system state is {state:?}: {}",
         vm.ssh_ok("systemctl --failed --no-legend || true")?
     );
+    ensure!(
+        vm.ssh_ok("hostname")?.trim() == "keel-meta",
+        "hostname not from metadata"
+    );
+    let facts = vm.ssh_ok("cat /run/keel/metadata")?;
+    ensure!(
+        facts.contains("KEEL_HOSTNAME=keel-meta"),
+        "metadata: {facts}"
+    );
+    let st = vm.ssh_ok("keel-oem status")?;
+    ensure!(st.contains("30-ssh-keys"), "status: {st}");
 
     let mnt = vm.ssh_ok("findmnt -n -o SOURCE,FSTYPE,OPTIONS /usr")?;
     let f: Vec<&str> = mnt.split_whitespace().collect();

@@ -340,7 +340,7 @@ fn uefi_failed_critical_unit_rolls_back() -> Result<()> {
          printf \"[Unit]\\nDescription=keel-test-critical: fails on every boot\\n[Service]\\nType=oneshot\\nExecStart=/bin/false\\n[Install]\\nWantedBy=multi-user.target\\n\" > /etc/systemd/system/keel-test-critical.service; \
          systemctl enable keel-test-critical.service; \
          mkdir -p /etc/keel/boot-check.d; \
-         printf \"critical_units = [\\\"ssh.service\\\", \\\"keel-test-critical.service\\\"]\\n\" > /etc/keel/boot-check.d/50-test.toml; \
+         printf \"critical_units = [\\\"sshd.socket\\\", \\\"keel-test-critical.service\\\"]\\n\" > /etc/keel/boot-check.d/50-test.toml; \
          printf \"[health]\\ntimeout = \\\"150s\\\"\\n\" > /etc/keel/update.d/70-health.toml'",
     )?;
     vm.ssh_ok("sudo keel-update check")?;

@@ -127,7 +127,11 @@ impl Status {
             State::RolledBack { version, why } => format!("rolled back from {version}: {why}"),
             State::Error { message } => format!("error: {message}"),
         };
-        if self.why_no_update.is_empty() || matches!(self.state, State::Staged { .. }) {
+        // Staged and Error say it all already (the why of an error repeats
+        // its message).
+        if self.why_no_update.is_empty()
+            || matches!(self.state, State::Staged { .. } | State::Error { .. })
+        {
             s
         } else {
             format!("{s} ({})", self.why_no_update)
@@ -225,6 +229,16 @@ pub fn bar(done: u64, total: u64, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_line_says_its_message_once() {
+        let mut s = Status::new("0.1.0", "stable", None);
+        s.state = State::Error {
+            message: "usr chunk 0: bad".into(),
+        };
+        s.why_no_update = "the last attempt failed: usr chunk 0: bad; retrying with backoff".into();
+        assert_eq!(s.one_line(), "error: usr chunk 0: bad");
+    }
 
     #[test]
     fn renders_update_engine_style_lines() {

@@ -55,9 +55,11 @@ pub enum UpdateError {
     /// A document.
     #[error(transparent)]
     Doc(#[from] DocError),
-    /// A chunk did not match the manifest: it was not written.
+    /// A chunk did not match the manifest: it was not written. Not a
+    /// `#[source]`: the message already carries the chunk's, and a source
+    /// would make error chains (`{:#}`) say it twice.
     #[error("refused before writing: {0}")]
-    Chunk(#[from] ChunkError),
+    Chunk(ChunkError),
     /// The slots.
     #[error(transparent)]
     Disk(#[from] SlotDiskError),
@@ -83,6 +85,12 @@ pub enum UpdateError {
         /// What differs.
         message: String,
     },
+}
+
+impl From<ChunkError> for UpdateError {
+    fn from(e: ChunkError) -> Self {
+        UpdateError::Chunk(e)
+    }
 }
 
 /// What the caller wants to hear while an update runs.

@@ -353,6 +353,9 @@ fn a_corrupted_chunk_is_refused_before_it_is_written() {
         msg.starts_with("refused before writing: usr chunk 3: compressed SHA-256"),
         "{msg}"
     );
+    // The chain (as `keel-update` prints it) names the chunk once.
+    let chain = format!("{:#}", anyhow::Error::new(e));
+    assert_eq!(chain.matches("usr chunk 3").count(), 1, "{chain}");
     let offsets: Vec<u64> = disk.writes.iter().map(|(_, _, o)| *o).collect();
     assert_eq!(
         offsets,

@@ -1,7 +1,8 @@
-//! A static web server for tests: Debian's nginx, started by the test on
-//! 127.0.0.1 with its own configuration, prefix and logs in a temporary
-//! directory, and stopped when the [`Nginx`] is dropped. Never the host's
-//! nginx service (`./run deps` keeps that masked).
+//! Servers for tests, each started by the test on 127.0.0.1 with its own
+//! configuration, data and logs in a temporary directory, and stopped when
+//! dropped; never the host's services (`./run deps` keeps them masked):
+//! a static web server (Debian's nginx, [`Nginx`]) and an etcd member
+//! (Debian's etcd-server, [`Etcd`]).
 //!
 //! A guest under QEMU's user network reaches it at `10.0.2.2:<port>`
 //! ([`Nginx::guest_url`]). nginx serves byte ranges of static files, which
@@ -98,6 +99,102 @@ impl Nginx {
 }
 
 impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Debian's etcd binary (package `etcd-server`).
+pub const ETCD: &str = "/usr/bin/etcd";
+
+/// One etcd member on 127.0.0.1 with its own data directory (plain HTTP:
+/// the TLS and auth cases are keel-lock's privileged tests).
+#[derive(Debug)]
+pub struct Etcd {
+    child: Child,
+    /// The client port on 127.0.0.1.
+    pub port: u16,
+    /// Data directory and log.
+    pub dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    /// Start a single-member cluster and wait until it serves the v3
+    /// gateway (a range request answers).
+    pub fn start() -> Result<Etcd> {
+        let dir = tempfile::Builder::new().prefix("keel-etcd-").tempdir()?;
+        let port = free_port()?;
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
+        let client = format!("http://127.0.0.1:{port}");
+        let log = fs::File::create(dir.path().join("etcd.log"))?;
+        let child = Command::new(ETCD)
+            .arg("--name=keel-test")
+            .arg(format!("--data-dir={}", dir.path().join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=keel-test={peer}"))
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {ETCD} (Debian package etcd-server; ./run deps)"))?;
+        let mut e = Etcd { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if e.post("/v3/kv/range", r#"{"key":"AA=="}"#)
+                .is_ok_and(|r| r.contains("\"header\""))
+            {
+                return Ok(e);
+            }
+            if let Some(st) = e.child.try_wait()? {
+                bail!("etcd exited ({st}): {}", e.log());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd did not answer on {client} within 30 s: {}", e.log());
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// The endpoint as the host sees it.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The endpoint as a QEMU guest on the user network sees it.
+    pub fn guest_endpoint(&self) -> String {
+        format!("http://10.0.2.2:{}", self.port)
+    }
+
+    /// etcd's log so far.
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+    }
+
+    /// One JSON POST to the v3 gateway; the response body.
+    fn post(&self, path: &str, body: &str) -> Result<String> {
+        use std::io::{Read, Write};
+        let mut c = TcpStream::connect(("127.0.0.1", self.port))?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            c,
+            "POST {path} HTTP/1.0\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut resp = String::new();
+        c.read_to_string(&mut resp)?;
+        Ok(resp
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default())
+    }
+}
+
+impl Drop for Etcd {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -4,9 +4,12 @@
 //! checks that path too: firmware, loader entry, root hash, verity), finds N+1 in a release tree served from
 //! the host (a test-owned nginx, reached at 10.0.2.2 over QEMU's user
 //! network), refuses a tampered copy of it without changing the GPT or the
-//! ESP, then downloads, verifies and stages the real one into USR-B, and
-//! boots it as slot B with B's kernel and root hash, proven after
-//! boot-complete.target and its loader entry blessed. A second, slow test
+//! ESP, then downloads, verifies and stages the real one into USR-B; the
+//! agent waits for the fleet's reboot lock (`etcd_lock`, a real etcd on the
+//! host's loopback, reached at 10.0.2.2) while another machine holds it,
+//! reboots on its own once it is given back, and boots N+1 as slot B with
+//! B's kernel and root hash, proven after boot-complete.target, its loader
+//! entry blessed, and the lock given back. A second, slow test
 //! (ignored by default) shows the health gate: N+1 with a failing critical
 //! unit is rolled back by the agent on its own and blocked.
 //!
@@ -20,7 +23,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use keel_tests::serve::Nginx;
+use keel_lock::etcd::{EtcdConfig, EtcdLock};
+use keel_tests::serve::{Etcd, Nginx};
 use keel_tests::{fw_cfg, BootOptions, Image, Vm};
 
 /// OVMF under TCG adds firmware time to the usual boot.
@@ -61,11 +65,11 @@ fn next_version(img: &Image) -> Result<String> {
         .to_string())
 }
 
-/// An Ignition config pointing the agent at `base_url`, with reboots left
-/// to the test.
-fn ignition(base_url: &str) -> String {
+/// An Ignition config pointing the agent at `base_url`; `reboot` is the
+/// `[reboot]` table (strategy and its settings).
+fn ignition(base_url: &str, reboot: &str) -> String {
     let toml = format!(
-        "# written by the update VM test\nbase_url = \"{base_url}\"\nchannel = \"stable\"\n\n[reboot]\nstrategy = \"off\"\n"
+        "# written by the update VM test\nbase_url = \"{base_url}\"\nchannel = \"stable\"\n\n[reboot]\n{reboot}"
     );
     serde_json::json!({
         "ignition": {"version": "3.3.0"},
@@ -176,9 +180,30 @@ fn uefi_update_to_next_version() -> Result<()> {
     copy_tree(&tree(&img), &served.join("good"))?;
     tampered_copy(&tree(&img), &served.join("bad"))?;
     let server = Nginx::serve(&served)?;
+    // The fleet's reboot lock in a real etcd on the host's loopback; another
+    // machine holds its only slot until the test gives it back.
+    let etcd = Etcd::start()?;
+    let lock = EtcdLock::new(
+        &EtcdConfig {
+            endpoints: vec![etcd.endpoint()],
+            timeout: Duration::from_secs(5),
+            ..EtcdConfig::default()
+        },
+        "keel-vm-test",
+    )?;
+    lock.lock_as(OTHER)?;
 
     let cfg = work.path().join("update.ign");
-    fs::write(&cfg, ignition(&format!("{}/bad", server.guest_url())))?;
+    fs::write(
+        &cfg,
+        ignition(
+            &format!("{}/bad", server.guest_url()),
+            &format!(
+                "strategy = \"etcd_lock\"\ngrace_period = 0\n[reboot.etcd_lock]\nendpoints = [\"{}\"]\n",
+                etcd.guest_endpoint()
+            ),
+        ),
+    )?;
     let disk = work.path().join("disk.qcow2");
     keel_tests::overlay(&img.path("qcow2")?, &disk)?;
     let opts = BootOptions {
@@ -241,6 +266,29 @@ fn uefi_update_to_next_version() -> Result<()> {
     );
     let log = server.access_log();
     ensure!(log.contains("/good/"), "nothing fetched from the good tree");
+
+    // The daemon took the staged version over from the CLI and waits for
+    // the fleet's lock, which the other machine holds: no reboot.
+    let waiting = wait_status(&vm, "REBOOT_WAITING_FOR=lock\n", Duration::from_secs(180))?;
+    ensure!(
+        waiting.contains(&format!("REBOOT_LOCK_HOLDERS={OTHER}\n")),
+        "status while waiting for the lock: {waiting}"
+    );
+    std::thread::sleep(Duration::from_secs(5));
+    vm.check_alive()?;
+    let machine_id = vm.ssh_ok("cat /etc/machine-id")?.trim().to_string();
+    // Given back: the agent takes the slot and reboots on its own.
+    lock.unlock_as(OTHER)?;
+    let t = vm.wait_exit(Duration::from_secs(300))?;
+    eprintln!(
+        "update: the agent rebooted {:.0}s after start, once the lock was free",
+        t.as_secs_f64()
+    );
+    ensure!(
+        holders(&lock)? == [machine_id.clone()],
+        "the lock while N+1 boots: {:?}, wanted this machine {machine_id}",
+        holders(&lock)?
+    );
     vm.finish()?;
 
     // Boot N+1.
@@ -294,9 +342,48 @@ fn uefi_update_to_next_version() -> Result<()> {
         status.contains(&format!("CURRENT_VERSION={next}")),
         "keel-update status on N+1: {status}"
     );
+    // Proven good, so the fleet's slot is given back.
+    let start = std::time::Instant::now();
+    while !holders(&lock)?.is_empty() {
+        ensure!(
+            start.elapsed() < Duration::from_secs(180),
+            "the lock was not released after the good boot: {:?}\n{}",
+            holders(&lock)?,
+            vm.ssh_ok("keel-update status")?
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 
     vm.finish()?;
     Ok(())
+}
+
+/// The machine the test plays in the fleet's lock.
+const OTHER: &str = "other-machine-of-the-fleet";
+
+/// Who holds the reboot semaphore now.
+fn holders(lock: &EtcdLock) -> Result<Vec<String>> {
+    Ok(lock
+        .read()?
+        .value
+        .map(|s| s.holders.clone())
+        .unwrap_or_default())
+}
+
+/// Poll `keel-update status` until it contains `needle`; the status.
+fn wait_status(vm: &Vm, needle: &str, timeout: Duration) -> Result<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let st = vm.ssh_ok("keel-update status")?;
+        if st.contains(needle) {
+            return Ok(st);
+        }
+        ensure!(
+            start.elapsed() < timeout,
+            "{needle:?} not in the status after {timeout:?}:\n{st}"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
 }
 
 /// The health gate, on the UEFI path: N stages N+1 while a critical unit
@@ -321,7 +408,13 @@ fn uefi_failed_critical_unit_rolls_back() -> Result<()> {
     copy_tree(&tree(&img), &served.join("good"))?;
     let server = Nginx::serve(&served)?;
     let cfg = work.path().join("update.ign");
-    fs::write(&cfg, ignition(&format!("{}/good", server.guest_url())))?;
+    fs::write(
+        &cfg,
+        ignition(
+            &format!("{}/good", server.guest_url()),
+            "strategy = \"off\"\n",
+        ),
+    )?;
     let disk = work.path().join("disk.qcow2");
     keel_tests::overlay(&img.path("qcow2")?, &disk)?;
     let opts = BootOptions {

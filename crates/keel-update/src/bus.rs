@@ -95,6 +95,17 @@ pub fn publish(snapshot: &Snapshot, conn: &Conn, s: &Status) {
     }
 }
 
+/// Ask a running daemon to check now (`Check()`), so that a version the
+/// CLI staged goes on towards its reboot under the daemon's strategy, as
+/// `update_engine_client` hands the work to update_engine. Best effort: no
+/// bus or no daemon is not an error (the daemon's next check finds the
+/// staged version anyway).
+pub fn tell_daemon() -> Result<(), zbus::Error> {
+    let c = zbus::blocking::Connection::system()?;
+    c.call_method(Some(BUS_NAME), OBJECT_PATH, Some(INTERFACE), "Check", &())?;
+    Ok(())
+}
+
 /// Serve [`Update1`] in a thread for the daemon's lifetime; reconnects
 /// when the bus goes away or is not there yet.
 pub fn spawn_server(snapshot: Snapshot, conn: Conn, check: mpsc::Sender<()>) {

@@ -275,7 +275,21 @@ pub fn check(paths: &Paths, dry_run: bool) -> Result<Outcome> {
         .clone()
         .ok_or_else(|| anyhow!("no release server configured (base_url in /etc/keel/update.d/*.toml, or SERVER= in /etc/flatcar/update.conf)"))?;
     let mut src = source::for_url(&base, paths.timeouts);
-    run_once(paths, settings, src.as_mut(), dry_run)
+    let out = run_once(paths, settings, src.as_mut(), dry_run)?;
+    hand_over(paths, &out);
+    Ok(out)
+}
+
+/// After the CLI staged a version (its lock released), the running daemon
+/// takes it on towards its reboot under the configured strategy.
+fn hand_over(paths: &Paths, out: &Outcome) {
+    if !matches!(out, Outcome::Staged(_)) || !paths.use_bus {
+        return;
+    }
+    match crate::bus::tell_daemon() {
+        Ok(()) => info!("the keel-update daemon takes it from here (reboot strategy)"),
+        Err(e) => tracing::debug!("no keel-update daemon to hand over to: {e}"),
+    }
 }
 
 /// `keel-update apply PATH`: the same from a release tree directory.
@@ -298,7 +312,9 @@ pub fn apply(paths: &Paths, tree: &Path, channel: Option<&str>) -> Result<Outcom
     }
     settings.base_url = Some(format!("file://{}", tree.display()));
     let mut src = Dir::new(tree);
-    run_once(paths, settings, &mut src, false)
+    let out = run_once(paths, settings, &mut src, false)?;
+    hand_over(paths, &out);
+    Ok(out)
 }
 
 fn run_once(
@@ -983,14 +999,26 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
             };
             check_at = std::time::Instant::now() + wait;
             a.status.next_check = Some(now() + wait.as_secs());
-            if let Some(Ok(Outcome::Staged(v))) = &result {
-                info!("{v} staged in USR-{}", a.machine.booted.other());
-                // A new staging starts the reboot sequence from its start
-                // (a lock this host holds stays held).
-                let held = coord.lock_held;
-                coord = Coordinator::new(record.clone(), backoff);
-                coord.lock_held = held;
-                coord_at = Some(std::time::Instant::now());
+            match &result {
+                Some(Ok(Outcome::Staged(v))) => {
+                    info!("{v} staged in USR-{}", a.machine.booted.other());
+                    // A new staging starts the reboot sequence from its
+                    // start (a lock this host holds stays held).
+                    let held = coord.lock_held;
+                    coord = Coordinator::new(record.clone(), backoff);
+                    coord.lock_held = held;
+                    coord_at = Some(std::time::Instant::now());
+                }
+                // Staged by `keel-update check`/`apply` in this boot while
+                // the daemon ran: on towards its reboot, as if staged here.
+                Some(Ok(Outcome::AlreadyStaged(v))) if coord_at.is_none() => {
+                    info!(
+                        "{v} is staged in USR-{}; on towards its reboot",
+                        a.machine.booted.other()
+                    );
+                    coord_at = Some(std::time::Instant::now());
+                }
+                _ => {}
             }
         }
         let st = a.status.state.clone();

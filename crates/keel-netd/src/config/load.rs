@@ -1,15 +1,17 @@
 //! The directory rules: `.network` and `.netdev` files from networkd's
-//! directories and Keel's own, merged (see [`DEFAULT_DIRS`]): a later
-//! directory wins for the same file name, files are sorted by file name
-//! across all directories; an empty file or a symlink to /dev/null masks;
+//! directories and Keel's own, merged (see [`DEFAULT_DIRS`]) with
+//! keel-unit's search-path rules (`keel_unit::dropin`): a later directory
+//! wins for the same file name, files are sorted by file name across all
+//! directories; an empty file or a symlink to /dev/null masks;
 //! `NAME.network.d/*.conf` (and `NAME.netdev.d/*.conf`) drop-ins from all
 //! directories, same-name rules, applied in name order. A file whose
 //! `[Match]` host conditions do not hold on this machine is skipped; a
 //! `.network` with nothing in `[Match]` is ignored with a warning (as
 //! networkd does: "add Name=* to match every link").
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use keel_unit::dropin;
 
 use super::cond::{self, HostFacts};
 use super::netdev::{self, NetDev};
@@ -64,54 +66,6 @@ pub struct Loaded {
     pub entries: Vec<FileEntry>,
 }
 
-fn masked(path: &Path) -> bool {
-    if let Ok(target) = std::fs::read_link(path) {
-        if target == Path::new("/dev/null") {
-            return true;
-        }
-    }
-    std::fs::metadata(path)
-        .map(|m| m.len() == 0)
-        .unwrap_or(false)
-}
-
-/// Map file name → highest-priority path for entries ending in `suffix`.
-fn collect(dirs: &[PathBuf], sub: Option<&str>, suffix: &str) -> BTreeMap<String, PathBuf> {
-    collect_all(dirs, sub, suffix)
-        .into_iter()
-        .filter_map(|(n, mut v)| v.pop().map(|p| (n, p)))
-        .collect()
-}
-
-/// Map file name → every path with that name, lowest priority first.
-fn collect_all(
-    dirs: &[PathBuf],
-    sub: Option<&str>,
-    suffix: &str,
-) -> BTreeMap<String, Vec<PathBuf>> {
-    let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
-    for dir in dirs {
-        let dir = match sub {
-            Some(s) => dir.join(s),
-            None => dir.clone(),
-        };
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        let mut names: Vec<_> = rd
-            .filter_map(|e| e.ok())
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| n.ends_with(suffix) && !n.starts_with('.'))
-            .collect();
-        names.sort();
-        for n in names {
-            let p = dir.join(&n);
-            out.entry(n).or_default().push(p);
-        }
-    }
-    out
-}
-
 fn read(path: &Path) -> Result<String, ConfigError> {
     let bytes = std::fs::read(path).map_err(|e| ConfigError::Read {
         file: path.to_path_buf(),
@@ -131,10 +85,7 @@ fn sections_of(
     warnings: &mut Vec<Warning>,
 ) -> Result<(Vec<syntax::Section>, Vec<PathBuf>), ConfigError> {
     let mut sections = syntax::parse(path, &read(path)?, warnings)?;
-    let dropins: Vec<PathBuf> = collect(dirs, Some(&format!("{name}.d")), ".conf")
-        .into_values()
-        .filter(|p| !masked(p))
-        .collect();
+    let dropins = dropin::dropins(dirs, &[format!("{name}.d")]);
     for d in &dropins {
         sections.extend(syntax::parse(d, &read(d)?, warnings)?);
     }
@@ -156,10 +107,10 @@ pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
             format!("conditions do not hold on this host ({})", list.join(" "))
         })
     };
-    for (name, mut all) in collect_all(dirs, None, ".netdev") {
-        let Some(path) = all.pop() else { continue };
+    for found in dropin::list(dirs, ".netdev") {
+        let (name, path) = (found.name, found.path);
         let mut warnings = Vec::new();
-        let outcome = if masked(&path) {
+        let outcome = if found.masked {
             Outcome::Masked
         } else {
             match sections_of(&name, &path, dirs, &mut warnings)
@@ -188,15 +139,15 @@ pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
         out.warnings.extend(warnings.iter().cloned());
         out.entries.push(FileEntry {
             path,
-            replaces: std::mem::take(&mut all),
+            replaces: found.replaces,
             outcome,
             warnings,
         });
     }
-    for (name, mut all) in collect_all(dirs, None, ".network") {
-        let Some(path) = all.pop() else { continue };
+    for found in dropin::list(dirs, ".network") {
+        let (name, path) = (found.name, found.path);
         let mut warnings = Vec::new();
-        let outcome = if masked(&path) {
+        let outcome = if found.masked {
             tracing::debug!(file = %path.display(), "masked");
             Outcome::Masked
         } else {
@@ -227,7 +178,7 @@ pub fn load_with(dirs: &[PathBuf], host: &HostFacts) -> Loaded {
         out.warnings.extend(warnings.iter().cloned());
         out.entries.push(FileEntry {
             path,
-            replaces: std::mem::take(&mut all),
+            replaces: found.replaces,
             outcome,
             warnings,
         });

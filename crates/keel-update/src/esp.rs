@@ -267,11 +267,6 @@ impl BootInstaller for BootDiskEsp {
     }
 }
 
-/// Whether `dir` looks like a mounted ESP with Keel's loader.
-pub fn is_esp(dir: &Path) -> bool {
-    dir.join(layout::ENTRIES_DIR).is_dir()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,7 +311,7 @@ mod tests {
             "default keel-usr-a.conf\n",
         )
         .expect("conf");
-        assert!(is_esp(t.path()));
+        assert!(keel_bootctl::esp::is_keel_esp(t.path()));
         let mut esp = EspDir {
             root: t.path().into(),
             cmdline: "console=ttyS0 keel.usr=a keel.usrhash.a=aa11".into(),

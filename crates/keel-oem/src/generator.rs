@@ -27,7 +27,7 @@ use std::time::Duration;
 use crate::manifest::{self, Manifest, Stage};
 use crate::spawn::read_limited;
 use crate::state::Paths;
-use crate::unitfile::{self, is_template, valid_unit_name};
+use crate::unitfile::{self, oem_unit};
 
 /// Where the image installs the stage units.
 pub const SYSTEM_UNIT_DIR: &str = "/usr/lib/systemd/system";
@@ -123,13 +123,13 @@ pub fn plan(paths: &Paths, input: &Input) -> Plan {
     units.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, text) in units {
         let file = units_dir.join(name);
-        if !valid_unit_name(name) {
+        let Some(unit) = oem_unit(name) else {
             p.problems.push(format!(
                 "{}: not a unit name this generator accepts (name.service, .socket, .timer, .path, .target, .mount, .automount); skipped",
                 file.display()
             ));
             continue;
-        }
+        };
         if name.starts_with("keel-") || input.system_units.contains(name) {
             p.problems.push(format!(
                 "{}: would replace the OS's own {name}; skipped",
@@ -145,13 +145,16 @@ pub fn plan(paths: &Paths, input: &Input) -> Plan {
                 continue;
             }
         };
-        let install = match unitfile::parse_install(&file, text) {
+        let install = match unitfile::read_install(&unit, &file, text) {
             Ok(i) => i,
             Err(e) => {
                 p.problems.push(format!("{e}; skipped"));
                 continue;
             }
         };
+        for w in &install.warnings {
+            p.problems.push(w.to_string());
+        }
         for (line, key) in &install.ignored {
             p.problems.push(format!(
                 "{}:{line}: {key}= is not supported for OEM units; ignored",
@@ -162,33 +165,17 @@ pub fn plan(paths: &Paths, input: &Input) -> Plan {
             path: PathBuf::from(name),
             target: file.clone(),
         });
-        let instance_name = if is_template(name) {
-            match &install.default_instance {
-                Some(inst) => Some(name.replacen("@.", &format!("@{inst}."), 1)),
-                None => {
-                    if !install.wanted_by.is_empty() || !install.required_by.is_empty() {
-                        p.problems.push(format!(
-                            "{}: a template needs DefaultInstance= to be enabled; not enabled",
-                            file.display()
-                        ));
-                    }
-                    continue;
-                }
-            }
-        } else {
-            None
-        };
-        let link_name = instance_name.as_deref().unwrap_or(name);
-        for (targets, dir) in [
-            (&install.wanted_by, "wants"),
-            (&install.required_by, "requires"),
-        ] {
-            for t in targets {
-                p.entries.push(Entry::Link {
-                    path: PathBuf::from(format!("{t}.{dir}/{link_name}")),
-                    target: file.clone(),
-                });
-            }
+        if install.template_without_instance {
+            p.problems.push(format!(
+                "{}: a template needs DefaultInstance= to be enabled; not enabled",
+                file.display()
+            ));
+        }
+        for link in install.links {
+            p.entries.push(Entry::Link {
+                path: PathBuf::from(link),
+                target: file.clone(),
+            });
         }
     }
     p

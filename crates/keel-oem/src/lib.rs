@@ -290,7 +290,7 @@ mod tests {
                     m.display(),
                     t.display()
                 ),
-                format!("{}/units/x.service:2: expected Key=Value, got \"WantedBy\"; skipped", t.display()),
+                format!("{}/units/x.service:2: expected 'Key=Value' or '[Section]', found 'WantedBy'; skipped", t.display()),
             ]
         );
     }

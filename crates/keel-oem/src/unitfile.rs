@@ -1,220 +1,182 @@
-//! The `[Install]` section of a vendor's unit file, which is all the
-//! generator needs to enable it (systemd parses the rest itself).
+//! What the generator makes of a vendor's unit file: the unit types it
+//! accepts and which `[Install]` keys it acts on. The syntax (sections,
+//! continuations, comments, quoting, unit names, templates, the links
+//! `[Install]` asks for) is keel-unit's; only these OEM semantics live here:
 //!
-//! Syntax as in systemd.syntax(7): `[Section]` headers, `Key=Value` lines,
-//! `#`/`;` comments, a trailing `\` continues a line. Hand-written because
-//! only `[Install]` is needed and the repository has no shared parser yet;
-//! every rejected line is named by file and line.
+//! - accepted types: `.service .socket .timer .path .target .mount
+//!   .automount` (no devices, swaps, slices or scopes from an OEM tree);
+//! - acted on: `WantedBy=`, `RequiredBy=`, `DefaultInstance=`; `Alias=`,
+//!   `Also=`, `UpheldBy=` and any other key are reported and ignored (a
+//!   vendor unit lives for one boot in the generator directory and must not
+//!   take other names).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-/// What `[Install]` asks for.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Install {
-    /// `WantedBy=` targets (space-separated lists merged, in order).
-    pub wanted_by: Vec<String>,
-    /// `RequiredBy=` targets.
-    pub required_by: Vec<String>,
-    /// `DefaultInstance=` for template units.
-    pub default_instance: Option<String>,
-    /// Keys the generator does not act on (`Alias=`, `Also=`…), with lines.
-    pub ignored: Vec<(usize, String)>,
-}
-
-/// A malformed unit file line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}:{line}: {message}", file.display())]
-pub struct UnitError {
-    /// The unit file.
-    pub file: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// What is wrong.
-    pub message: String,
-}
+use keel_unit::install::{Install, LinkKind};
+use keel_unit::{SyntaxError, UnitName, UnitType, Warning};
 
 /// Unit types a vendor may ship.
-pub const UNIT_SUFFIXES: &[&str] = &[
-    ".service",
-    ".socket",
-    ".timer",
-    ".path",
-    ".target",
-    ".mount",
-    ".automount",
+pub const UNIT_TYPES: &[UnitType] = &[
+    UnitType::Service,
+    UnitType::Socket,
+    UnitType::Timer,
+    UnitType::Path,
+    UnitType::Target,
+    UnitType::Mount,
+    UnitType::Automount,
 ];
 
-/// A plain unit name: `name.type` or `name@.type` / `name@inst.type`.
-pub fn valid_unit_name(name: &str) -> bool {
-    let Some(suffix) = UNIT_SUFFIXES.iter().find(|s| name.ends_with(*s)) else {
-        return false;
-    };
-    let stem = &name[..name.len() - suffix.len()];
-    !stem.is_empty()
-        && name.len() <= 255
-        && !stem.starts_with('@')
-        && stem.matches('@').count() <= 1
-        && stem
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b))
+/// A unit name the generator accepts: valid (keel-unit) and of a type in
+/// [`UNIT_TYPES`].
+pub fn oem_unit(name: &str) -> Option<UnitName> {
+    UnitName::parse(name)
+        .ok()
+        .filter(|u| UNIT_TYPES.contains(&u.unit_type()))
 }
 
-/// A template unit (`foo@.service`).
-pub fn is_template(name: &str) -> bool {
-    name.contains("@.")
+/// What the generator takes from a unit's `[Install]` section.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OemInstall {
+    /// `.wants`/`.requires` links relative to the generator directory.
+    pub links: Vec<String>,
+    /// A template with targets but no `DefaultInstance=`: not enabled.
+    pub template_without_instance: bool,
+    /// Keys it does not act on, with their lines, in line order.
+    pub ignored: Vec<(usize, String)>,
+    /// Syntax warnings (keel-unit's), reported as they are.
+    pub warnings: Vec<Warning>,
 }
 
-/// Parse a unit file and return its `[Install]` section.
-pub fn parse_install(file: &Path, text: &str) -> Result<Install, UnitError> {
-    let mut install = Install::default();
-    let mut section: Option<String> = None;
-    let mut lines = text.lines().enumerate().peekable();
-    while let Some((i, raw)) = lines.next() {
-        let n = i + 1;
-        let err = |message: String| UnitError {
-            file: file.to_path_buf(),
-            line: n,
-            message,
-        };
-        let mut line = raw.trim().to_string();
-        if line.is_empty() || line.starts_with('#') || line.starts_with(';') {
-            continue;
-        }
-        if line.starts_with('[') {
-            if !line.ends_with(']') || line.len() < 3 {
-                return Err(err(format!("malformed section header {line:?}")));
+/// Read `unit`'s file text and decide its links.
+pub fn read_install(unit: &UnitName, file: &Path, text: &str) -> Result<OemInstall, SyntaxError> {
+    let mut out = OemInstall::default();
+    let mut install = Install::parse(unit, file, text, &mut out.warnings)?;
+    let mut ignored = std::mem::take(&mut install.other);
+    for (key, items) in [
+        ("Alias", std::mem::take(&mut install.alias)),
+        ("Also", std::mem::take(&mut install.also)),
+        ("UpheldBy", std::mem::take(&mut install.upheld_by)),
+    ] {
+        for i in items {
+            if !ignored.contains(&(i.line, key.to_string())) {
+                ignored.push((i.line, key.to_string()));
             }
-            section = Some(line[1..line.len() - 1].to_string());
-            continue;
-        }
-        while line.ends_with('\\') {
-            line.pop();
-            match lines.next() {
-                Some((_, next)) => {
-                    line.push(' ');
-                    line.push_str(next.trim());
-                }
-                None => return Err(err("continuation at end of file".into())),
-            }
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(err(format!("expected Key=Value, got {line:?}")));
-        };
-        let (key, value) = (key.trim(), value.trim());
-        if key.is_empty()
-            || !key
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
-            return Err(err(format!("{key:?} is not a valid key")));
-        }
-        match section.as_deref() {
-            None => return Err(err(format!("{key}= outside any section"))),
-            Some("Install") => {}
-            Some(_) => continue,
-        }
-        let names = || -> Result<Vec<String>, UnitError> {
-            value
-                .split_whitespace()
-                .map(|u| {
-                    if valid_unit_name(u) {
-                        Ok(u.to_string())
-                    } else {
-                        Err(err(format!("{key}: {u:?} is not a valid unit name")))
-                    }
-                })
-                .collect()
-        };
-        match key {
-            "WantedBy" if value.is_empty() => install.wanted_by.clear(),
-            "RequiredBy" if value.is_empty() => install.required_by.clear(),
-            "WantedBy" => install.wanted_by.extend(names()?),
-            "RequiredBy" => install.required_by.extend(names()?),
-            "DefaultInstance" => {
-                if value.is_empty()
-                    || !value
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b":-_.\\".contains(&b))
-                {
-                    return Err(err(format!(
-                        "DefaultInstance: {value:?} is not a valid instance"
-                    )));
-                }
-                install.default_instance = Some(value.to_string());
-            }
-            other => install.ignored.push((n, other.to_string())),
         }
     }
-    Ok(install)
+    ignored.sort();
+    out.ignored = ignored;
+    if unit.is_template() && install.default_instance.is_none() {
+        out.template_without_instance = !install.is_static();
+        return Ok(out);
+    }
+    // Names were checked when read; a template's DefaultInstance is valid.
+    let links = install.links(unit, file).unwrap_or_default();
+    out.links = links
+        .into_iter()
+        .filter(|l| matches!(l.kind, LinkKind::Wants | LinkKind::Requires))
+        .map(|l| l.path)
+        .collect();
+    Ok(out)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn read(unit: &str, text: &str) -> Result<OemInstall, String> {
+        read_install(&UnitName::parse(unit).unwrap(), Path::new("u"), text)
+            .map_err(|e| e.to_string())
+    }
+
     #[test]
     fn reads_install() {
         let text = "[Unit]\nDescription=x = y\n\n[Service]\nExecStart=/oem/bin/agent \\\n  --flag\n[Install]\n# c\nWantedBy=multi-user.target \\\n  timers.target\nRequiredBy=a.service\nAlias=b.service\n";
-        let i = parse_install(Path::new("u"), text).unwrap();
-        assert_eq!(i.wanted_by, ["multi-user.target", "timers.target"]);
-        assert_eq!(i.required_by, ["a.service"]);
+        let i = read("agent.service", text).unwrap();
+        assert_eq!(
+            i.links,
+            [
+                "multi-user.target.wants/agent.service",
+                "timers.target.wants/agent.service",
+                "a.service.requires/agent.service"
+            ]
+        );
         assert_eq!(i.ignored, vec![(12, "Alias".to_string())]);
+    }
+
+    #[test]
+    fn templates() {
+        let i = read(
+            "tty@.service",
+            "[Install]\nWantedBy=getty.target\nDefaultInstance=ttyS1\n",
+        )
+        .unwrap();
+        assert_eq!(i.links, ["getty.target.wants/tty@ttyS1.service"]);
+        let i = read("tty@.service", "[Install]\nWantedBy=getty.target\n").unwrap();
+        assert!(i.template_without_instance && i.links.is_empty());
+        assert!(
+            !read("tty@.service", "[Service]\n")
+                .unwrap()
+                .template_without_instance
+        );
     }
 
     #[test]
     fn negative_fixtures() {
         let cases = [
-            ("Foo=1\n", "u:1: Foo= outside any section"),
-            ("[Install\n", "u:1: malformed section header \"[Install\""),
+            ("[Install\n", "u:1: unterminated section header '[Install'"),
             (
                 "[Install]\nWantedBy\n",
-                "u:2: expected Key=Value, got \"WantedBy\"",
+                "u:2: expected 'Key=Value' or '[Section]', found 'WantedBy'",
             ),
             (
                 "[Install]\nWantedBy=../etc\n",
-                "u:2: WantedBy: \"../etc\" is not a valid unit name",
+                "u:2: WantedBy=../etc: \"../etc\": unknown unit type ./etc",
             ),
-            (
-                "[Install]\nWantedBy=x.target \\",
-                "u:2: continuation at end of file",
-            ),
-            (
-                "[Install]\nbad key=1\n",
-                "u:2: \"bad key\" is not a valid key",
-            ),
-            (
-                "[Install]\nDefaultInstance=a/b\n",
-                "u:2: DefaultInstance: \"a/b\" is not a valid instance",
-            ),
+            ("[Install]\nbad key=1\n", "u:2: invalid key name 'bad key'"),
         ];
         for (input, want) in cases {
-            let got = parse_install(Path::new("u"), input)
-                .unwrap_err()
-                .to_string();
-            assert_eq!(got, want, "input: {input:?}");
+            assert_eq!(
+                read("u.service", input).unwrap_err(),
+                want,
+                "input: {input:?}"
+            );
         }
+        assert_eq!(
+            read("u@.service", "[Install]\nDefaultInstance=a/b\n").unwrap_err(),
+            "u:2: DefaultInstance=a/b: \"a/b\" is not a valid instance name"
+        );
+        // systemd ignores an assignment outside any section (a warning)
+        // and ends a continuation open at the end of the file; keel-oem
+        // used to reject both.
+        let i = read("u.service", "Foo=1\n[Install]\nWantedBy=x.target \\").unwrap();
+        assert_eq!(i.warnings.len(), 1);
+        assert_eq!(i.links, ["x.target.wants/u.service"]);
     }
 
     #[test]
     fn unit_names() {
-        assert!(valid_unit_name("agent.service"));
-        assert!(valid_unit_name("agent@.service"));
-        assert!(valid_unit_name("agent@tty1.service"));
-        assert!(!valid_unit_name("agent"));
-        assert!(!valid_unit_name("../x.service"));
-        assert!(!valid_unit_name(".service"));
-        assert!(!valid_unit_name("a@b@c.service"));
-        assert!(is_template("agent@.service"));
+        assert!(oem_unit("agent.service").is_some());
+        assert!(oem_unit("agent@.service").is_some());
+        assert!(oem_unit("agent@tty1.service").is_some());
+        assert!(oem_unit("agent").is_none());
+        assert!(oem_unit("../x.service").is_none());
+        assert!(oem_unit(".service").is_none());
+        // A valid unit name, but not a type an OEM tree may ship.
+        assert!(oem_unit("x.slice").is_none());
+        // systemd splits at the first `@`: a valid instance.
+        assert!(oem_unit("a@b@c.service").is_some());
+        assert!(oem_unit("agent@.service").unwrap().is_template());
     }
 
     proptest::proptest! {
         #[test]
         fn random_units_never_panic(s in "\\PC*") {
-            let _ = parse_install(Path::new("u"), &s);
+            let _ = read("u.service", &s);
+            let _ = read("u@.service", &s);
         }
         #[test]
         fn random_install_lines_never_panic(s in "(\\[Install\\]\n)?([A-Za-z@.= \\\\\n]{0,40})") {
-            let _ = parse_install(Path::new("u"), &s);
+            let _ = read("u.service", &s);
         }
     }
 }

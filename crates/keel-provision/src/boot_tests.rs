@@ -600,6 +600,21 @@ fn errors_leave_no_trace() {
             r#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","enabled":true,"contents":"[Service]\nExecStart=/bin/true\n"}]}}"#,
             "fw_cfg opt/keel/config: $.systemd.units.0: x.service cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=",
         ),
+        // keel-unit's rules where the readers of unit files disagreed: an
+        // Alias= of another type (linked before), a line systemd cannot read
+        // (skipped before, so the link went missing without a word).
+        (
+            r#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","enabled":true,"contents":"[Install]\nAlias=x.socket\n"}]}}"#,
+            "fw_cfg opt/keel/config: $.systemd.units.0: /etc/systemd/system/x.service:2: Alias=x.socket: alias x.socket must have the unit's type .service",
+        ),
+        (
+            r#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"x.service","enabled":true,"contents":"[Install]\nWantedBy multi-user.target\n"}]}}"#,
+            "fw_cfg opt/keel/config: $.systemd.units.0: /etc/systemd/system/x.service:2: expected 'Key=Value' or '[Section]', found 'WantedBy multi-user.target'",
+        ),
+        (
+            r#"{"ignition":{"version":"3.4.0"},"systemd":{"units":[{"name":"@x.service","enabled":true,"contents":"[Install]\nWantedBy=a.target\n"}]}}"#,
+            "fw_cfg opt/keel/config: $.systemd.units.0.name: invalid unit name \"@x.service\"",
+        ),
         (
             r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/usr/bin/x","contents":{"source":"data:,x"}}]}}"#,
             "fw_cfg opt/keel/config: $.storage.files.0.path: /usr/bin/x is on the read-only USR partition, not on ROOT",
@@ -718,6 +733,39 @@ fn owner_names_resolve_through_sysusers_d() {
     assert!(!fs::read_to_string(root.join("etc/passwd"))
         .unwrap()
         .contains("core"));
+}
+
+/// Enabling reads unit files with keel-unit: an instance is enabled from
+/// its template's file under its own name, a continuation with a comment
+/// line inside keeps both targets, a quoted word is one target, and an
+/// Alias= of a template is linked for the instance.
+#[test]
+fn enabling_templates_continuations_and_aliases() {
+    let env = env();
+    let root = &env.fb.sysroot;
+    put(
+        root,
+        "usr/lib/systemd/system/serial@.service",
+        "[Service]\nExecStart=/sbin/agetty %I\n[Install]\nWantedBy=getty.target \\\n# a comment inside\n  'multi-user.target'\nAlias=console@.service\n",
+    );
+    let cfg = r#"{"ignition":{"version":"3.4.0"},
+      "systemd":{"units":[{"name":"serial@ttyS0.service","enabled":true}]}}"#;
+    let (c, _) = crate::ignition::parse(cfg.as_bytes()).unwrap();
+    let plan = crate::plan::plan(&c, root).unwrap();
+    let links: Vec<String> = plan
+        .render()
+        .lines()
+        .filter(|l| l.starts_with("symlink "))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        links,
+        [
+            "symlink /etc/systemd/system/getty.target.wants/serial@ttyS0.service -> /usr/lib/systemd/system/serial@.service 0:0",
+            "symlink /etc/systemd/system/multi-user.target.wants/serial@ttyS0.service -> /usr/lib/systemd/system/serial@.service 0:0",
+            "symlink /etc/systemd/system/console@ttyS0.service -> /usr/lib/systemd/system/serial@.service 0:0",
+        ]
+    );
 }
 
 #[test]

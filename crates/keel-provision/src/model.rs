@@ -311,33 +311,13 @@ pub fn clean_path(p: &str) -> Result<String, String> {
     Ok(format!("/{}", parts.join("/")))
 }
 
-/// Unit types systemd knows; a unit name must end in one of them.
-pub const UNIT_SUFFIXES: &[&str] = &[
-    "service",
-    "socket",
-    "device",
-    "mount",
-    "automount",
-    "swap",
-    "target",
-    "path",
-    "timer",
-    "slice",
-    "scope",
-];
-
-/// Check a unit name: a type suffix, no `/`, not empty, at most 255 bytes.
+/// Check a unit name as systemd does (keel-unit: a unit type suffix, a
+/// non-empty name before it or before the `@` of a template or instance,
+/// systemd's characters, at most 255 bytes).
 pub fn check_unit_name(name: &str) -> Result<(), String> {
-    let ok_chars = name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b":-_.\\@".contains(&b));
-    let suffix_ok = name
-        .rsplit_once('.')
-        .is_some_and(|(stem, s)| !stem.is_empty() && UNIT_SUFFIXES.contains(&s));
-    if name.len() > 255 || !ok_chars || !suffix_ok {
-        return Err(format!("invalid unit name {name:?}"));
-    }
-    Ok(())
+    keel_unit::UnitName::parse(name)
+        .map(drop)
+        .map_err(|_| format!("invalid unit name {name:?}"))
 }
 
 /// Check a user or group name the way useradd does by default:
@@ -405,6 +385,13 @@ mod tests {
         assert!(check_unit_name("foo").is_err());
         assert!(check_unit_name(".service").is_err());
         assert!(check_unit_name("a/b.service").is_err());
+        // Cases the four readers of unit names disagreed on before
+        // keel-unit: an empty name before the `@` (accepted here before),
+        // a second `@` (an instance, as systemd reads it).
+        assert!(check_unit_name("@.service").is_err());
+        assert!(check_unit_name("@x.service").is_err());
+        assert!(check_unit_name("a@b@c.service").is_ok());
+        assert!(check_unit_name("foo@.service").is_ok());
         assert!(check_account_name("core").is_ok());
         assert!(check_account_name("Core").is_err());
         assert!(check_account_name("").is_err());

@@ -15,6 +15,7 @@ use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+use keel_unit::{Install, UnitName};
 use serde::Serialize;
 
 use crate::accounts::{parse_sysusers, Declared, Table};
@@ -1322,9 +1323,9 @@ impl Planner<'_> {
             return Ok((format!("{ETC_UNITS}/{}", u.name), c.clone()));
         }
         let mut names = vec![u.name.clone()];
-        if let Some((prefix, rest)) = u.name.split_once('@') {
-            if let Some((_, suffix)) = rest.rsplit_once('.') {
-                names.push(format!("{prefix}@.{suffix}"));
+        if let Some(t) = UnitName::parse(&u.name).ok().and_then(|n| n.template()) {
+            if t.as_str() != u.name {
+                names.push(t.to_string());
             }
         }
         for name in &names {
@@ -1349,33 +1350,28 @@ impl Planner<'_> {
 
     fn enable(&mut self, u: &crate::model::Unit, at: &str) -> Result<(), PlanError> {
         let (unit_path, text) = self.unit_file(u, at)?;
-        let install = parse_install(&text);
-        let mut link_name = u.name.clone();
-        if u.name.contains("@.") {
-            let Some(inst) = &install.default_instance else {
-                return Err(e(
-                    at,
-                    format!("template {} has no DefaultInstance= to enable", u.name),
-                ));
-            };
-            link_name = u.name.replacen("@.", &format!("@{inst}."), 1);
+        let unit = UnitName::parse(&u.name).map_err(|x| e(at, x.to_string()))?;
+        // The unit file's syntax and its [Install] section as systemd reads
+        // them (keel-unit); a line systemd would not read is an error naming
+        // the file and line rather than a link silently missing.
+        let install = Install::parse(&unit, Path::new(&unit_path), &text, &mut Vec::new())
+            .map_err(|x| e(at, x.to_string()))?;
+        if unit.is_template() && install.default_instance.is_none() {
+            return Err(e(
+                at,
+                format!("template {} has no DefaultInstance= to enable", u.name),
+            ));
         }
-        if install.wanted_by.is_empty()
-            && install.required_by.is_empty()
-            && install.aliases.is_empty()
-        {
+        if install.is_static() {
             return Err(e(at, format!("{} cannot be enabled: its [Install] section has no WantedBy=, RequiredBy= or Alias=", u.name)));
         }
-        let mut links = Vec::new();
-        for t in &install.wanted_by {
-            links.push(format!("{ETC_UNITS}/{t}.wants/{link_name}"));
-        }
-        for t in &install.required_by {
-            links.push(format!("{ETC_UNITS}/{t}.requires/{link_name}"));
-        }
-        for a in &install.aliases {
-            links.push(format!("{ETC_UNITS}/{a}"));
-        }
+        // `Also=` is not followed: each unit a config enables is named in it.
+        let links: Vec<String> = install
+            .links(&unit, Path::new(&unit_path))
+            .map_err(|x| e(at, x.to_string()))?
+            .into_iter()
+            .map(|l| format!("{ETC_UNITS}/{}", l.path))
+            .collect();
         for link in links {
             if fs::read_link(self.host(&link)).ok().as_deref() == Some(Path::new(&unit_path)) {
                 continue;
@@ -1499,79 +1495,6 @@ fn allocate(used: impl Iterator<Item = u32>, system: bool) -> Option<u32> {
     } else {
         (1000..=59999).find(|i| !used.contains(i))
     }
-}
-
-/// The `[Install]` section of a unit file.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Install {
-    /// `WantedBy=`.
-    pub wanted_by: Vec<String>,
-    /// `RequiredBy=`.
-    pub required_by: Vec<String>,
-    /// `Alias=`.
-    pub aliases: Vec<String>,
-    /// `DefaultInstance=`.
-    pub default_instance: Option<String>,
-}
-
-/// Read the `[Install]` section of unit file text (systemd syntax: comments
-/// with `#`/`;`, `\` continuation, an empty assignment resets the list).
-/// Lines that are not assignments are skipped: the unit file's syntax is
-/// systemd's to judge; only the install targets matter here.
-pub fn parse_install(text: &str) -> Install {
-    let mut out = Install::default();
-    let mut in_install = false;
-    let mut logical = String::new();
-    for raw in text.lines() {
-        let line = raw.trim();
-        if logical.is_empty() && (line.starts_with('#') || line.starts_with(';')) {
-            continue;
-        }
-        if let Some(cont) = line.strip_suffix('\\') {
-            logical.push_str(cont);
-            logical.push(' ');
-            continue;
-        }
-        logical.push_str(line);
-        let l = std::mem::take(&mut logical);
-        let l = l.trim();
-        if l.starts_with('[') {
-            in_install = l == "[Install]";
-            continue;
-        }
-        if !in_install {
-            continue;
-        }
-        let Some((k, v)) = l.split_once('=') else {
-            continue;
-        };
-        let words: Vec<String> = v
-            .split_whitespace()
-            .filter(|w| check_unit_name_ok(w))
-            .map(str::to_string)
-            .collect();
-        let list = match k.trim() {
-            "WantedBy" => &mut out.wanted_by,
-            "RequiredBy" => &mut out.required_by,
-            "Alias" => &mut out.aliases,
-            "DefaultInstance" => {
-                let v = v.trim();
-                out.default_instance = (!v.is_empty()).then(|| v.to_string());
-                continue;
-            }
-            _ => continue,
-        };
-        if v.trim().is_empty() {
-            list.clear();
-        } else {
-            list.extend(words);
-        }
-    }
-    out
-}
-
-fn check_unit_name_ok(w: &str) -> bool {
-    crate::model::check_unit_name(w).is_ok()
 }
 
 #[cfg(test)]

@@ -982,41 +982,36 @@ fn mkfs_ext4_with(img: &Path, label: &str, dir: &Path, size: u64, extra: &[&str]
     Ok(())
 }
 
-/// Create `.wants`/`.requires` symlinks in `dst` for every unit in `src`
-/// whose `[Install]` section says `WantedBy=` / `RequiredBy=`: Keel's units
-/// are enabled in /usr, so no machine's /etc carries their enablement.
+/// Create the links `systemctl enable` would for every unit in `src`
+/// (`.wants`/`.requires`/`.upholds` links and `Alias=` names, relative, in
+/// `dst`): Keel's units are enabled in /usr, so no machine's /etc carries
+/// their enablement. The unit files and their `[Install]` sections are read
+/// with keel-unit, so a line systemd would not read fails the build; a
+/// template is enabled as its `DefaultInstance=` and skipped without one;
+/// `Also=` needs nothing here (every listed unit is enabled).
 pub fn enable_units(src: &Path, dst: &Path) -> Result<()> {
     for e in fs::read_dir(src)? {
         let e = e?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if !e.file_type()?.is_file() || name.contains("@.") {
+        if !e.file_type()?.is_file() {
             continue;
         }
-        let text = fs::read_to_string(e.path())?;
-        let mut in_install = false;
-        for line in text.lines() {
-            let line = line.trim();
-            if line.starts_with('[') {
-                in_install = line == "[Install]";
-                continue;
+        let file = e.path();
+        let unit = keel_unit::UnitName::parse(&name)
+            .with_context(|| format!("{}: not a unit name", file.display()))?;
+        let text = fs::read_to_string(&file)?;
+        let install = keel_unit::Install::parse(&unit, &file, &text, &mut Vec::new())?;
+        if unit.is_template() && install.default_instance.is_none() {
+            continue;
+        }
+        for link in install.links(&unit, &file)? {
+            let l = dst.join(&link.path);
+            if let Some(d) = l.parent() {
+                fs::create_dir_all(d)?;
             }
-            if !in_install {
-                continue;
-            }
-            let (suffix, targets) = if let Some(v) = line.strip_prefix("WantedBy=") {
-                ("wants", v)
-            } else if let Some(v) = line.strip_prefix("RequiredBy=") {
-                ("requires", v)
-            } else {
-                continue;
-            };
-            for t in targets.split_whitespace() {
-                let d = dst.join(format!("{t}.{suffix}"));
-                fs::create_dir_all(&d)?;
-                let l = d.join(&name);
-                let _ = fs::remove_file(&l);
-                symlink(format!("../{name}"), &l)?;
-            }
+            let _ = fs::remove_file(&l);
+            let up = "../".repeat(link.path.matches('/').count());
+            symlink(format!("{up}{name}"), &l)?;
         }
     }
     Ok(())
@@ -1074,6 +1069,18 @@ mod tests {
 
     use super::*;
 
+    /// Every unit Keel ships reads under keel-unit's rules.
+    #[test]
+    fn shipped_units_enable() {
+        let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../units");
+        let dst = tempfile::tempdir().unwrap();
+        enable_units(&units, dst.path()).unwrap();
+        assert!(dst
+            .path()
+            .join("multi-user.target.wants/keel-netd.service")
+            .is_symlink());
+    }
+
     #[test]
     fn enables_units_from_install_section() {
         let src = tempfile::tempdir().unwrap();
@@ -1093,7 +1100,39 @@ mod tests {
             "[Service]\nExecStart=/bin/true\n",
         )
         .unwrap();
+        // What the line-by-line reader missed: a continuation (with a
+        // comment line inside), a template's DefaultInstance=, Alias=.
+        fs::write(
+            src.path().join("d.service"),
+            "[Install]\nWantedBy=multi-user.target \\\n# c\n  network-online.target\nAlias=dd.service\n",
+        )
+        .unwrap();
+        fs::write(
+            src.path().join("e@.service"),
+            "[Install]\nWantedBy=getty.target\nDefaultInstance=tty1\n",
+        )
+        .unwrap();
         enable_units(src.path(), dst.path()).unwrap();
+        let link = |p: &str| fs::read_link(dst.path().join(p)).unwrap();
+        assert_eq!(
+            link("network-online.target.wants/d.service"),
+            Path::new("../d.service")
+        );
+        assert_eq!(link("dd.service"), Path::new("d.service"));
+        assert_eq!(
+            link("getty.target.wants/e@tty1.service"),
+            Path::new("../e@.service")
+        );
+        fs::write(src.path().join("f.service"), "[Install]\nWantedBy\n").unwrap();
+        assert_eq!(
+            enable_units(src.path(), dst.path())
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "{}:2: expected 'Key=Value' or '[Section]', found 'WantedBy'",
+                src.path().join("f.service").display()
+            )
+        );
         let l = dst.path().join("multi-user.target.wants/a.service");
         assert_eq!(fs::read_link(&l).unwrap(), Path::new("../a.service"));
         assert!(dst

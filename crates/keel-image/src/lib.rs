@@ -681,13 +681,56 @@ impl Build {
         Ok(())
     }
 
+    /// The USR image, reproducible: the same tree and version give the
+    /// same bytes (issue 15 §6; DESIGN.md "Reproducible USR images"), so
+    /// an update reuses every chunk the running slot already holds. Every
+    /// mtime newer than the build epoch is clamped to it (mkfs.erofs does
+    /// so when `SOURCE_DATE_EPOCH` is set), which also makes the epoch the
+    /// mtime of `/usr` itself — what systemd's `ConditionNeedsUpdate=`
+    /// compares with `/etc/.updated`. The epoch: `SOURCE_DATE_EPOCH`, else
+    /// the repository's last commit time, else `USR_EPOCH_DEFAULT`. The
+    /// filesystem UUID is derived from the version.
     fn usr_erofs(&mut self) -> Result<()> {
+        /// 2026-01-01 00:00:00 UTC: the epoch outside a git checkout.
+        const USR_EPOCH_DEFAULT: u64 = 1_767_225_600;
+        let epoch = match std::env::var("SOURCE_DATE_EPOCH") {
+            Ok(v) => v
+                .trim()
+                .parse::<u64>()
+                .with_context(|| format!("SOURCE_DATE_EPOCH={v:?}: not a UNIX time"))?,
+            Err(_) => Command::new("git")
+                .arg("-C")
+                .arg(&self.opts.repo)
+                .args(["log", "-1", "--format=%ct"])
+                .output()
+                .ok()
+                .filter(|o| o.status.success())
+                .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+                .unwrap_or(USR_EPOCH_DEFAULT),
+        };
+        let d = sha2::Sha256::digest(format!("keel usr erofs uuid\0{}", self.cfg.os_version));
+        let mut u = [0u8; 16];
+        u.copy_from_slice(&d[..16]);
+        u[6] = (u[6] & 0x0f) | 0x40; // a random-style (v4) UUID, RFC 4122 variant
+        u[8] = (u[8] & 0x3f) | 0x80;
+        let h = hex::encode(u);
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
         let img = self.work.join("usr.erofs");
         let _ = fs::remove_file(&img);
         run(Command::new("mkfs.erofs")
+            .env("SOURCE_DATE_EPOCH", epoch.to_string())
             .args(["-zlz4hc,12"])
+            .arg(format!("-U{uuid}"))
             .arg(&img)
             .arg(self.tree.join("usr")))?;
+        eprintln!("      /usr: epoch {epoch} (every later mtime clamped), UUID {uuid}");
         let size = fs::metadata(&img)?.len();
         ensure!(
             size <= mib(self.cfg.disk.usr_mib),
@@ -704,8 +747,29 @@ impl Build {
         let hash = self.work.join("usr.verity");
         let rh = self.work.join("usr.roothash");
         let _ = fs::remove_file(&hash);
+        // Deterministic (see usr_erofs): the salt is the same for every
+        // Keel version, so the hash blocks of unchanged data blocks stay
+        // the same and an update reuses them too; the superblock's UUID
+        // comes from the version.
+        let salt = sha2::Sha256::digest(b"keel usr verity salt v1");
+        let d = sha2::Sha256::digest(format!("keel usr verity uuid\0{}", self.cfg.os_version));
+        let mut u = [0u8; 16];
+        u.copy_from_slice(&d[..16]);
+        u[6] = (u[6] & 0x0f) | 0x40;
+        u[8] = (u[8] & 0x3f) | 0x80;
+        let h = hex::encode(u);
+        let uuid = format!(
+            "{}-{}-{}-{}-{}",
+            &h[..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..]
+        );
         run(Command::new("veritysetup")
             .arg("format")
+            .arg(format!("--salt={}", hex::encode(salt)))
+            .arg(format!("--uuid={uuid}"))
             .arg(format!("--root-hash-file={}", rh.display()))
             .arg(&data)
             .arg(&hash))?;

@@ -10,6 +10,8 @@
 # Data: $KEEL_BUILD_DIR's release tree and raw image when built (./run image;
 # ./run release), else a synthetic 1 GiB disk (256 MiB of data, the rest
 # zeros, like a fresh image) made into a tree by examples/make_tree.rs.
+# nginx and the timing come from tests/bench/lib/common.sh (shared with
+# keel-update's bench).
 # Writes keel-install.md (times and ratios peer/keel: > 1 means keel is faster).
 set -euo pipefail
 out=${1:-$(mktemp -d)}
@@ -22,6 +24,8 @@ mkdir -p "$out"
 for t in nginx curl zstd dd losetup; do
   command -v $t >/dev/null || { echo "bench.sh: $t missing" >&2; exit 1; }
 done
+# shellcheck source=../../tests/bench/lib/common.sh
+. "$top/tests/bench/lib/common.sh"
 target=x86_64-unknown-linux-musl
 # KEEL_INSTALL_BIN: an already built binary (skips the build).
 bin=${KEEL_INSTALL_BIN:-}
@@ -30,9 +34,10 @@ if [ -z "$bin" ]; then
   bin=$CARGO_TARGET_DIR/$target/release/keel-install
 fi
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/keel-install-bench.XXXXXX")
-ngx=; lo=
+bench_err=$work/last.err
+lo=
 cleanup() {
-  [ -n "$ngx" ] && kill "$ngx" 2>/dev/null && wait "$ngx" 2>/dev/null
+  [ -n "$bench_ngx" ] && kill "$bench_ngx" 2>/dev/null && wait "$bench_ngx" 2>/dev/null
   [ -n "$lo" ] && losetup -d "$lo" 2>/dev/null
   rm -rf "$work"
 }
@@ -66,21 +71,8 @@ zst=$tree/stable/$ver/disk.img.zst
 size=$(python3 -c "import json;print(json.load(open('$tree/stable/$ver/manifest.json'))['artifacts']['disk']['size'])")
 csize=$(stat -c %s "$zst")
 
-port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
-mkdir -p "$work/nginx/logs"
-cat > "$work/nginx/nginx.conf" <<NGX
-daemon off; master_process off; worker_processes 1;
-pid $work/nginx/nginx.pid; error_log $work/nginx/logs/error.log warn;
-events { worker_connections 64; }
-http { access_log off; client_body_temp_path $work/nginx/b; proxy_temp_path $work/nginx/p;
-  fastcgi_temp_path $work/nginx/f; uwsgi_temp_path $work/nginx/u; scgi_temp_path $work/nginx/s;
-  default_type application/octet-stream; sendfile on;
-  server { listen 127.0.0.1:$port; root $tree; } }
-NGX
-nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" -e "$work/nginx/logs/error.log" &
-ngx=$!
-for _ in $(seq 100); do curl -sf -o /dev/null "http://127.0.0.1:$port/stable/channel.json" && break; sleep 0.1; done
-url=http://127.0.0.1:$port
+bench_nginx "$tree" "$work"
+url=$bench_url
 
 dev_file=$work/target.raw
 truncate -s $((size + (64 << 20))) "$dev_file"
@@ -88,17 +80,15 @@ lo=$(losetup --find --show "$dev_file")
 cat "$zst" > /dev/null   # the compressed file in the page cache for every run
 cat "$raw" > /dev/null 2>&1 || true
 
-now() { date +%s.%N; }
-t() { local s e; s=$(now); "$@" >/dev/null 2>"$work/last.err" || { cat "$work/last.err" >&2; return 1; }; e=$(now); echo "$e - $s" | bc; }
 reset_dev() { dd if=/dev/zero of="$lo" bs=1M count=1 conv=fsync status=none; }
 
-reset_dev; t_ki=$(t "$bin" "$lo" --channel stable --base-url "$url" "${keys[@]}" --yes)
+reset_dev; t_ki=$(bench_t "$bin" "$lo" --channel stable --base-url "$url" "${keys[@]}" --yes)
 cp "$work/last.err" "$out/keel-install.log"
-reset_dev; t_kn=$(t "$bin" "$lo" --channel stable --base-url "$url" "${keys[@]}" --yes --no-verify)
-reset_dev; t_cz=$(t bash -c "curl -sf '$url/stable/$ver/disk.img.zst' | zstd -dc | dd of='$lo' bs=4M conv=fsync status=none")
-reset_dev; t_dd=$(t dd if="$raw" of="$lo" bs=4M conv=fsync status=none)
+reset_dev; t_kn=$(bench_t "$bin" "$lo" --channel stable --base-url "$url" "${keys[@]}" --yes --no-verify)
+reset_dev; t_cz=$(bench_t bash -c "curl -sf '$url/stable/$ver/disk.img.zst' | zstd -dc | dd of='$lo' bs=4M conv=fsync status=none")
+reset_dev; t_dd=$(bench_t dd if="$raw" of="$lo" bs=4M conv=fsync status=none)
 
-r() { echo "scale=2; $1 / $2" | bc; }
+r() { bench_ratio "$@"; }
 {
   echo "# keel-install"
   echo

@@ -19,6 +19,7 @@ parts=(
   "toolbox.md|toolbox against systemd-nspawn and skopeo + umoci|crates/toolbox/bench.sh|"
   "keel-oem.md|OEM hooks runner overhead|crates/keel-oem/bench.sh|"
   "keel-provision.md|Provisioning against cloud-init|crates/keel-provision/bench.sh|"
+  "keel-update.md|Updates: keel-update against curl + zstd -d + dd; agent RSS and size; one changed file in /usr|crates/keel-update/bench.sh|bench-update.md"
 )
 
 # Component files start with their own "##"/"###" heading; one level down.

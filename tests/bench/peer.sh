@@ -9,7 +9,9 @@
 # under identical QEMU settings, KEEL_BENCH_RUNS (default 3) cold first
 # boots each (tests/bench/peer/bench.py). Called by `./run bench` with an
 # output directory; writes OUT/peers.md, OUT/peers/peers.json (raw data and
-# console logs), docs/bench-peers.md and its plot docs/bench-peers.svg.
+# console logs), docs/bench-peers.md and its plot docs/bench-peers.svg, the
+# boot profile's timeline docs/bench-boot-profile.svg and the median boots'
+# systemd-analyze plots docs/bench-boot-plot-<configuration>.svg.
 #
 # Needs root (mmdebstrap --mode=root like keel-image, dropping the page
 # cache), and the Debian packages mmdebstrap, genisoimage, fdisk, e2fsprogs,
@@ -55,4 +57,10 @@ python3 "$top/tests/bench/peer/bench.py" --build "$keel" --peer "$out/peer" --ou
 cp "$out/peers/peers.md" "$out/peers.md"
 cp "$out/peers/peers.md" "$top/docs/bench-peers.md"
 cp "$out/peers/peers.svg" "$top/docs/bench-peers.svg"
+# The boot profile's pictures (issue 21): the timeline of the median boots
+# and systemd-analyze plot of each configuration's median boot.
+cp "$out/peers/boot-profile.svg" "$top/docs/bench-boot-profile.svg"
+for f in "$out"/peers/boot-plot-*.svg; do
+  [ -e "$f" ] && cp "$f" "$top/docs/bench-${f##*/}"
+done
 exit "$rc"

@@ -685,9 +685,9 @@ impl Build {
     /// same bytes (issue 15 §6; DESIGN.md "Reproducible USR images"), so
     /// an update reuses every chunk the running slot already holds. Every
     /// mtime newer than the build epoch is clamped to it (mkfs.erofs does
-    /// so when `SOURCE_DATE_EPOCH` is set), which also makes the epoch the
-    /// mtime of `/usr` itself — what systemd's `ConditionNeedsUpdate=`
-    /// compares with `/etc/.updated`. The epoch: `SOURCE_DATE_EPOCH`, else
+    /// so when `SOURCE_DATE_EPOCH` is set); `/usr`'s own mtime (what
+    /// systemd's `ConditionNeedsUpdate=` compares with `/etc/.updated`)
+    /// stays the cached tree's. The epoch: `SOURCE_DATE_EPOCH`, else
     /// the repository's last commit time, else `USR_EPOCH_DEFAULT`. The
     /// filesystem UUID is derived from the version.
     fn usr_erofs(&mut self) -> Result<()> {

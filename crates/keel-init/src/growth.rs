@@ -61,6 +61,15 @@ pub enum GrowthError {
     /// Not an ext4 superblock.
     #[error("{device}: no ext4 superblock (magic {magic:#06x})")]
     NotExt4 { device: String, magic: u16 },
+    /// An ext4 superblock claiming more than 2^64 bytes.
+    #[error(
+        "{device}: ext4 superblock: {blocks} blocks of {block_size} bytes is more than 2^64 bytes"
+    )]
+    TooLarge {
+        device: String,
+        blocks: u64,
+        block_size: u64,
+    },
     /// A system call failed.
     #[error("{what} {device}: {source}")]
     Sys {
@@ -122,9 +131,19 @@ impl Ext4 {
         let mut uuid = [0u8; 16];
         uuid.copy_from_slice(&sb[0x68..0x78]);
         let checksums = ro_compat & (RO_COMPAT_GDT_CSUM | RO_COMPAT_METADATA_CSUM) != 0;
+        let block_size = 1024u64 << log;
+        let blocks = hi << 32 | u64::from(u32_at(0x04));
+        // `bytes` must not overflow (docs/fuzzing.md, the superblocks target).
+        if blocks.checked_mul(block_size).is_none() {
+            return Err(GrowthError::TooLarge {
+                device: device.to_string(),
+                blocks,
+                block_size,
+            });
+        }
         Ok(Ext4 {
-            block_size: 1024 << log,
-            blocks: hi << 32 | u64::from(u32_at(0x04)),
+            block_size,
+            blocks,
             uuid: Uuid::from_bytes(uuid),
             uuid_changeable: !checksums || incompat & INCOMPAT_CSUM_SEED != 0,
         })
@@ -863,6 +882,25 @@ mod tests {
             "/dev/vda7: no ext4 superblock (magic 0x0000)"
         );
         assert!(Ext4::parse("x", &[]).is_err());
+    }
+
+    /// A superblock whose blocks times block size passes 2^64 bytes is
+    /// refused by name instead of overflowing in `bytes` (an overflow
+    /// panic in a debug build, a wrapped size in release).
+    #[test]
+    fn superblock_size_past_u64_refused() {
+        let mut sb = superblock(u64::MAX, true);
+        sb[0x18..0x1c].copy_from_slice(&6u32.to_le_bytes()); // 65536
+        let err = Ext4::parse("/dev/vda7", &sb).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/dev/vda7: ext4 superblock: 18446744073709551615 blocks of 65536 bytes is more than 2^64 bytes"
+        );
+        // The largest that fits still parses, and its size is exact.
+        let blocks = u64::MAX / 65536;
+        let mut sb = superblock(blocks, true);
+        sb[0x18..0x1c].copy_from_slice(&6u32.to_le_bytes());
+        assert_eq!(Ext4::parse("x", &sb).unwrap().bytes(), blocks * 65536);
     }
 
     #[test]

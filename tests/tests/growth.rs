@@ -157,6 +157,15 @@ fn first_boot_grows_root_to_the_disk_and_second_boot_changes_nothing() -> Result
     let log = vm
         .ssh_ok("sudo journalctl -b -o cat | grep -E 'keel-init: .*(growth|first boot)' || true")?;
     eprintln!("{log}");
+    // Issue 21: the machine-id systemd wrote at first boot is the machine's
+    // for good (empty factory file, no preset-all); ConditionFirstBoot=
+    // holds on the first boot only.
+    let id_first =
+        vm.ssh_ok("cat /etc/machine-id; test -e /run/systemd/first-boot && echo flag")?;
+    ensure!(
+        id_first.lines().nth(1) == Some("flag"),
+        "first boot: {id_first:?}"
+    );
     vm.finish()?;
 
     let mut vm = Vm::reboot_disk("growth_second", &img, &disk, opts())?;
@@ -169,6 +178,12 @@ fn first_boot_grows_root_to_the_disk_and_second_boot_changes_nothing() -> Result
     );
     let b = boot_json(&vm)?;
     ensure!(b["first_boot"] == false, "boot.json: {b}");
+    let id_second =
+        vm.ssh_ok("cat /etc/machine-id; test -e /run/systemd/first-boot && echo flag || true")?;
+    ensure!(
+        id_second.lines().collect::<Vec<_>>() == id_first.lines().take(1).collect::<Vec<_>>(),
+        "second boot: machine-id and first-boot flag {id_second:?}, first boot {id_first:?}"
+    );
     ensure!(b["growth"].is_null(), "second boot grew: {}", b["growth"]);
     ensure!(
         b["identity"].is_null(),

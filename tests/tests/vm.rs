@@ -109,6 +109,28 @@ fn boots_to_multi_user_with_verified_usr() -> Result<()> {
         "root hash mismatch: {boot}"
     );
 
+    // Issue 21: the image applied the presets, so systemd saw no first boot
+    // of its own (no preset-all), yet the machine has its own id, kept in
+    // the /etc overlay's upper layer, and ConditionFirstBoot= holds on
+    // Keel's first boot (keel-first-boot-generator's flag).
+    let fb = vm.ssh_ok(
+        "cat /etc/machine-id; sudo cat /.keel/etc-upper/machine-id; \
+         test -e /run/systemd/first-boot && echo flag; \
+         sudo journalctl -b -o cat _PID=1 | grep -c -e 'Populated /etc with preset' -e 'Detected first boot' || true",
+    )?;
+    let l: Vec<&str> = fb.lines().map(str::trim).collect();
+    ensure!(
+        l.len() == 4
+            && l[0].len() == 32
+            && l[0].bytes().all(|b| b.is_ascii_hexdigit())
+            && l[1] == l[0]
+            && l[2] == "flag"
+            && l[3] == "0",
+        "machine-id, its copy on ROOT, the first-boot flag, systemd's own first-boot lines: {fb:?}"
+    );
+    let fbs = vm.ssh_ok("systemctl is-enabled systemd-firstboot.service || true")?;
+    ensure!(fbs.trim() == "masked", "systemd-firstboot.service: {fbs}");
+
     let os = vm.ssh_ok(". /etc/os-release; echo \"$ID $NAME\"")?;
     ensure!(os.trim() == "keel Keel", "os-release: {os}");
 

@@ -15,6 +15,7 @@ pub mod config;
 pub mod disk;
 pub mod esp;
 pub mod initramfs;
+pub mod presets;
 pub mod release;
 
 use std::collections::BTreeMap;
@@ -540,6 +541,10 @@ impl Build {
                 0o644,
             )?;
         }
+
+        // systemd's first-boot preset-all, done here once (see presets.rs).
+        let added = presets::apply(&t).context("applying unit presets at build time")?;
+        eprintln!("      presets applied at build time: {added:?}");
 
         // Keep a record of the package set, then drop everything but /usr:
         // /etc becomes the factory defaults, /var and the rest are per machine.

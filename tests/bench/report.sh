@@ -20,6 +20,8 @@ parts=(
   "keel-oem.md|OEM hooks runner overhead|crates/keel-oem/bench.sh|"
   "keel-provision.md|Provisioning against cloud-init|crates/keel-provision/bench.sh|"
   "keel-update.md|Updates: keel-update against curl + zstd -d + dd; agent RSS and size; one changed file in /usr|crates/keel-update/bench.sh|bench-update.md"
+  "keel-install.md|Installing: keel-install against curl + zstd -d + dd|crates/keel-install/bench.sh|"
+  "keel-lock.md|Reboot lock: etcd acquire/release latency and a fleet rollout against the ideal|crates/keel-lock/bench.sh|"
 )
 
 # Component files start with their own "##"/"###" heading; one level down.

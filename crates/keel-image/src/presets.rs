@@ -22,8 +22,9 @@
 //! - `systemd-firstboot.service` is masked: provisioning owns first-boot
 //!   configuration (`systemd.firstboot=off` already made it a no-op that still
 //!   cost a process start on the critical chain);
-//! - Debian's placeholder `/etc/fstab` (comments only) is dropped, so
-//!   `systemd-remount-fs.service` is skipped by its condition.
+//! - Debian's placeholder `/etc/fstab` (comments only) is dropped (it does
+//!   not skip systemd 252's `systemd-remount-fs.service`, which has no
+//!   fstab condition yet: measured, still on the chain).
 //!
 //! Reads and writes `<tree>/etc` (before it moves to the factory `/etc`).
 
@@ -96,10 +97,10 @@ pub fn seal_etc(etc: &Path) -> Result<()> {
         let _ = fs::remove_file(&p);
         symlink("/dev/null", &p).with_context(|| format!("masking {}", p.display()))?;
     }
-    // Debian's placeholder ("UNCONFIGURED FSTAB"): without it
-    // systemd-remount-fs.service (ConditionPathExists=/etc/fstab) is skipped
-    // instead of starting a process on the critical chain; keel-init mounts
-    // ROOT read-write. An fstab an admin writes brings it back.
+    // Debian's placeholder ("UNCONFIGURED FSTAB") says nothing: keel-init
+    // mounts ROOT read-write. Measured: systemd 252's remount-fs has no
+    // ConditionPathExists=/etc/fstab yet (later systemd does), so it still
+    // runs on the critical chain; dropping the file only helps there.
     let fstab = etc.join("fstab");
     if fs::read_to_string(&fstab).is_ok_and(|t| is_placeholder_fstab(&t)) {
         fs::remove_file(&fstab).with_context(|| format!("removing {}", fstab.display()))?;

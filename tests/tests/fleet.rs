@@ -228,11 +228,11 @@ fn two_guests_reboot_one_after_the_other() -> Result<()> {
             break;
         }
         if start.elapsed() > Duration::from_secs(1200) {
+            let st = guests[second].status()?;
             bail!(
-                "{} never rebooted; lock {:?}; its status:\n{}",
+                "{} never rebooted; lock {:?}; its status:\n{st}",
                 guests[second].name,
-                holders(&lock)?,
-                guests[second].status()?
+                holders(&lock)?
             );
         }
         std::thread::sleep(Duration::from_secs(1));

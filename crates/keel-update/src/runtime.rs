@@ -249,7 +249,17 @@ fn agent(paths: &Paths, settings: Settings) -> Result<(Agent, BootRecord)> {
         save_every: paths.save_every,
     };
     let mut a = Agent::new(settings, m, state);
-    // A version staged in this boot is still staged.
+    adopt_staged(&mut a);
+    Ok((a, rec))
+}
+
+/// A version staged in this boot (by this process, an earlier run of the
+/// agent, or `keel-update check`/`apply` while the daemon runs) is still
+/// staged: never download it again over itself.
+fn adopt_staged(a: &mut Agent) {
+    if a.staged.is_some() {
+        return;
+    }
     if let Ok(Some(p)) = a.state.pending() {
         if p.boot_id == a.machine.boot_id {
             a.staged = Version::parse(&p.version).ok();
@@ -257,7 +267,6 @@ fn agent(paths: &Paths, settings: Settings) -> Result<(Agent, BootRecord)> {
             a.status.state = State::Staged { version: p.version };
         }
     }
-    Ok((a, rec))
 }
 
 fn disk_of(paths: &Paths, rec: &BootRecord) -> PathBuf {
@@ -975,6 +984,7 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
             let result = base.map(|base| {
                 (|| -> Result<Outcome> {
                     let _lock = lock(paths)?;
+                    adopt_staged(&mut a);
                     let mut src = source::for_url(&base, paths.timeouts);
                     let mut slots = GptSlots::open(&disk)?;
                     let mut esp = installer(paths, &disk);

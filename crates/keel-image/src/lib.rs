@@ -713,20 +713,7 @@ impl Build {
                 .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
                 .unwrap_or(USR_EPOCH_DEFAULT),
         };
-        let d = sha2::Sha256::digest(format!("keel usr erofs uuid\0{}", self.cfg.os_version));
-        let mut u = [0u8; 16];
-        u.copy_from_slice(&d[..16]);
-        u[6] = (u[6] & 0x0f) | 0x40; // a random-style (v4) UUID, RFC 4122 variant
-        u[8] = (u[8] & 0x3f) | 0x80;
-        let h = hex::encode(u);
-        let uuid = format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        );
+        let uuid = derived_uuid("keel usr erofs uuid", &self.cfg.os_version);
         let img = self.work.join("usr.erofs");
         let _ = fs::remove_file(&img);
         run(Command::new("mkfs.erofs")
@@ -757,20 +744,7 @@ impl Build {
         // the same and an update reuses them too; the superblock's UUID
         // comes from the version.
         let salt = sha2::Sha256::digest(b"keel usr verity salt v1");
-        let d = sha2::Sha256::digest(format!("keel usr verity uuid\0{}", self.cfg.os_version));
-        let mut u = [0u8; 16];
-        u.copy_from_slice(&d[..16]);
-        u[6] = (u[6] & 0x0f) | 0x40;
-        u[8] = (u[8] & 0x3f) | 0x80;
-        let h = hex::encode(u);
-        let uuid = format!(
-            "{}-{}-{}-{}-{}",
-            &h[..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..]
-        );
+        let uuid = derived_uuid("keel usr verity uuid", &self.cfg.os_version);
         run(Command::new("veritysetup")
             .arg("format")
             .arg(format!("--salt={}", hex::encode(salt)))
@@ -1111,6 +1085,26 @@ pub fn bzimage_build(image: &[u8]) -> Option<String> {
     (!build.is_empty()).then(|| build.to_string())
 }
 
+/// A UUID derived from `label` and the image's version (SHA-256, formatted
+/// as a random-style v4 UUID with the RFC 4122 variant), so that the same
+/// version built twice gets the same filesystem and verity UUIDs.
+fn derived_uuid(label: &str, version: &str) -> String {
+    let d = sha2::Sha256::digest(format!("{label}\0{version}"));
+    let mut u = [0u8; 16];
+    u.copy_from_slice(&d[..16]);
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    let h = hex::encode(u);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..]
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -1137,6 +1131,17 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn derived_uuids_are_stable_per_label_and_version() {
+        let a = derived_uuid("keel usr erofs uuid", "0.1.0");
+        assert_eq!(a, derived_uuid("keel usr erofs uuid", "0.1.0"));
+        assert_ne!(a, derived_uuid("keel usr erofs uuid", "0.1.1"));
+        assert_ne!(a, derived_uuid("keel usr verity uuid", "0.1.0"));
+        let parts: Vec<usize> = a.split('-').map(str::len).collect();
+        assert_eq!(parts, [8, 4, 4, 4, 12]);
+        assert_eq!(&a[14..15], "4");
+    }
 
     /// Every unit Keel ships reads under keel-unit's rules.
     #[test]

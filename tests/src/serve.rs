@@ -170,6 +170,26 @@ impl Etcd {
         format!("http://10.0.2.2:{}", self.port)
     }
 
+    /// A client of the reboot semaphore (locksmith's key) on this etcd.
+    pub fn lock_client(&self) -> Result<keel_lock::etcd::EtcdLock> {
+        let cfg = keel_lock::etcd::EtcdConfig {
+            endpoints: vec![self.endpoint()],
+            timeout: Duration::from_secs(5),
+            ..keel_lock::etcd::EtcdConfig::default()
+        };
+        Ok(keel_lock::etcd::EtcdLock::new(&cfg, "keel-vm-test")?)
+    }
+
+    /// Who holds the reboot semaphore now.
+    pub fn holders(&self) -> Result<Vec<String>> {
+        Ok(self
+            .lock_client()?
+            .read()?
+            .value
+            .map(|s| s.holders)
+            .unwrap_or_default())
+    }
+
     /// etcd's log so far.
     pub fn log(&self) -> String {
         fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()

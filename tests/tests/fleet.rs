@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
-use keel_lock::etcd::{EtcdConfig, EtcdLock};
 use keel_tests::serve::{Etcd, Nginx};
 use keel_tests::{fw_cfg, BootOptions, Image, Vm};
 
@@ -117,14 +116,6 @@ impl Guest {
     }
 }
 
-fn holders(lock: &EtcdLock) -> Result<Vec<String>> {
-    Ok(lock
-        .read()?
-        .value
-        .map(|s| s.holders.clone())
-        .unwrap_or_default())
-}
-
 /// Two guests, max 1: one reboots, the other waits for the lock until the
 /// first's boot is good, then reboots; both run N+1 and the lock is free.
 #[test]
@@ -142,14 +133,6 @@ fn two_guests_reboot_one_after_the_other() -> Result<()> {
     let work = tempfile::tempdir()?;
     let server = Nginx::serve(&img.dir.join("update/tree"))?;
     let etcd = Etcd::start()?;
-    let lock = EtcdLock::new(
-        &EtcdConfig {
-            endpoints: vec![etcd.endpoint()],
-            timeout: Duration::from_secs(5),
-            ..EtcdConfig::default()
-        },
-        "keel-vm-test",
-    )?;
     let cfg = work.path().join("fleet.ign");
     fs::write(&cfg, ignition(&server.guest_url(), &etcd.guest_endpoint()))?;
 
@@ -189,17 +172,17 @@ fn two_guests_reboot_one_after_the_other() -> Result<()> {
         ensure!(
             start.elapsed() < Duration::from_secs(300),
             "neither guest rebooted: {:?}",
-            holders(&lock)?
+            etcd.holders()?
         );
         std::thread::sleep(Duration::from_secs(1));
     };
     let second = 1 - first;
     eprintln!("fleet: {} rebooted first", guests[first].name);
     ensure!(
-        holders(&lock)? == [guests[first].id.clone()],
+        etcd.holders()? == [guests[first].id.clone()],
         "the lock while {} reboots: {:?}",
         guests[first].name,
-        holders(&lock)?
+        etcd.holders()?
     );
     let st = guests[second].status()?;
     ensure!(
@@ -232,7 +215,7 @@ fn two_guests_reboot_one_after_the_other() -> Result<()> {
             bail!(
                 "{} never rebooted; lock {:?}; its status:\n{st}",
                 guests[second].name,
-                holders(&lock)?
+                etcd.holders()?
             );
         }
         std::thread::sleep(Duration::from_secs(1));
@@ -257,11 +240,11 @@ fn two_guests_reboot_one_after_the_other() -> Result<()> {
         ensure!(boot["slot"] == "B", "{}: boot.json {boot}", g.name);
     }
     let t = Instant::now();
-    while !holders(&lock)?.is_empty() {
+    while !etcd.holders()?.is_empty() {
         ensure!(
             t.elapsed() < Duration::from_secs(180),
             "the lock after both good boots: {:?}",
-            holders(&lock)?
+            etcd.holders()?
         );
         std::thread::sleep(Duration::from_secs(2));
     }

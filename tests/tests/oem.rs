@@ -2,12 +2,11 @@
 //! The QEMU platform's fw_cfg metadata (SSH key, hostname) is checked on
 //! the foundation boot in `vm.rs`, which needs no OEM tree of its own.
 
-use std::fs;
 use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use keel_tests::{fw_cfg, image_with_oem, keypair, BootOptions, Image, Vm};
+use keel_tests::{image_with_oem, BootOptions, Image, Vm};
 
 const BOOT: Duration = Duration::from_secs(300);
 

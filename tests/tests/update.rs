@@ -23,7 +23,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
-use keel_lock::etcd::{EtcdConfig, EtcdLock};
 use keel_tests::serve::{Etcd, Nginx};
 use keel_tests::{fw_cfg, BootOptions, Image, Vm};
 
@@ -183,14 +182,7 @@ fn uefi_update_to_next_version() -> Result<()> {
     // The fleet's reboot lock in a real etcd on the host's loopback; another
     // machine holds its only slot until the test gives it back.
     let etcd = Etcd::start()?;
-    let lock = EtcdLock::new(
-        &EtcdConfig {
-            endpoints: vec![etcd.endpoint()],
-            timeout: Duration::from_secs(5),
-            ..EtcdConfig::default()
-        },
-        "keel-vm-test",
-    )?;
+    let lock = etcd.lock_client()?;
     lock.lock_as(OTHER)?;
 
     let cfg = work.path().join("update.ign");
@@ -285,9 +277,9 @@ fn uefi_update_to_next_version() -> Result<()> {
         t.as_secs_f64()
     );
     ensure!(
-        holders(&lock)? == [machine_id.clone()],
+        etcd.holders()? == [machine_id.clone()],
         "the lock while N+1 boots: {:?}, wanted this machine {machine_id}",
-        holders(&lock)?
+        etcd.holders()?
     );
     vm.finish()?;
 
@@ -344,11 +336,11 @@ fn uefi_update_to_next_version() -> Result<()> {
     );
     // Proven good, so the fleet's slot is given back.
     let start = std::time::Instant::now();
-    while !holders(&lock)?.is_empty() {
+    while !etcd.holders()?.is_empty() {
         ensure!(
             start.elapsed() < Duration::from_secs(180),
             "the lock was not released after the good boot: {:?}\n{}",
-            holders(&lock)?,
+            etcd.holders()?,
             vm.ssh_ok("keel-update status")?
         );
         std::thread::sleep(Duration::from_secs(2));
@@ -360,15 +352,6 @@ fn uefi_update_to_next_version() -> Result<()> {
 
 /// The machine the test plays in the fleet's lock.
 const OTHER: &str = "other-machine-of-the-fleet";
-
-/// Who holds the reboot semaphore now.
-fn holders(lock: &EtcdLock) -> Result<Vec<String>> {
-    Ok(lock
-        .read()?
-        .value
-        .map(|s| s.holders.clone())
-        .unwrap_or_default())
-}
 
 /// Poll `keel-update status` until it contains `needle`; the status.
 fn wait_status(vm: &Vm, needle: &str, timeout: Duration) -> Result<String> {

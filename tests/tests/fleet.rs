@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use keel_tests::serve::{Etcd, Nginx};
-use keel_tests::{fw_cfg, BootOptions, Image, Vm};
+use keel_tests::{fw_cfg, urlencode, BootOptions, Image, Vm};
 
 const BOOT: Duration = Duration::from_secs(420);
 
@@ -33,16 +33,7 @@ fn ignition(base_url: &str, endpoint: &str) -> String {
          [reboot]\nstrategy = \"etcd_lock\"\ngrace_period = 0\n\
          [reboot.etcd_lock]\nendpoints = [\"{endpoint}\"]\n"
     );
-    let enc: String = toml
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect();
+    let enc = urlencode(&toml);
     serde_json::json!({
         "ignition": {"version": "3.3.0"},
         "storage": {"files": [{

@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use keel_tests::serve::{Etcd, Nginx};
-use keel_tests::{fw_cfg, BootOptions, Image, Vm};
+use keel_tests::{fw_cfg, urlencode, BootOptions, Image, Vm};
 
 /// OVMF under TCG adds firmware time to the usual boot.
 const BOOT: Duration = Duration::from_secs(480);
@@ -79,17 +79,6 @@ fn ignition(base_url: &str, reboot: &str) -> String {
         }]}
     })
     .to_string()
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// A copy of the tree with one byte of the first USR chunk flipped: the

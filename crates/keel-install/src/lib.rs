@@ -49,6 +49,8 @@ use crate::write::{Phase, Progress, Target, Written};
 pub struct FileTarget {
     /// The open device.
     pub file: File,
+    /// A regular file (an image), not a block device.
+    pub kind: Kind,
 }
 
 impl FileTarget {
@@ -63,6 +65,7 @@ impl FileTarget {
         }
         Ok(FileTarget {
             file: o.open(path)?,
+            kind,
         })
     }
 }
@@ -70,6 +73,19 @@ impl FileTarget {
 impl Target for FileTarget {
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()> {
         self.file.write_all_at(buf, offset)
+    }
+    fn write_zeros(&mut self, offset: u64, len: u64, zeros: &[u8]) -> io::Result<()> {
+        if self.kind == Kind::File {
+            use rustix::fs::{fallocate, FallocateFlags};
+            let how = FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE;
+            match fallocate(&self.file, how, offset, len) {
+                Ok(()) => return Ok(()),
+                // A filesystem without holes gets the zeros written.
+                Err(rustix::io::Errno::OPNOTSUPP) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.file.write_all_at(&zeros[..len as usize], offset)
     }
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset)

@@ -59,6 +59,12 @@ impl keel_gpt::BlockDevice for AsBlock<'_, '_> {
 pub trait Target: std::fmt::Debug {
     /// Write all of `buf` at `offset`.
     fn write_at(&mut self, offset: u64, buf: &[u8]) -> io::Result<()>;
+    /// Make `len` bytes at `offset` read as zeros. The default writes
+    /// `zeros` (at least `len` long); an image file punches a hole instead,
+    /// so installing into a file costs only the disk its data needs.
+    fn write_zeros(&mut self, offset: u64, len: u64, zeros: &[u8]) -> io::Result<()> {
+        self.write_at(offset, &zeros[..len as usize])
+    }
     /// Read exactly `buf.len()` bytes at `offset`.
     fn read_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
     /// Make everything written durable.
@@ -273,8 +279,12 @@ fn write_inner(
             off += k as u64;
         }
         if !data.is_empty() {
-            t.write_at(off, data)
-                .map_err(|e| late(&format!("writing {len} bytes at offset {}", b.offset), &e))?;
+            let r = if b.check == Check::Zero {
+                t.write_zeros(off, data.len() as u64, data)
+            } else {
+                t.write_at(off, data)
+            };
+            r.map_err(|e| late(&format!("writing {len} bytes at offset {}", b.offset), &e))?;
         }
         if b.check == Check::Zero {
             zero_bytes += len;

@@ -304,3 +304,31 @@ fn a_short_image_is_an_error() {
         "{e}"
     );
 }
+
+/// Zero blocks become holes in an image file: the file reads back the
+/// same, and its data blocks are only those of the non-zero data (the VM
+/// test installs a 2.9 GiB image into a file; written out, it filled a
+/// CI machine's disk).
+#[test]
+fn zero_blocks_leave_holes_in_an_image_file() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("disk.raw");
+    let mib = 1usize << 20;
+    std::fs::write(&path, vec![7u8; 8 * mib]).unwrap();
+    let mut t = crate::FileTarget::open(&path, crate::device::Kind::File).unwrap();
+    let zeros = vec![0u8; 4 * mib];
+    t.write_zeros(2 * mib as u64, 4 * mib as u64, &zeros)
+        .unwrap();
+    t.sync().unwrap();
+    let mut back = vec![1u8; 8 * mib];
+    t.read_at(0, &mut back).unwrap();
+    assert!(back[..2 * mib].iter().all(|b| *b == 7));
+    assert!(back[2 * mib..6 * mib].iter().all(|b| *b == 0));
+    assert!(back[6 * mib..].iter().all(|b| *b == 7));
+    let allocated = std::fs::metadata(&path).unwrap().blocks() * 512;
+    assert!(
+        allocated <= 4 * mib as u64 + 64 * 1024,
+        "{allocated} bytes allocated, 4 MiB of data"
+    );
+}

@@ -52,13 +52,14 @@ fn esp_entries(vm: &Vm) -> Result<Vec<String>> {
     Ok(out.lines().map(|l| l.trim().to_string()).collect())
 }
 
-/// What a unit that fails on every boot, named critical, prints (systemd
-/// shortens a long description in the middle on the console:
-/// "keel-test-…est-critical: fails on every boot").
+/// What a unit that fails on every boot, named critical, prints, and the
+/// boot check that fails with it (systemd shortens a long line in the
+/// middle on the console: "keel-test-…est-critical: fails on every boot",
+/// "keel-boot-…eel: check that this boot is good").
 const CRITICAL_FAILS: &[&str] = &[
     "keel-test-critical",
     "critical: fails on every boot",
-    "Keel: check that this boot is good",
+    "check that this boot is good",
 ];
 
 /// The version the fixture's release carries.

@@ -1,42 +1,23 @@
-//! VM test of keel-install (issue 17): install from the build host onto a
-//! blank disk file from the release tree served by nginx on loopback, with
-//! an Ignition config (SSH key for core, hostname), then boot **that disk**
-//! under UEFI firmware and check it comes up provisioned and grown.
+//! VM test of keel-install (issue 17), as an operator runs it: a Keel
+//! guest with a second, blank virtio disk runs its own `keel-install`
+//! onto that disk from the release tree the host serves (nginx on
+//! loopback, reached at 10.0.2.2), with an Ignition config (hostname) and
+//! an SSH key for core; then a new guest boots **that disk** under UEFI
+//! firmware and must come up provisioned and grown. Installing from the
+//! build host onto a loop device is the privileged tier's.
 //!
-//! Needs the image (`./run image`), its release tree with the disk image
-//! (`./run release`, in `$KEEL_BUILD_DIR/release`) and a built keel-install
-//! (`cargo build -p keel-install`; `KEEL_INSTALL_BIN` overrides the path).
+//! Needs the image (`./run image`) and its release tree with the disk image
+//! (`./run release`, in `$KEEL_BUILD_DIR/release`), signed with the key the
+//! image trusts (the build's development update key).
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use keel_tests::serve::Nginx;
-use keel_tests::{keypair, BootOptions, Image, Vm};
+use keel_tests::{keypair, ssh_with_input, BootOptions, Image, Vm};
 
 const BOOT: Duration = Duration::from_secs(480);
 const HOSTNAME: &str = "keel-installed";
-
-fn installer() -> Result<PathBuf> {
-    if let Some(p) = std::env::var_os("KEEL_INSTALL_BIN") {
-        return Ok(PathBuf::from(p));
-    }
-    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
-    let mut found: Vec<PathBuf> = ["release", "debug", "x86_64-unknown-linux-musl/release"]
-        .iter()
-        .map(|d| target.join(d).join("keel-install"))
-        .filter(|p| p.is_file())
-        .collect();
-    found.sort_by_key(|p| {
-        std::fs::metadata(p)
-            .and_then(|m| m.modified())
-            .unwrap_or(std::time::UNIX_EPOCH)
-    });
-    found
-        .pop()
-        .context("no keel-install binary: cargo build -p keel-install (or set KEEL_INSTALL_BIN)")
-}
 
 #[test]
 fn installed_disk_boots_uefi_provisioned() -> Result<()> {
@@ -47,13 +28,13 @@ fn installed_disk_boots_uefi_provisioned() -> Result<()> {
         "no release tree in {} (./run release)",
         tree.display()
     );
-    let keys = img.dir.join("dev-update-key");
-    let bin = installer()?;
     let work = tempfile::Builder::new()
         .prefix("keel-install-vm-")
         .tempdir()?;
 
     // A blank disk 1 GiB larger than the image: the first boot grows ROOT.
+    // QEMU turns the guest's zero writes into holes, so the file stays
+    // sparse (the image is mostly zeros).
     let raw_size = std::fs::metadata(img.path("raw")?)?.len();
     let disk = work.path().join("installed.raw");
     std::fs::File::create(&disk)?.set_len(raw_size + (1 << 30))?;
@@ -70,29 +51,48 @@ fn installed_disk_boots_uefi_provisioned() -> Result<()> {
     )?;
 
     let nginx = Nginx::serve(&tree)?;
+    let installer = BootOptions {
+        qemu_args: vec![
+            "-drive".into(),
+            format!(
+                "if=virtio,file={},format=raw,discard=unmap,detect-zeroes=unmap",
+                disk.display()
+            ),
+        ],
+        ..BootOptions::default()
+    };
+    let mut vm = Vm::boot("install_from_keel", &img, installer)?;
+    vm.wait_ready(BOOT)?;
+    let blank = vm.ssh_ok("lsblk -dno NAME,SIZE /dev/vdb")?;
+    eprintln!("install: the guest's second disk: {}", blank.trim());
+    ssh_with_input(&vm, "cat > /tmp/config.ign", &ign)?;
+    ssh_with_input(&vm, "cat > /tmp/core.pub", &pubfile)?;
     let t0 = Instant::now();
-    let out = Command::new(&bin)
-        .arg(&disk)
-        .args(["--channel", "stable", "--base-url", &nginx.url()])
-        .arg("--keys")
-        .arg(&keys)
-        .arg("--ignition")
-        .arg(&ign)
-        .arg("--ssh-key")
-        .arg(&pubfile)
-        .args(["--platform", "qemu", "--yes"])
-        .output()
-        .with_context(|| format!("running {}", bin.display()))?;
+    let out = vm.ssh(&format!(
+        "sudo keel-install /dev/vdb --channel stable --base-url {} \
+         --ignition /tmp/config.ign --ssh-key /tmp/core.pub --platform qemu --yes",
+        nginx.guest_url()
+    ))?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     eprintln!("{stderr}");
-    if !out.status.success() {
-        bail!("keel-install failed ({}): {stderr}", out.status);
-    }
-    eprintln!("install: {:.1}s", t0.elapsed().as_secs_f64());
+    ensure!(
+        out.status.success(),
+        "keel-install in the guest failed ({}): {stderr}",
+        out.status
+    );
+    eprintln!("install: {:.1}s in the guest", t0.elapsed().as_secs_f64());
     ensure!(
         stderr.contains("first-boot config in OEM config.ign"),
         "{stderr}"
     );
+    // What the guest's kernel sees on the new disk.
+    let parts = vm.ssh_ok("ls /sys/class/block/vdb")?;
+    let n = parts
+        .split_whitespace()
+        .filter(|p| p.starts_with("vdb"))
+        .count();
+    ensure!(n >= 7, "partitions the guest's kernel sees on vdb: {parts}");
+    vm.finish()?;
     drop(nginx);
 
     // Boot the installed disk, not the image: SSH only with the key from

@@ -464,7 +464,8 @@ fn uefi_failed_critical_unit_rolls_back() -> Result<()> {
     eprintln!("update: status after the rollback:\n{status}");
     ensure!(
         status.contains(&format!("ROLLED_BACK_VERSION={next}"))
-            && status.contains(&format!("BLOCKED_VERSIONS={next}")),
+            && status.contains(&format!("BLOCKED_VERSIONS={next}"))
+            && status.contains("keel-test-critical.service"),
         "status after the rollback: {status}"
     );
     let out = vm.ssh("sudo keel-update check")?;

@@ -507,6 +507,24 @@ fn reboot(paths: &Paths) -> Result<()> {
     Ok(())
 }
 
+/// What keel-bootctl's boot check says of this boot now (the critical
+/// units that failed, or the target not reached), so a rollback records
+/// the cause and not only the timeout; `None` when it has nothing to say
+/// or cannot tell.
+fn boot_check_says() -> Option<String> {
+    use keel_bootctl::health::{self, SystemState};
+    let critical = health::load_critical(&health::dropin_dirs()).ok()?;
+    // A failed critical unit first: the check itself stops at the target,
+    // which a failed unit keeps from being reached.
+    let failed = health::Systemctl.failed_units(&critical).ok()?;
+    if !failed.is_empty() {
+        return Some(format!("critical units failed: {}", failed.join(", ")));
+    }
+    health::check(&health::Systemctl, &critical)
+        .err()
+        .map(|e| format!("{e:#}"))
+}
+
 /// The health gate: the updated slot runs; wait until it is marked good
 /// (keel-mark-successful after the boot checks) or until the timeout since
 /// boot, then roll back: make it unbootable, record why, reboot into the
@@ -547,9 +565,12 @@ fn trial_loop(a: &mut Agent, paths: &Paths, disk: &Path, mut p: Pending, fx: &mu
             }
             machine::Trial::Expired => {
                 let why = format!(
-                    "{} was not marked good within {} s of boot (a critical unit failed or the boot did not complete)",
+                    "{} was not marked good within {} s of boot ({})",
                     p.version,
-                    timeout.as_secs()
+                    timeout.as_secs(),
+                    boot_check_says().unwrap_or_else(|| {
+                        "a critical unit failed or the boot did not complete".into()
+                    })
                 );
                 match slot_state(disk, booted.other()) {
                     Ok(o) if o.bootable => {}

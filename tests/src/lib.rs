@@ -521,6 +521,15 @@ impl Vm {
         }
     }
 
+    /// Whether QEMU has exited (the guest powered off or rebooted; the
+    /// VMs run with `-no-reboot`), without waiting.
+    pub fn has_exited(&mut self) -> Result<bool> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?.is_some()),
+            None => Ok(true),
+        }
+    }
+
     /// Kill QEMU at once (a power cut).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -84,7 +84,7 @@ impl Guest {
     }
 
     fn exited(&mut self) -> Result<bool> {
-        Ok(self.vm().wait_exit(Duration::ZERO).is_ok())
+        self.vm().has_exited()
     }
 
     fn status(&mut self) -> Result<String> {

@@ -58,17 +58,18 @@ pub trait SystemState {
 }
 
 /// Ok when the boot is good, else why not.
+/// A failed critical unit is named first: it is usually why the target
+/// was not reached.
 pub fn check(sys: &impl SystemState, critical: &[String]) -> Result<()> {
+    if !critical.is_empty() {
+        let failed = sys.failed_units(critical)?;
+        if !failed.is_empty() {
+            bail!("critical units failed: {}", failed.join(", "));
+        }
+    }
     let state = sys.active_state(TARGET)?;
     if state != "active" {
         bail!("{TARGET} is {state}, not active");
-    }
-    if critical.is_empty() {
-        return Ok(());
-    }
-    let failed = sys.failed_units(critical)?;
-    if !failed.is_empty() {
-        bail!("critical units failed: {}", failed.join(", "));
     }
     Ok(())
 }

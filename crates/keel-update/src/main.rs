@@ -19,7 +19,8 @@ commands:
   status [--json]          state, versions, progress, last check and error, why no update,
                            reboot strategy and what the reboot waits for
   check [--dry-run]        check the channel now and apply what it offers
-  apply PATH [--channel C] apply the newest version of a release tree directory (offline)
+  apply PATH [--channel C] apply the newest version of a release tree (offline): a directory,
+                           or a bundle (a tar of the tree) as a file or raw on a device
   daemon [--first-check SECONDS]
                            check periodically (keel-update.service)
 
@@ -127,7 +128,7 @@ fn parse(args: Vec<String>) -> Result<(Paths, Cmd), String> {
         Some("apply") => {
             let path = positional
                 .pop()
-                .ok_or("apply needs a release tree directory")?;
+                .ok_or("apply needs a release tree: a directory, a bundle file or a device")?;
             Cmd::Apply {
                 path: path.into(),
                 channel,

@@ -301,27 +301,36 @@ fn hand_over(paths: &Paths, out: &Outcome) {
     }
 }
 
-/// `keel-update apply PATH`: the same from a release tree directory.
+/// `keel-update apply PATH`: the same from a release tree directory or a
+/// bundle (a tar of the tree, as a file or raw on a block device).
 pub fn apply(paths: &Paths, tree: &Path, channel: Option<&str>) -> Result<Outcome> {
     let mut settings = config::load(&paths.config)?;
     if let Some(c) = channel {
         settings.channel = c.to_string();
     }
-    if !tree
-        .join(&settings.channel)
-        .join(keel_release::CHANNEL_FILE)
-        .is_file()
-    {
-        bail!(
-            "{}: no {}/{} (a release tree has one directory per channel; --channel picks another)",
+    let want = format!("{}/{}", settings.channel, keel_release::CHANNEL_FILE);
+    let missing = || {
+        anyhow!(
+            "{}: no {want} (a release tree has one directory per channel; --channel picks another)",
             tree.display(),
-            settings.channel,
-            keel_release::CHANNEL_FILE
-        );
-    }
-    settings.base_url = Some(format!("file://{}", tree.display()));
-    let mut src = Dir::new(tree);
-    let out = run_once(paths, settings, &mut src, false)?;
+        )
+    };
+    let meta = std::fs::metadata(tree).with_context(|| format!("{}", tree.display()))?;
+    let mut src: Box<dyn source::Source> = if meta.is_dir() {
+        if !tree.join(&want).is_file() {
+            return Err(missing());
+        }
+        settings.base_url = Some(format!("file://{}", tree.display()));
+        Box::new(Dir::new(tree))
+    } else {
+        let b = source::Bundle::open(tree)?;
+        if !b.has(&want) {
+            return Err(missing());
+        }
+        settings.base_url = Some(format!("bundle:{}", tree.display()));
+        Box::new(b)
+    };
+    let out = run_once(paths, settings, src.as_mut(), false)?;
     hand_over(paths, &out);
     Ok(out)
 }

@@ -1,10 +1,13 @@
 //! Where a release tree is read from: a web server over HTTP(S) (Range
-//! requests per chunk) or a directory (offline `apply`, `file://`), behind
-//! one small trait so the agent and its tests do not care which.
+//! requests per chunk), a directory (offline `apply`, `file://`) or a
+//! single-file bundle (offline `apply` of a tar of the tree, as a file or
+//! raw on a block device), behind one small trait so the agent and its
+//! tests do not care which.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use thiserror::Error;
@@ -275,6 +278,164 @@ impl Source for Dir {
     }
 }
 
+/// At most this many files in a bundle (a release tree has a handful per
+/// version; a device full of headers is not a bundle).
+const MAX_BUNDLE_FILES: usize = 100_000;
+
+/// A release tree in one file, for a USB stick or a second disk: an
+/// uncompressed tar of the tree (`tar -cf keel.tar -C TREE .`), as a file on
+/// any filesystem or written raw onto a block device (`dd if=keel.tar
+/// of=/dev/sdX`: the tar's end marker ends it, whatever follows on the
+/// device). The chunks are compressed already, so the tar is not, and every
+/// read is a seek: the index of names to byte ranges is built once from the
+/// headers (the `tar` crate seeks over the payloads), then no byte is read
+/// twice. Only regular files count. Nothing here is trusted: the signed
+/// documents and the chunk hashes are checked by the agent as for any source.
+#[derive(Debug)]
+pub struct Bundle {
+    path: PathBuf,
+    file: File,
+    /// Name in the tree → (offset in the file, size).
+    index: HashMap<String, (u64, u64)>,
+}
+
+/// A tar entry's name as a tree-relative name: `./` and `/` prefixes
+/// dropped; `..` refused (a bundle names files inside its tree only).
+fn bundle_name(p: &Path) -> Result<String, String> {
+    let mut parts = Vec::new();
+    for c in p.components() {
+        match c {
+            Component::Normal(s) => parts.push(
+                s.to_str()
+                    .ok_or_else(|| format!("{}: a name that is not UTF-8", p.display()))?,
+            ),
+            Component::CurDir | Component::RootDir => {}
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(format!("{}: a name outside the tree", p.display()))
+            }
+        }
+    }
+    Ok(parts.join("/"))
+}
+
+/// The index of a tar's regular files: name → (data offset, size). Errors
+/// name the entry and its header's offset.
+pub fn index_tar<R: Read + Seek>(r: R) -> Result<HashMap<String, (u64, u64)>, String> {
+    let mut archive = tar::Archive::new(r);
+    let entries = archive.entries_with_seek().map_err(|e| e.to_string())?;
+    let mut index = HashMap::new();
+    for (n, entry) in entries.enumerate() {
+        let entry = entry.map_err(|e| format!("tar entry {}: {e}", n + 1))?;
+        let at = entry.raw_header_position();
+        if !entry.header().entry_type().is_file() {
+            continue;
+        }
+        let path = entry
+            .path()
+            .map_err(|e| format!("tar entry {} at offset {at}: {e}", n + 1))?;
+        let name = bundle_name(&path).map_err(|e| format!("tar entry at offset {at}: {e}"))?;
+        if index.len() >= MAX_BUNDLE_FILES {
+            return Err(format!("more than {MAX_BUNDLE_FILES} files"));
+        }
+        // As tar itself: a later entry of the same name replaces an earlier one.
+        index.insert(name, (entry.raw_file_position(), entry.size()));
+    }
+    if index.is_empty() {
+        return Err("no files: not a tar of a release tree".into());
+    }
+    Ok(index)
+}
+
+impl Bundle {
+    /// The bundle at `path` (a file or a block device), its index read.
+    pub fn open(path: &Path) -> Result<Bundle, FetchError> {
+        let file = File::open(path).map_err(|source| FetchError::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let index = index_tar(&file).map_err(|e| FetchError::File {
+            path: path.to_path_buf(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("not a release bundle (an uncompressed tar of a release tree): {e}"),
+            ),
+        })?;
+        Ok(Bundle {
+            path: path.to_path_buf(),
+            file,
+            index,
+        })
+    }
+
+    /// Whether the bundle holds `rel`.
+    pub fn has(&self, rel: &str) -> bool {
+        self.index.contains_key(rel.trim_start_matches('/'))
+    }
+
+    fn error(&self, kind: std::io::ErrorKind, msg: String) -> FetchError {
+        FetchError::File {
+            path: self.path.clone(),
+            source: std::io::Error::new(kind, msg),
+        }
+    }
+
+    fn read_at(&mut self, rel: &str, offset: u64, len: u64) -> Result<Vec<u8>, FetchError> {
+        let rel = rel.trim_start_matches('/');
+        let &(start, size) = self.index.get(rel).ok_or_else(|| {
+            self.error(
+                std::io::ErrorKind::NotFound,
+                format!("{rel}: not in the bundle"),
+            )
+        })?;
+        if offset.checked_add(len).is_none_or(|end| end > size) {
+            return Err(self.error(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{rel}: {len} bytes at offset {offset} of a {size}-byte file"),
+            ));
+        }
+        let io = |source| FetchError::File {
+            path: self.path.clone(),
+            source,
+        };
+        self.file
+            .seek(SeekFrom::Start(start + offset))
+            .map_err(io)?;
+        let mut out = Vec::new();
+        (&self.file).take(len).read_to_end(&mut out).map_err(io)?;
+        if out.len() as u64 != len {
+            return Err(self.error(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("{rel}: the bundle ends after {} of {len} bytes", out.len()),
+            ));
+        }
+        Ok(out)
+    }
+}
+
+impl Source for Bundle {
+    fn get(&mut self, rel: &str, max: usize) -> Result<Vec<u8>, FetchError> {
+        let size = self
+            .index
+            .get(rel.trim_start_matches('/'))
+            .map_or(0, |e| e.1);
+        if size > max as u64 {
+            return Err(FetchError::TooLarge {
+                url: format!("{}: {rel}", self.path.display()),
+                max,
+            });
+        }
+        self.read_at(rel, 0, size)
+    }
+
+    fn get_range(&mut self, rel: &str, offset: u64, len: u64) -> Result<Vec<u8>, FetchError> {
+        self.read_at(rel, offset, len)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+}
+
 /// The source for a configured base URL: `file://` is a directory.
 pub fn for_url(base: &str, t: Timeouts) -> Box<dyn Source> {
     match base.strip_prefix("file://") {
@@ -299,5 +460,91 @@ mod tests {
         let e = d.get_range("s/f", 8, 5).expect_err("short");
         assert!(e.to_string().contains("2 of 5 bytes at offset 8"), "{e}");
         assert!(d.get("nope", 10).is_err());
+    }
+
+    fn tar_of(files: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in files {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o644);
+            h.set_entry_type(tar::EntryType::Regular);
+            b.append_data(&mut h, name, *data).expect("append");
+        }
+        b.into_inner().expect("tar")
+    }
+
+    #[test]
+    fn bundle_reads_files_of_a_tar_and_ranges_exactly() {
+        let t = tempfile::tempdir().expect("tmp");
+        let long = format!("stable/{}/usr.0001", "v".repeat(120));
+        let mut tar = tar_of(&[
+            ("./stable/channel.json", b"{}"),
+            ("stable/1.2/usr.0000", b"0123456789"),
+            (&long, b"long name"),
+        ]);
+        // Raw on a device: whatever follows the tar's end does not count.
+        tar.extend(std::iter::repeat_n(0xa5, 4096));
+        let p = t.path().join("b.tar");
+        std::fs::write(&p, &tar).expect("write");
+        let mut b = Bundle::open(&p).expect("open");
+        assert!(b.has("stable/channel.json"));
+        assert_eq!(b.get("stable/channel.json", 10).expect("get"), b"{}");
+        assert_eq!(b.get_range("stable/1.2/usr.0000", 2, 3).expect("r"), b"234");
+        assert_eq!(b.get(&long, 100).expect("long"), b"long name");
+        assert!(matches!(
+            b.get("stable/1.2/usr.0000", 9),
+            Err(FetchError::TooLarge { .. })
+        ));
+        let e = b.get_range("stable/1.2/usr.0000", 8, 5).expect_err("short");
+        assert!(
+            e.to_string()
+                .contains("5 bytes at offset 8 of a 10-byte file"),
+            "{e}"
+        );
+        let e = b.get("stable/2.0/manifest.json", 10).expect_err("missing");
+        assert!(
+            e.to_string()
+                .contains("stable/2.0/manifest.json: not in the bundle"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("b.tar"), "{e}");
+    }
+
+    #[test]
+    fn bundle_refuses_what_is_not_a_tar_of_a_tree() {
+        let t = tempfile::tempdir().expect("tmp");
+        let p = t.path().join("x");
+        for (bytes, want) in [
+            (vec![0u8; 4096], "no files"),
+            (b"#cloud-config\n".repeat(100), "not a release bundle"),
+        ] {
+            std::fs::write(&p, &bytes).expect("write");
+            let e = Bundle::open(&p).expect_err("not a bundle");
+            assert!(e.to_string().contains(want), "{e}");
+        }
+        // A corrupted header: its checksum no longer matches.
+        let mut tar = tar_of(&[("stable/channel.json", b"{}")]);
+        tar[0] ^= 0x20;
+        std::fs::write(&p, &tar).expect("write");
+        assert!(Bundle::open(&p).is_err());
+        // A name outside the tree.
+        let mut tar = tar_of(&[("stable/channel.json", b"{}")]);
+        tar[..20].copy_from_slice(b"../../etc/passwd\0\0\0\0");
+        let sum: u32 = tar[..512]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u32::from(*b)
+                }
+            })
+            .sum();
+        tar[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        std::fs::write(&p, &tar).expect("write");
+        let e = Bundle::open(&p).expect_err("escape");
+        assert!(e.to_string().contains("outside the tree"), "{e}");
     }
 }

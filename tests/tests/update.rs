@@ -9,7 +9,13 @@
 //! host's loopback, reached at 10.0.2.2) while another machine holds it,
 //! reboots on its own once it is given back, and boots N+1 as slot B with
 //! B's kernel and root hash, proven after boot-complete.target, its loader
-//! entry blessed, and the lock given back. A second, slow test
+//! entry blessed, and the lock given back. On the way, the first download
+//! is cut by killing QEMU: the next boot runs N, and `keel-update apply`
+//! finishes the update offline from a bundle on a second virtio disk,
+//! resuming at the chunk the download reached. At the end, N is staged
+//! back into A (an allowed downgrade) and A's USR damaged from the host:
+//! the next boot's dm-verity refuses it, keel-init falls back to N+1 in B,
+//! and the agent reports the rollback and blocks N. A second, slow test
 //! (ignored by default) shows the health gate: N+1 with a failing critical
 //! unit is rolled back by the agent on its own and blocked.
 //!
@@ -231,29 +237,76 @@ fn uefi_update_to_next_version() -> Result<()> {
     let status = vm.ssh_ok("keel-update status")?;
     ensure!(status.contains("LAST_ERROR="), "status: {status}");
 
-    // The real release: staged into B.
+    // The real release, now configured for good; its download is cut
+    // partway by killing QEMU (a power cut).
     vm.ssh_ok(&format!(
-        "sudo mkdir -p /run/keel/update.d && printf 'base_url = \"%s\"\\n' '{}/good' | sudo tee /run/keel/update.d/60-good.toml >/dev/null",
+        "printf 'base_url = \"%s\"\\n' '{}/good' | sudo tee /etc/keel/update.d/60-good.toml >/dev/null",
         server.guest_url()
     ))?;
-    let t0 = std::time::Instant::now();
-    vm.ssh_ok("sudo keel-update check")?;
+    vm.ssh_ok("sudo systemd-run --quiet --unit keel-test-check keel-update check")?;
+    let cut = wait_progress(&vm, 0.2, Duration::from_secs(300))?;
+    vm.kill();
+    drop(vm);
     eprintln!(
-        "update: staged {next} in {:.1}s",
-        t0.elapsed().as_secs_f64()
+        "update: QEMU killed at {:.0} % of the download",
+        cut * 100.0
+    );
+    let log = server.access_log();
+    ensure!(log.contains("/good/"), "nothing fetched from the good tree");
+
+    // The next boot runs N from A as before, and `keel-update apply`
+    // finishes the update offline from a bundle (a tar of N+1's release
+    // tree) on a second virtio disk, resuming where the download stopped.
+    let bundle = work.path().join("n1.tar");
+    let st = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&bundle)
+        .arg("-C")
+        .arg(tree(&img))
+        .arg("stable")
+        .status()?;
+    ensure!(st.success(), "tar of the release tree");
+    let mut with_bundle = opts.clone();
+    with_bundle.qemu_args.extend([
+        "-drive".to_string(),
+        format!("file={},format=raw,if=virtio,readonly=on", bundle.display()),
+    ]);
+    let mut vm = Vm::reboot_disk("update_n_again", &img, &disk, with_bundle)?;
+    let state = vm.wait_ready(BOOT)?;
+    ensure!(state == "running", "system {state} after the cut");
+    booted_by_uefi_from_usr_a(&vm, &img)?;
+    let t0 = std::time::Instant::now();
+    let out = vm.ssh("sudo keel-update apply /dev/vdb")?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!(
+        "update: offline apply in {:.1}s: {}",
+        t0.elapsed().as_secs_f64(),
+        text.trim()
+    );
+    ensure!(out.status.success(), "apply from the bundle: {text}");
+    let resumed_at = text
+        .split("at usr chunk ")
+        .nth(1)
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok());
+    ensure!(
+        resumed_at.is_some_and(|n| n > 0),
+        "the apply did not resume the cut download: {text}"
     );
     let status = vm.ssh_ok("keel-update status")?;
     ensure!(
         status.contains("CURRENT_OP=UPDATE_STATUS_UPDATED_NEED_REBOOT")
             && status.contains(&format!("NEW_VERSION={next}")),
-        "status after check: {status}"
+        "status after apply: {status}"
     );
     ensure!(
         vm.ssh("test -e /run/reboot-required")?.status.success(),
         "/run/reboot-required missing"
     );
-    let log = server.access_log();
-    ensure!(log.contains("/good/"), "nothing fetched from the good tree");
 
     // The daemon took the staged version over from the CLI and waits for
     // the fleet's lock, which the other machine holds: no reboot.
@@ -342,12 +395,93 @@ fn uefi_update_to_next_version() -> Result<()> {
         std::thread::sleep(Duration::from_secs(2));
     }
 
+    // A failing disk under the other slot: N again (a downgrade this
+    // machine's config allows) is staged into A, then A's USR is damaged
+    // from the host. The next boot starts A's entry (N's kernel); dm-verity
+    // refuses A's data and keel-init falls back to B (N+1, whose modules
+    // match the kernel) in the same boot; the agent reports the rollback
+    // and blocks N.
+    let version_n = img.manifest["version"]
+        .as_str()
+        .context("image.json has no version")?
+        .to_string();
+    std::os::unix::fs::symlink(img.dir.join("release"), served.join("n"))?;
+    vm.ssh_ok(&format!(
+        "printf 'base_url = \"%s\"\\nallow_downgrade = true\\n[reboot]\\nstrategy = \"off\"\\n' '{}/n' | sudo tee /run/keel/update.d/70-down.toml >/dev/null",
+        server.guest_url()
+    ))?;
+    vm.ssh_ok("sudo keel-update check")?;
+    let status = vm.ssh_ok("keel-update status")?;
+    ensure!(
+        status.contains(&format!("NEW_VERSION={version_n}"))
+            && status.contains("UPDATED_NEED_REBOOT"),
+        "N not staged into A: {status}"
+    );
+    vm.finish()?;
+    let offset = keel_tests::partition_offset(&img.path("raw")?, "USR-A")?;
+    let out = std::process::Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P 0x5a {offset} 16M"))
+        .arg(&disk)
+        .output()
+        .context("running qemu-io")?;
+    ensure!(
+        out.status.success(),
+        "qemu-io: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut vm = Vm::reboot_disk("update_bad_a", &img, &disk, opts)?;
+    vm.allow(&["dm-verity error"]);
+    let state = vm.wait_ready(BOOT)?;
+    ensure!(state == "running", "system {state} after the fallback");
+    let boot: serde_json::Value = serde_json::from_str(&vm.ssh_ok("cat /run/keel/boot.json")?)?;
+    ensure!(
+        boot["slot"] == "B"
+            && boot["kernel_slot"] == "A"
+            && boot["failed_slots"][0]["slot"] == "A"
+            && boot["failed_slots"][0]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("dm-verity")),
+        "A's damaged USR did not fall back to B: {boot}"
+    );
+    let os = vm.ssh_ok(". /etc/os-release && echo $VERSION_ID")?;
+    ensure!(os.trim() == next, "after the fallback running {os:?}");
+    let status = vm.ssh_ok("keel-update status")?;
+    eprintln!("update: status after A failed verity:\n{status}");
+    ensure!(
+        status.contains(&format!("ROLLED_BACK_VERSION={version_n}"))
+            && status.contains(&format!("BLOCKED_VERSIONS={version_n}"))
+            && status.contains(&format!("CURRENT_VERSION={next}")),
+        "status after the fallback: {status}"
+    );
     vm.finish()?;
     Ok(())
 }
 
 /// The machine the test plays in the fleet's lock.
 const OTHER: &str = "other-machine-of-the-fleet";
+
+/// Poll `keel-update status` until a download is at `at` (0–1) or more;
+/// the progress seen.
+fn wait_progress(vm: &Vm, at: f64, timeout: Duration) -> Result<f64> {
+    let start = std::time::Instant::now();
+    loop {
+        let st = vm.ssh_ok("keel-update status")?;
+        let progress = st
+            .lines()
+            .find_map(|l| l.strip_prefix("PROGRESS="))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if st.contains("STATE=downloading") && progress >= at {
+            return Ok(progress);
+        }
+        ensure!(
+            !st.contains("UPDATED_NEED_REBOOT") && start.elapsed() < timeout,
+            "the download did not reach {at} in time to be cut: {st}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
 
 /// Poll `keel-update status` until it contains `needle`; the status.
 fn wait_status(vm: &Vm, needle: &str, timeout: Duration) -> Result<String> {

@@ -228,17 +228,30 @@ impl Effects for Publisher<'_> {
     }
 }
 
+/// The update lock is held by another keel-update: not a failure of the
+/// check, only "not now" (the daemon tries again in [`BUSY_RETRY`] without
+/// recording an error).
+#[derive(Debug, thiserror::Error)]
+#[error("{lock}: {errno}: another keel-update (the daemon or a CLI) is applying an update")]
+pub struct Busy {
+    lock: String,
+    errno: nix::errno::Errno,
+}
+
+/// When the daemon looks again after finding the lock [`Busy`].
+pub const BUSY_RETRY: Duration = Duration::from_secs(60);
+
 fn lock(paths: &Paths) -> Result<Flock<File>> {
     if let Some(d) = paths.lock.parent() {
         std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
     }
     let f =
         File::create(&paths.lock).with_context(|| format!("opening {}", paths.lock.display()))?;
-    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, e)| {
-        anyhow!(
-            "{}: {e}: another keel-update (the daemon or a CLI) is applying an update",
-            paths.lock.display()
-        )
+    Flock::lock(f, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+        anyhow::Error::new(Busy {
+            lock: paths.lock.display().to_string(),
+            errno,
+        })
     })
 }
 
@@ -1017,6 +1030,12 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
             });
             let wait = match &result {
                 None | Some(Ok(_)) => sched.after_success(fastrand::f64()),
+                // A CLI `check`/`apply` is at work: its outcome is adopted
+                // at the next look, and is nobody's error.
+                Some(Err(e)) if e.downcast_ref::<Busy>().is_some() => {
+                    info!("{e}; looking again in {}s", BUSY_RETRY.as_secs());
+                    BUSY_RETRY
+                }
                 Some(Err(e)) => {
                     warn!("update check failed: {e:#}");
                     if !matches!(a.status.state, State::Error { .. }) {
@@ -1063,6 +1082,21 @@ pub fn daemon(paths: &Paths, first_delay: Option<Duration>) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_held_update_lock_is_busy_not_a_failure() {
+        let t = tempfile::tempdir().expect("tmp");
+        let paths = Paths {
+            lock: t.path().join("run/update.lock"),
+            ..Paths::default()
+        };
+        let held = lock(&paths).expect("first lock");
+        let e = lock(&paths).expect_err("held");
+        let busy = e.downcast_ref::<Busy>().expect("a Busy error");
+        assert!(busy.to_string().contains("another keel-update"), "{busy}");
+        drop(held);
+        lock(&paths).expect("free again");
+    }
 
     #[test]
     fn version_from_os_release() {

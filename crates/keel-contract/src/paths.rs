@@ -25,6 +25,12 @@ pub const SHARE_DIR: &str = "/usr/share/keel";
 pub const ADMIN_DIR: &str = "/etc/keel";
 /// The OEM partition, mounted read-only.
 pub const OEM_DIR: &str = "/oem";
+/// On OEM: the base config keel-provision merges under any user config
+/// (Ignition; a vendor's, or the one `keel-install --ignition` places).
+pub const OEM_BASE_CONFIG: &str = "/oem/config.ign";
+/// On OEM: a user config in any format keel-provision reads, placed by
+/// `keel-install --cloud-config`; keel-provision's last user-config source.
+pub const OEM_USER_DATA: &str = "/oem/user-data";
 
 /// keel-init's record of the boot ([`crate::BootRecord`]).
 pub const BOOT_RECORD: &str = "/run/keel/boot.json";
@@ -85,6 +91,15 @@ pub fn config_dirs(name: &str) -> [PathBuf; 3] {
     [VENDOR_DIR, RUN_DIR, ADMIN_DIR].map(|d| Path::new(d).join(name))
 }
 
+/// A file on the OEM partition (`/oem/…`) as a path inside the partition's
+/// file system: `on_oem(OEM_USER_DATA)` is `user-data`. Anything outside
+/// `/oem` is returned as it is.
+pub fn on_oem(abs: &str) -> &str {
+    abs.strip_prefix(OEM_DIR)
+        .and_then(|r| r.strip_prefix('/'))
+        .unwrap_or(abs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +122,7 @@ mod tests {
             (VENDOR_DIR, &[INITRD_MODULES][..]),
             (SHARE_DIR, &[FACTORY_ETC, TOOLBOX_DEFAULTS][..]),
             (ROOT_STATE_DIR, &[FIRST_BOOT_DONE, ETC_UPPER, ETC_WORK][..]),
+            (OEM_DIR, &[OEM_BASE_CONFIG, OEM_USER_DATA][..]),
         ] {
             for f in files {
                 assert!(f.starts_with(&format!("{base}/")), "{f} not under {base}");
@@ -125,5 +141,12 @@ mod tests {
             Path::new("/sysroot/.keel/first-boot.done")
         );
         assert_eq!(under(Path::new("/x"), "y"), Path::new("/x/y"));
+    }
+
+    #[test]
+    fn oem_files_inside_the_partition() {
+        assert_eq!(on_oem(OEM_USER_DATA), "user-data");
+        assert_eq!(on_oem(OEM_BASE_CONFIG), "config.ign");
+        assert_eq!(on_oem("/oemx/y"), "/oemx/y");
     }
 }

@@ -29,7 +29,9 @@ image:
 first boot:
   --ignition FILE    an Ignition config (spec 3.x)
   --cloud-config FILE
-                     a #cloud-config (validated; see DESIGN.md for where it goes)
+                     a #cloud-config, placed as the OEM partition's user-data
+                     (a config given at first boot by fw_cfg, a config drive
+                     or keel.config_url wins over it)
   --ssh-key FILE     authorized keys for the user core (one key a line)
   --platform NAME    the OEM platform the disk is for (checked against the
                      image's OEM tree, /oem/oem-release ID)

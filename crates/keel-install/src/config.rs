@@ -4,12 +4,17 @@
 //! file placed on the new disk. All of it happens before a byte of the
 //! device is written.
 //!
-//! Where it goes: the OEM partition's `config.ign`, which keel-provision
-//! reads on the first boot (`/oem/config.ign`, merged under a config from
-//! fw_cfg, a config drive or the kernel command line) and applies once
-//! (its marker `/var/lib/keel/provisioned` is on ROOT). The OEM partition
-//! keeps its content and partition GUID through ROOT's growth and the
-//! first boot's identity step.
+//! Where it goes, on the OEM partition (which keeps its content and
+//! partition GUID through ROOT's growth and the first boot's identity
+//! step), applied once (keel-provision's marker `/var/lib/keel/provisioned`
+//! is on ROOT):
+//! - an Ignition config (`--ignition`, `--ssh-key`): `config.ign`
+//!   ([`OEM_CONFIG`]), the OEM base config keel-provision merges under a
+//!   config from fw_cfg, a config drive or the kernel command line;
+//! - a cloud-config (`--cloud-config`): `user-data` ([`OEM_USER_DATA`]),
+//!   keel-provision's last user-config source, used when the boot brings
+//!   none (fw_cfg, a config drive and the command line win over it), merged
+//!   over a vendor's `config.ign` like any user config.
 
 use std::path::Path;
 
@@ -17,8 +22,13 @@ use keel_provision::Format;
 
 use crate::args::FirstBootArgs;
 
-/// The file keel-provision reads from the OEM partition.
+/// The OEM base config keel-provision reads (`/oem/config.ign`), as a path
+/// inside the partition.
 pub const OEM_CONFIG: &str = "config.ign";
+
+/// The OEM user config keel-provision reads (`/oem/user-data`), as a path
+/// inside the partition.
+pub const OEM_USER_DATA: &str = "user-data";
 
 /// Ignition spec version of configs keel-install writes itself.
 pub const SPEC: &str = "3.4.0";
@@ -37,16 +47,16 @@ pub enum ConfigError {
     /// keel-provision refuses it (the message a boot would print).
     #[error("{0}")]
     Invalid(String),
-    /// A valid config Keel cannot carry to the first boot this way.
-    #[error("{0}")]
-    Unplaceable(String),
 }
 
-/// What is placed on the disk, and a line for the operator.
+/// What is placed on the disk, where, and a line for the operator.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
-    /// The OEM `config.ign` content.
-    pub ignition: Vec<u8>,
+    /// The file at the root of the OEM file system: [`OEM_CONFIG`] or
+    /// [`OEM_USER_DATA`].
+    pub file: &'static str,
+    /// Its content.
+    pub data: Vec<u8>,
     /// What it is (`ignition 3.4.0 from c.ign + 1 ssh key`).
     pub summary: String,
 }
@@ -77,19 +87,18 @@ pub fn prepare(fb: &FirstBootArgs) -> Result<Option<Placed>, ConfigError> {
         let data = read(p)?;
         let name = p.display().to_string();
         let (_, format) = validate(&data, &name)?;
-        if format != Format::CloudConfig {
+        if !matches!(format, Format::CloudConfig | Format::Multipart(_)) {
             return Err(ConfigError::Invalid(format!(
                 "{name}: --cloud-config is {format}, not #cloud-config (use --ignition)"
             )));
         }
-        // keel-provision reads a cloud-config only from fw_cfg, a config
-        // drive or the kernel command line; the OEM partition carries
-        // Ignition. Said before anything is written.
-        return Err(ConfigError::Unplaceable(format!(
-            "{name} is a valid cloud-config, but a disk written by keel-install cannot carry one yet: \
-             keel-provision reads cloud-config only from fw_cfg, a config drive (cidata/config-2) or the \
-             kernel command line; give an Ignition config (--ignition) or attach a cidata drive at first boot"
-        )));
+        // Placed byte for byte: the first boot parses exactly what was
+        // validated here.
+        return Ok(Some(Placed {
+            file: OEM_USER_DATA,
+            data,
+            summary: format!("{format} from {name}"),
+        }));
     }
     let (mut doc, from) = match &fb.ignition {
         Some(p) => {
@@ -125,7 +134,11 @@ pub fn prepare(fb: &FirstBootArgs) -> Result<Option<Placed>, ConfigError> {
         .map_err(|e| ConfigError::Invalid(format!("rendering the config: {e}")))?;
     // What is placed is checked again, exactly as the first boot will read it.
     validate(&ignition, "the config written to OEM config.ign")?;
-    Ok(Some(Placed { ignition, summary }))
+    Ok(Some(Placed {
+        file: OEM_CONFIG,
+        data: ignition,
+        summary,
+    }))
 }
 
 /// keel-provision's parser: the code `keel-provision validate` and the
@@ -222,7 +235,8 @@ mod tests {
             ..Default::default()
         };
         let p = prepare(&fb).expect("ok").expect("some");
-        let v: serde_json::Value = serde_json::from_slice(&p.ignition).expect("json");
+        assert_eq!(p.file, OEM_CONFIG);
+        let v: serde_json::Value = serde_json::from_slice(&p.data).expect("json");
         assert_eq!(v["ignition"]["version"], SPEC);
         assert_eq!(v["passwd"]["users"][0]["name"], "core");
         assert_eq!(v["passwd"]["users"][0]["sshAuthorizedKeys"][0], KEY);
@@ -240,7 +254,7 @@ mod tests {
             ..Default::default()
         };
         let p = prepare(&fb).expect("ok").expect("some");
-        let v: serde_json::Value = serde_json::from_slice(&p.ignition).expect("json");
+        let v: serde_json::Value = serde_json::from_slice(&p.data).expect("json");
         let users = v["passwd"]["users"].as_array().expect("users");
         assert_eq!(users.len(), 2);
         assert_eq!(
@@ -302,7 +316,7 @@ mod tests {
     }
 
     #[test]
-    fn cloud_config_is_validated_then_refused_before_writing() {
+    fn a_cloud_config_is_validated_and_placed_as_oem_user_data_byte_for_byte() {
         let t = tempfile::tempdir().expect("tmp");
         let bad = write(
             t.path(),
@@ -310,17 +324,62 @@ mod tests {
             "#cloud-config\nwrite_files:\n  - content: x\n",
         );
         let e = prepare(&FirstBootArgs {
-            cloud_config: Some(bad),
+            cloud_config: Some(bad.clone()),
             ..Default::default()
         })
-        .expect_err("bad");
-        assert!(matches!(e, ConfigError::Invalid(_)), "{e}");
-        let good = write(t.path(), "good.yml", "#cloud-config\nhostname: a\n");
-        let e = prepare(&FirstBootArgs {
+        .expect_err("bad")
+        .to_string();
+        // keel-provision validate's message for the same file, word for word.
+        let v = keel_provision::validate(
+            &std::fs::read(&bad).expect("read"),
+            &bad.display().to_string(),
+            keel_provision::Base::None,
+            &Default::default(),
+        )
+        .expect_err("validate refuses it too")
+        .to_string();
+        assert_eq!(e, v);
+        let text = "#cloud-config\n# kept as written\nhostname: a\n";
+        let good = write(t.path(), "good.yml", text);
+        let p = prepare(&FirstBootArgs {
             cloud_config: Some(good),
             ..Default::default()
         })
-        .expect_err("unplaceable");
-        assert!(matches!(e, ConfigError::Unplaceable(_)), "{e}");
+        .expect("valid")
+        .expect("some");
+        assert_eq!(p.file, OEM_USER_DATA);
+        assert_eq!(p.data, text.as_bytes());
+        assert!(p.summary.starts_with("cloud-config from"), "{}", p.summary);
+        // MIME multipart of cloud-configs is cloud-config user data too.
+        let mime = "Content-Type: multipart/mixed; boundary=\"B\"\nMIME-Version: 1.0\n\n--B\nContent-Type: text/cloud-config\n\n#cloud-config\nhostname: m\n--B--\n";
+        let p = prepare(&FirstBootArgs {
+            cloud_config: Some(write(t.path(), "ud.mime", mime)),
+            ..Default::default()
+        })
+        .expect("multipart")
+        .expect("some");
+        assert_eq!(
+            (p.file, p.data.as_slice()),
+            (OEM_USER_DATA, mime.as_bytes())
+        );
+        // An Ignition config given as --cloud-config is named as such.
+        let e = prepare(&FirstBootArgs {
+            cloud_config: Some(write(
+                t.path(),
+                "c.ign",
+                r#"{"ignition":{"version":"3.4.0"}}"#,
+            )),
+            ..Default::default()
+        })
+        .expect_err("kind")
+        .to_string();
+        assert!(e.contains("not #cloud-config (use --ignition)"), "{e}");
+    }
+
+    #[test]
+    fn the_oem_file_names_are_keel_provisions() {
+        use keel_contract::paths;
+        assert_eq!(OEM_CONFIG, paths::on_oem(paths::OEM_BASE_CONFIG));
+        assert_eq!(OEM_USER_DATA, paths::on_oem(paths::OEM_USER_DATA));
     }
 }

@@ -177,7 +177,10 @@ fn installs_a_signed_release_and_places_the_config() {
     assert_eq!((l.oem_offset, l.oem_size), tree::part("OEM"));
     assert!(l.root_grows);
     assert_eq!(req.platform.as_deref(), Some("qemu"));
-    assert!(req.ignition.is_some());
+    assert_eq!(
+        req.config.as_ref().map(|c| c.file),
+        Some(crate::config::OEM_CONFIG)
+    );
     assert!(
         r.said.iter().any(|s| s.contains("grows ROOT by 6 MiB")),
         "{:?}",
@@ -186,6 +189,29 @@ fn installs_a_signed_release_and_places_the_config() {
     assert_eq!(
         w.manifest.artifacts.disk.as_ref().map(|d| d.size),
         Some(10 * tree::MIB)
+    );
+}
+
+#[test]
+fn a_cloud_config_goes_to_oem_user_data_as_given() {
+    let w = world(16 * tree::MIB);
+    let t = tempfile::tempdir().expect("tmp");
+    let cc = t.path().join("u.yml");
+    let text = "#cloud-config\nhostname: node1\n";
+    std::fs::write(&cc, text).expect("cc");
+    let o = opts(&w, &format!("--cloud-config {} --yes", cc.display()));
+    let r = run(&w, &o, None);
+    r.result.expect("install");
+    assert_eq!(r.placed.len(), 1);
+    let c = r.placed[0].1.config.as_ref().expect("a config placed");
+    assert_eq!(c.file, crate::config::OEM_USER_DATA);
+    assert_eq!(c.data, text.as_bytes());
+    assert!(
+        r.said
+            .iter()
+            .any(|s| s.contains("config: cloud-config from") && s.ends_with("valid")),
+        "{:?}",
+        r.said
     );
 }
 

@@ -20,8 +20,9 @@
 //! `manifest.json`, their `.minisig`, `disk.img.zst`), the trusted keys
 //! (`/usr/share/keel/update-keys/*.pub` or `--keys`/`--key`),
 //! `/proc/self/mountinfo`, `/proc/swaps`, `/sys/dev/block`. Writes the
-//! target device and, through a loop device, `config.ign` on its OEM
-//! partition. Nothing else on the host.
+//! target device and, through a loop device, `config.ign` (Ignition) or
+//! `user-data` (a cloud-config) on its OEM partition. Nothing else on the
+//! host.
 
 pub mod args;
 pub mod config;
@@ -255,7 +256,7 @@ pub fn install(opts: &Options, fx: Effects<'_>) -> Result<Report> {
     let mut target = open(&opts.device, facts.kind)
         .with_context(|| format!("opening {} for writing", opts.device.display()))?;
     let req = place::Request {
-        ignition: cfg.as_ref().map(|c| c.ignition.clone()),
+        config: cfg,
         platform: opts.first_boot.platform.clone(),
     };
     let mut placed = String::new();
@@ -271,7 +272,7 @@ pub fn install(opts: &Options, fx: Effects<'_>) -> Result<Report> {
             size,
         })?;
         grows = Some(l.root_grows);
-        if req.ignition.is_some() || req.platform.is_some() {
+        if req.config.is_some() || req.platform.is_some() {
             placed = placer.place(&l, &req)?;
         }
         Ok(())

@@ -1,5 +1,6 @@
 //! Putting the first-boot config onto the new disk: the OEM partition's
-//! `config.ign` (see [`crate::config`] for why there). The partition is
+//! `config.ign` (Ignition) or `user-data` (a cloud-config; see
+//! [`crate::config`] for why there). The partition is
 //! found in the image's own GPT (read from the held-back first MiB and the
 //! device), and written through a loop device over exactly that range, so
 //! it works the same for a disk, a loop device and a disk image file, and
@@ -80,8 +81,8 @@ pub fn layout(dev: &impl BlockDevice) -> Result<Layout, String> {
 /// What goes onto OEM.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Request {
-    /// `config.ign`, if a config was given.
-    pub ignition: Option<Vec<u8>>,
+    /// The config and its file (`config.ign` or `user-data`), if one was given.
+    pub config: Option<crate::config::Placed>,
     /// The platform the operator expects (`oem-release` `ID=`).
     pub platform: Option<String>,
 }
@@ -118,23 +119,28 @@ pub fn place_in(dir: &Path, req: &Request) -> Result<String, String> {
         }
         said.push(format!("OEM platform {id}"));
     }
-    if let Some(ign) = &req.ignition {
-        let path = dir.join(crate::config::OEM_CONFIG);
+    if let Some(c) = &req.config {
+        let path = dir.join(c.file);
         if path.exists() {
+            let what = if c.file == crate::config::OEM_CONFIG {
+                "a base config"
+            } else {
+                "a user config"
+            };
             return Err(format!(
-                "the image's OEM tree already has a base config ({}); keel-install does not merge configs",
-                crate::config::OEM_CONFIG
+                "the image's OEM tree already has {what} ({}); keel-install does not merge configs",
+                c.file
             ));
         }
         // Root-only: a config may carry password hashes and keys.
         keel_contract::AtomicWrite::new()
             .mode(0o600)
-            .write(&path, ign)
-            .map_err(|e| format!("writing OEM {}: {e}", crate::config::OEM_CONFIG))?;
+            .write(&path, &c.data)
+            .map_err(|e| format!("writing OEM {}: {e}", c.file))?;
         said.push(format!(
             "first-boot config in OEM {} ({} bytes)",
-            crate::config::OEM_CONFIG,
-            ign.len()
+            c.file,
+            c.data.len()
         ));
     }
     Ok(said.join(", "))
@@ -226,6 +232,14 @@ mod tests {
         assert!(l.root_grows);
     }
 
+    fn placed(file: &'static str, data: &[u8]) -> Option<crate::config::Placed> {
+        Some(crate::config::Placed {
+            file,
+            data: data.to_vec(),
+            summary: String::new(),
+        })
+    }
+
     #[test]
     fn placing_checks_platform_and_refuses_to_replace_a_base_config() {
         let t = tempfile::tempdir().expect("tmp");
@@ -235,7 +249,7 @@ mod tests {
         )
         .expect("w");
         let req = Request {
-            ignition: Some(b"{}".to_vec()),
+            config: placed(crate::config::OEM_CONFIG, b"{}"),
             platform: Some("qemu".into()),
         };
         let said = place_in(t.path(), &req).expect("place");
@@ -251,11 +265,39 @@ mod tests {
         let e = place_in(
             t.path(),
             &Request {
-                ignition: None,
+                config: None,
                 platform: Some("aws".into()),
             },
         )
         .expect_err("platform");
         assert!(e.contains("for \"qemu\""), "{e}");
+    }
+
+    /// A cloud-config goes to `user-data`, beside a vendor's base config
+    /// (the first boot merges it over that), root-only; a second one is
+    /// refused.
+    #[test]
+    fn a_cloud_config_is_placed_as_user_data_beside_a_base_config() {
+        let t = tempfile::tempdir().expect("tmp");
+        let base = br#"{"ignition":{"version":"3.4.0"}}"#;
+        std::fs::write(t.path().join("config.ign"), base).expect("w");
+        let text = b"#cloud-config\nhostname: a\n";
+        let req = Request {
+            config: placed(crate::config::OEM_USER_DATA, text),
+            platform: None,
+        };
+        let said = place_in(t.path(), &req).expect("place");
+        assert!(said.contains("OEM user-data (26 bytes)"), "{said}");
+        let p = t.path().join("user-data");
+        assert_eq!(std::fs::read(&p).expect("read"), text);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read(t.path().join("config.ign")).expect("base"),
+            base
+        );
+        let e = place_in(t.path(), &req).expect_err("second");
+        assert!(e.contains("already has a user config (user-data)"), "{e}");
     }
 }

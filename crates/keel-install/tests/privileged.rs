@@ -252,8 +252,8 @@ fn read_at(path: &str, offset: u64, len: u64) -> Vec<u8> {
     b
 }
 
-/// Mount the OEM partition of `dev` read-only and read `name` from it.
-fn oem_file(dev: &str, name: &str) -> Option<(Vec<u8>, u32)> {
+/// Mount the OEM partition of `dev` read-only and run `f` on the mount point.
+fn with_oem<T>(dev: &str, f: impl FnOnce(&Path) -> T) -> T {
     let (off, len) = tree::part("OEM");
     let lo = {
         let out = run_bounded(
@@ -278,15 +278,28 @@ fn oem_file(dev: &str, name: &str) -> Option<(Vec<u8>, u32)> {
     sh(Command::new("mount")
         .args(["-o", "ro", "-t", "ext4", &lo.dev])
         .arg(mnt.path()));
-    let r = std::fs::read(mnt.path().join(name)).ok().map(|d| {
-        let mode = std::fs::metadata(mnt.path().join(name))
-            .expect("meta")
-            .permissions()
-            .mode();
-        (d, mode & 0o777)
-    });
-    sh(Command::new("umount").arg(mnt.path()));
-    r
+    // Unmounted even when `f` panics (an assertion inside it).
+    struct Umount<'a>(&'a Path);
+    impl Drop for Umount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _u = Umount(mnt.path());
+    f(mnt.path())
+}
+
+/// Mount the OEM partition of `dev` read-only and read `name` from it.
+fn oem_file(dev: &str, name: &str) -> Option<(Vec<u8>, u32)> {
+    with_oem(dev, |dir| {
+        std::fs::read(dir.join(name)).ok().map(|d| {
+            let mode = std::fs::metadata(dir.join(name))
+                .expect("meta")
+                .permissions()
+                .mode();
+            (d, mode & 0o777)
+        })
+    })
 }
 
 fn gpt_of(dev: &str) -> Result<Gpt, keel_gpt::GptError> {
@@ -387,6 +400,87 @@ fn installs_an_offline_image_file_onto_a_file() {
     );
     assert!(got[got.len() - MIB as usize..].iter().all(|b| *b == 0));
     assert_eq!(got.len() as u64, 12 * MIB);
+}
+
+/// `--cloud-config`: the file lands on the new disk's OEM partition as
+/// `user-data`, byte for byte and root-only, beside no `config.ign`, and
+/// keel-provision's first-boot loader reads it from there as the user
+/// config. Installed from the release tree served by nginx onto a loop
+/// device, as an operator would.
+#[test]
+fn installs_with_a_cloud_config_placed_as_oem_user_data() {
+    let w = world();
+    let nginx = Nginx::start(w.dir.path(), &w.base, "");
+    let backing = w.dir.path().join("disk");
+    filled(&backing, 16 * MIB);
+    let lo = loop_over(&backing);
+    let cc = w.dir.path().join("user.yml");
+    let text = format!("#cloud-config\nhostname: installed-cc\nssh_authorized_keys:\n  - {KEY}\n");
+    std::fs::write(&cc, &text).expect("cloud-config");
+    let out = w.install(
+        &nginx.url(),
+        &lo.dev,
+        &[
+            "--cloud-config",
+            cc.to_str().expect("utf8"),
+            "--platform",
+            "qemu",
+            "--yes",
+        ],
+    );
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("config: cloud-config from"), "{err}");
+    assert!(err.contains("first-boot config in OEM user-data"), "{err}");
+    assert!(gpt_of(&lo.dev).is_ok(), "a valid GPT");
+    // Everything but OEM is the image, byte for byte.
+    let (oo, ol) = tree::part("OEM");
+    let all = read_at(&lo.dev, 0, w.disk.bytes.len() as u64);
+    assert!(
+        all[..oo as usize] == w.disk.bytes[..oo as usize]
+            && all[(oo + ol) as usize..] == w.disk.bytes[(oo + ol) as usize..],
+        "outside OEM differs"
+    );
+    let (data, mode) = oem_file(&lo.dev, "user-data").expect("user-data placed");
+    assert_eq!(data, text.as_bytes());
+    assert_eq!(mode, 0o600);
+    assert!(oem_file(&lo.dev, "config.ign").is_none());
+    // What the first boot makes of that OEM partition (keel-provision's
+    // own loader, nothing else offered: no fw_cfg, drive or command line).
+    let loaded = with_oem(&lo.dev, |oem| {
+        let none = w.dir.path().join("none");
+        let fb = keel_provision::FirstBoot {
+            sysroot: none.join("sysroot"),
+            cmdline: "quiet".into(),
+            fw_cfg_root: none.join("fw_cfg"),
+            block_dir: none.join("block"),
+            dev_dir: none.join("dev"),
+            oem_dir: oem.to_path_buf(),
+            run_root: none.join("run"),
+        };
+        keel_provision::load(&fb, &keel_provision::sys::Real).expect("the boot reads it")
+    });
+    assert!(
+        loaded.source.starts_with("OEM user-data "),
+        "{}",
+        loaded.source
+    );
+    assert_eq!(loaded.format, "cloud-config");
+    let core = loaded
+        .config
+        .users
+        .iter()
+        .find(|u| u.name == "core")
+        .expect("core");
+    assert_eq!(core.ssh_authorized_keys, vec![KEY.to_string()]);
+    assert!(
+        loaded
+            .config
+            .files
+            .iter()
+            .any(|f| f.node.path == "/etc/hostname"),
+        "hostname"
+    );
 }
 
 #[test]
@@ -500,6 +594,19 @@ fn a_bad_ignition_config_is_refused_before_anything_is_fetched_or_written() {
         !nginx.requested("channel.json"),
         "fetched before validating"
     );
+    assert!(read_at(&lo.dev, 0, 16 * MIB).iter().all(|b| *b == 0xee));
+    // A bad cloud-config the same way, with keel-provision's message.
+    let bad = w.dir.path().join("bad.yml");
+    std::fs::write(&bad, "#cloud-config\nwrite_files:\n  - content: x\n").expect("bad");
+    let out = w.install(
+        &nginx.url(),
+        &lo.dev,
+        &["--cloud-config", bad.to_str().expect("utf8"), "--yes"],
+    );
+    let err = stderr(&out);
+    assert!(!out.status.success());
+    assert!(err.contains("bad.yml: write_files[0].path"), "{err}");
+    assert!(!nginx.requested("channel.json"));
     assert!(read_at(&lo.dev, 0, 16 * MIB).iter().all(|b| *b == 0xee));
 }
 

@@ -536,6 +536,151 @@ fn fw_cfg_wins_over_command_line() {
     assert_eq!(r.source, "fw_cfg opt/com.coreos/config");
 }
 
+fn oem_user_data(env: &Env, text: &str) -> PathBuf {
+    put(&env.fb.oem_dir, "user-data", text);
+    env.fb.oem_dir.join("user-data")
+}
+
+fn hostname(env: &Env) -> String {
+    fs::read_to_string(env.fb.sysroot.join("etc/hostname")).unwrap()
+}
+
+/// The disk's own config (what `keel-install --cloud-config` places) is
+/// used when the boot brings none, merged over the OEM base config, and
+/// applied once.
+#[test]
+fn oem_user_data_is_used_when_the_boot_brings_no_config() {
+    let env = env();
+    put(
+        &env.fb.oem_dir,
+        "config.ign",
+        r#"{"ignition":{"version":"3.4.0"},"storage":{"files":[{"path":"/etc/oem-only","contents":{"source":"data:,oem"}}]}}"#,
+    );
+    let path = oem_user_data(
+        &env,
+        &format!("#cloud-config\nhostname: from-disk\nssh_authorized_keys:\n  - {KEY}\n"),
+    );
+    let sys = Recording::default();
+    let Outcome::Applied(r) = first_boot(&env.fb, &sys).unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!(r.source, format!("OEM user-data {}", path.display()));
+    assert_eq!(r.format, "cloud-config");
+    assert_eq!(
+        r.oem_base.as_deref(),
+        Some(env.fb.oem_dir.join("config.ign").to_str().unwrap())
+    );
+    assert_eq!(hostname(&env), "from-disk\n");
+    assert_eq!(
+        fs::read_to_string(env.fb.sysroot.join("etc/oem-only")).unwrap(),
+        "oem"
+    );
+    assert_eq!(
+        fs::read_to_string(env.fb.sysroot.join("home/core/.ssh/authorized_keys")).unwrap(),
+        format!("{KEY}\n")
+    );
+    assert!(
+        !sys.calls()
+            .iter()
+            .any(|c| matches!(c, Call::Mount(..) | Call::Umount(_))),
+        "nothing mounted: {:?}",
+        sys.calls()
+    );
+    // Exactly once: the next boot finds the marker and leaves the tree as it is.
+    fs::write(env.fb.sysroot.join("etc/hostname"), "changed-later\n").unwrap();
+    let after = snapshot(&env.fb.sysroot);
+    assert_eq!(
+        first_boot(&env.fb, &sys).unwrap(),
+        Outcome::AlreadyProvisioned
+    );
+    assert_eq!(snapshot(&env.fb.sysroot), after);
+    // An empty file is "no config", as an empty config drive user-data is.
+    let empty = self::env();
+    oem_user_data(&empty, "\n");
+    let Outcome::Applied(r) = first_boot(&empty.fb, &Recording::default()).unwrap() else {
+        panic!("not applied")
+    };
+    assert_eq!((r.format.as_str(), r.steps), ("none", 0));
+}
+
+/// Every source the boot brings comes before the disk's user-data: the
+/// command line, a config drive and fw_cfg each win over it.
+#[test]
+fn a_config_the_boot_brings_wins_over_oem_user_data() {
+    let mut env = env();
+    oem_user_data(&env, "#cloud-config\nhostname: from-disk\n");
+    let url: String = "#cloud-config\nhostname: from-cmdline\n"
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    env.fb.cmdline = format!("quiet keel.config_url=data:,{url}");
+    let boot = |fb: &FirstBoot, sys: &Recording| -> String {
+        let mut fb = fb.clone();
+        fb.cmdline.push_str(" keel.first_boot=1");
+        let Outcome::Applied(r) = first_boot(&fb, sys).unwrap() else {
+            panic!("not applied")
+        };
+        r.source
+    };
+    assert_eq!(
+        boot(&env.fb, &Recording::default()),
+        "kernel command line keel.config_url"
+    );
+    assert_eq!(hostname(&env), "from-cmdline\n");
+
+    fs::create_dir_all(env.fb.block_dir.join("sr0")).unwrap();
+    fs::create_dir_all(&env.fb.dev_dir).unwrap();
+    fs::write(
+        env.fb.dev_dir.join("sr0"),
+        crate::sources::tests::iso_header("cidata"),
+    )
+    .unwrap();
+    let drive = env.fb.block_dir.parent().unwrap().join("drive");
+    put(&drive, "user-data", "#cloud-config\nhostname: from-drive\n");
+    let sys = Recording {
+        drives: vec![(env.fb.dev_dir.join("sr0"), drive)],
+        ..Default::default()
+    };
+    assert!(boot(&env.fb, &sys).starts_with("config drive "));
+    assert_eq!(hostname(&env), "from-drive\n");
+
+    fw_cfg(
+        &env,
+        "opt/keel/config",
+        "#cloud-config\nhostname: from-fw-cfg\n",
+    );
+    assert_eq!(boot(&env.fb, &sys), "fw_cfg opt/keel/config");
+    assert_eq!(hostname(&env), "from-fw-cfg\n");
+}
+
+/// A bad OEM user-data stops the boot with `keel-provision validate`'s
+/// message for the same bytes, naming the file, and writes nothing; a
+/// config the boot brings is used without reading it at all.
+#[test]
+fn bad_oem_user_data_is_refused_as_validate_refuses_it() {
+    let mut env = env();
+    let bad = "#cloud-config\nwrite_files:\n  - content: x\n";
+    let path = oem_user_data(&env, bad);
+    let before = snapshot(&env.fb.sysroot);
+    let err = first_boot(&env.fb, &Recording::default())
+        .unwrap_err()
+        .to_string();
+    let v = crate::validate(
+        bad.as_bytes(),
+        "u.yml",
+        crate::Base::None,
+        &Default::default(),
+    )
+    .unwrap_err()
+    .to_string();
+    let what = v.strip_prefix("u.yml: ").unwrap();
+    assert_eq!(err, format!("OEM user-data {}: {what}", path.display()));
+    assert_eq!(snapshot(&env.fb.sysroot), before, "nothing written");
+    env.fb.cmdline = "keel.config_url=data:,%23cloud-config%0Ahostname:%20ok%0A".into();
+    first_boot(&env.fb, &Recording::default()).unwrap();
+    assert_eq!(hostname(&env), "ok\n");
+}
+
 #[test]
 fn symlinks_in_the_sysroot_stay_inside_it() {
     let env = env();

@@ -21,7 +21,10 @@
 //!    `openstack/latest/user_data`, `cidata` → `user-data` + `meta-data`
 //!    (`local-hostname`); mounted read-only under `/run/keel/config-drive`;
 //! 3. the kernel command line `keel.config_url=data:…` (or Ignition's
-//!    `ignition.config.url=data:…`).
+//!    `ignition.config.url=data:…`);
+//! 4. the OEM partition's `/oem/user-data` (any format; `keel-install
+//!    --cloud-config` places it): the disk's own config, used only when the
+//!    boot brings none.
 //!
 //! The OEM base config `/oem/config.ign` is merged underneath. No config at
 //! all is a valid boot. `keel.first_boot=1` on the command line re-runs
@@ -266,22 +269,42 @@ pub struct Loaded {
     pub oem_base: Option<String>,
 }
 
+/// The user config of a first boot: the first source that has one, in
+/// order fw_cfg, config drive, kernel command line, OEM `user-data`. A
+/// config the boot brings (the hypervisor, an attached drive, the command
+/// line) wins over the one the disk carries.
+fn user_config(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Option<sources::Found>, Error> {
+    let from_boot = match sources::fw_cfg(&fb.fw_cfg_root)? {
+        Some(f) => Some(f),
+        None => {
+            // CONFIG_DRIVE_MOUNT is /run/keel/config-drive; run_root is /run.
+            let mount = fb
+                .run_root
+                .join(keel_contract::paths::CONFIG_DRIVE_MOUNT.trim_start_matches("/run/"));
+            match sources::config_drive(&fb.block_dir, &fb.dev_dir, &mount, sys)? {
+                Some(f) => Some(f),
+                None => sources::cmdline(&fb.cmdline)?,
+            }
+        }
+    };
+    match from_boot {
+        Some(f) => {
+            let oem = fb.oem_dir.join(keel_contract::paths::on_oem(
+                keel_contract::paths::OEM_USER_DATA,
+            ));
+            if oem.exists() {
+                tracing::info!(source = %f.name, unused = %oem.display(),
+                    "a config the boot brings wins over the disk's OEM user-data");
+            }
+            Ok(Some(f))
+        }
+        None => Ok(sources::oem_user_data(&fb.oem_dir)?),
+    }
+}
+
 /// Find, read and parse the configs of a first boot and merge them.
 pub fn load(fb: &FirstBoot, sys: &dyn sys::System) -> Result<Loaded, Error> {
-    let found = match sources::fw_cfg(&fb.fw_cfg_root)? {
-        Some(f) => Some(f),
-        None => match sources::config_drive(
-            &fb.block_dir,
-            &fb.dev_dir,
-            // CONFIG_DRIVE_MOUNT is /run/keel/config-drive; run_root is /run.
-            &fb.run_root
-                .join(keel_contract::paths::CONFIG_DRIVE_MOUNT.trim_start_matches("/run/")),
-            sys,
-        )? {
-            Some(f) => Some(f),
-            None => sources::cmdline(&fb.cmdline)?,
-        },
-    };
+    let found = user_config(fb, sys)?;
     let mut loaded = Loaded {
         source: "none".into(),
         format: "none".into(),

@@ -1,12 +1,13 @@
 //! Where a first-boot config comes from, in order (the first that has one
-//! wins): QEMU fw_cfg, a config drive, the kernel command line. Plus the
-//! OEM partition's base config, which is merged underneath.
+//! wins): QEMU fw_cfg, a config drive, the kernel command line, the OEM
+//! partition's `user-data` (placed by keel-install). Plus the OEM
+//! partition's base config, which is merged underneath.
 
 use std::fs;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use keel_contract::{Cmdline, CmdlineError};
+use keel_contract::{paths, Cmdline, CmdlineError};
 
 use crate::sys::System;
 
@@ -237,9 +238,30 @@ pub fn cmdline(cmdline: &str) -> Result<Option<Found>, SourceError> {
     Ok(None)
 }
 
+/// The user config on the OEM partition, `<oem_dir>/user-data`
+/// ([`paths::OEM_USER_DATA`]), if present: what `keel-install
+/// --cloud-config` places on a new disk. Any format [`crate::parse_config`]
+/// reads; an empty file is "no config", as for a config drive.
+pub fn oem_user_data(oem_dir: &Path) -> Result<Option<Found>, SourceError> {
+    let path = oem_dir.join(paths::on_oem(paths::OEM_USER_DATA));
+    let name = format!("OEM user-data {}", path.display());
+    match fs::read(&path) {
+        Ok(data) => Ok(Some(Found {
+            name,
+            data,
+            meta_data: None,
+        })),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(SourceError {
+            source_name: name,
+            message: format!("reading it: {err}"),
+        }),
+    }
+}
+
 /// The OEM base config, `<oem_dir>/config.ign`, if present.
 pub fn oem_base(oem_dir: &Path) -> Result<Option<(PathBuf, Vec<u8>)>, SourceError> {
-    let path = oem_dir.join("config.ign");
+    let path = oem_dir.join(paths::on_oem(paths::OEM_BASE_CONFIG));
     match fs::read(&path) {
         Ok(d) => Ok(Some((path, d))),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),

@@ -95,6 +95,10 @@ pub struct Manifest {
     /// Key ids of every update key the image trusts.
     #[serde(default)]
     pub update_key_ids: Vec<String>,
+    /// The static `keel-install` the image carries in `/usr/bin`, kept
+    /// beside it (relative to out) for `keel-image release` to publish.
+    #[serde(default)]
+    pub installer: Option<String>,
     /// Byte sizes of the artifacts.
     pub sizes: BTreeMap<String, u64>,
     /// Step timings in seconds.
@@ -935,6 +939,30 @@ impl Build {
         Ok(())
     }
 
+    /// Copy the static `keel-install` the image installs in `/usr/bin`
+    /// (the same file from the bin dir) to `<out>/bin/keel-install`, for
+    /// `keel-image release` to publish; `None` when the image has none.
+    fn keep_installer(&self) -> Result<Option<String>> {
+        let Some(b) = self
+            .cfg
+            .binaries
+            .iter()
+            .find(|b| b.name == keel_release::INSTALLER_FILE)
+        else {
+            return Ok(None);
+        };
+        let rel = format!("bin/{}", b.name);
+        let dst = self.opts.out.join(&rel);
+        let data = fs::read(self.opts.bin_dir.join(&b.name))
+            .with_context(|| format!("reading {}", b.name))?;
+        fs::create_dir_all(dst.parent().context("bin/ has a parent")?)?;
+        keel_contract::atomic::AtomicWrite::new()
+            .mode(0o755)
+            .write(&dst, &data)
+            .with_context(|| format!("keeping {}", dst.display()))?;
+        Ok(Some(rel))
+    }
+
     fn manifest(&self) -> Result<Manifest> {
         let out = &self.opts.out;
         let size = |p: &Path| fs::metadata(p).map(|m| m.len()).unwrap_or(0);
@@ -962,6 +990,7 @@ impl Build {
                 .or_else(|_| fs::copy(self.work.join(f), &dst).map(drop))
                 .with_context(|| format!("keeping {}", dst.display()))?;
         }
+        let installer = self.keep_installer()?;
         let dev_key_rel = self.dev_update_key_dir().join(release::DEV_KEY);
         let dev_key_rel = dev_key_rel
             .strip_prefix(out)
@@ -995,6 +1024,7 @@ impl Build {
                 .dev_key
                 .then(|| dev_key_rel.to_string_lossy().into_owned()),
             update_key_ids: self.update_key_ids.clone(),
+            installer,
             sizes,
             steps: self.timings.clone(),
         };

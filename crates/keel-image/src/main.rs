@@ -124,14 +124,19 @@ fn main() -> ExitCode {
             o.min_version = min_version;
             let s = keel_image::release::release(&o)?;
             eprintln!(
-                "release {} ({}) written to {} in {:.1}s: {} MiB ({} MiB uncompressed), signed by key {}",
+                "release {} ({}) written to {} in {:.1}s: {} MiB ({} MiB uncompressed), signed by key {}{}",
                 s.manifest.version,
                 channel,
                 s.dir.display(),
                 s.seconds,
                 s.bytes >> 20,
                 s.raw_bytes >> 20,
-                s.key_id
+                s.key_id,
+                if s.installer {
+                    ", with the signed keel-install"
+                } else {
+                    ""
+                }
             );
             Ok(())
         })(),

@@ -4,6 +4,8 @@
 //! <out>/<channel>/channel.json(.minisig)            every version of the channel
 //! <out>/<channel>/<version>/manifest.json(.minisig)  one version
 //! <out>/<channel>/<version>/{usr.erofs,usr.verity,vmlinuz,initramfs.img,disk.img}.zst
+//! <out>/<channel>/<version>/keel-install(.minisig,.sha256)  the version's static installer
+//! <out>/<channel>/keel-install(.minisig,.sha256)            the channel's newest one
 //! ```
 //!
 //! The formats and checks are keel-release's; this module only gathers the
@@ -81,6 +83,8 @@ pub struct ReleaseSummary {
     pub seconds: f64,
     /// Key id that signed.
     pub key_id: String,
+    /// Whether the version carries the signed static `keel-install`.
+    pub installer: bool,
 }
 
 /// dm-verity parameters from the hash tree's superblock (cryptsetup's
@@ -358,6 +362,23 @@ pub fn release(opts: &ReleaseOptions) -> Result<ReleaseSummary> {
     keel_contract::atomic::write_atomic(&sfile, msig.as_bytes())
         .with_context(|| format!("writing {}", sfile.display()))?;
 
+    let installer = match &img.installer {
+        Some(rel) => {
+            let src = b.join(rel);
+            let data = fs::read(&src).with_context(|| format!("reading {}", src.display()))?;
+            let sig = key.sign_installer(&data, &opts.channel, &manifest.arch, &version)?;
+            write_installer(&tmp_dir, &data, &sig)?;
+            Some((data, sig))
+        }
+        None => {
+            eprintln!(
+                "warning: {} names no keel-install (an image without it, or built by an older keel-image): this release publishes no installer",
+                ij.display()
+            );
+            None
+        }
+    };
+
     // The version directory appears whole; a rebuilt version replaces the old one.
     if final_dir.exists() {
         fs::remove_dir_all(&final_dir)
@@ -416,6 +437,14 @@ pub fn release(opts: &ReleaseOptions) -> Result<ReleaseSummary> {
         .with_context(|| format!("writing {}", csfile.display()))?;
     keel_contract::atomic::write_atomic(&cpath, &cjson)
         .with_context(|| format!("writing {}", cpath.display()))?;
+    // The channel's newest installer at a fixed place (`<channel>/keel-install`),
+    // after the list that names its version; re-releasing an older version
+    // leaves it alone.
+    if let Some((data, sig)) = &installer {
+        if channel.versions.last().map(|e| &e.version) == Some(&version) {
+            write_installer(&chan_dir, data, sig)?;
+        }
+    }
 
     let bytes = dir_bytes(&final_dir)?;
     Ok(ReleaseSummary {
@@ -425,7 +454,29 @@ pub fn release(opts: &ReleaseOptions) -> Result<ReleaseSummary> {
         raw_bytes,
         seconds: t0.elapsed().as_secs_f64(),
         key_id: key.key_id(),
+        installer: installer.is_some(),
     })
+}
+
+/// Write `keel-install` (mode 0755), its `.minisig` and a `.sha256` in
+/// `sha256sum` format into `dir`, each atomically; the signature and the
+/// hash first, so a reader between the renames sees a pair that does not
+/// verify (and fetches again), never a new binary it could half-trust.
+fn write_installer(dir: &Path, data: &[u8], sig: &str) -> Result<()> {
+    let name = keel_release::INSTALLER_FILE;
+    let sum = format!("{}  {name}\n", Sha256::of(data));
+    for (file, bytes, mode) in [
+        (format!("{name}{SIG_SUFFIX}"), sig.as_bytes(), 0o644),
+        (format!("{name}.sha256"), sum.as_bytes(), 0o644),
+        (name.to_string(), data, 0o755),
+    ] {
+        let p = dir.join(file);
+        keel_contract::atomic::AtomicWrite::new()
+            .mode(mode)
+            .write(&p, bytes)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(())
 }
 
 /// Generate the build's development update key in `dir` unless present;
@@ -478,6 +529,13 @@ mod tests {
         b
     }
 
+    /// A stand-in for the static binary, different per version.
+    fn installer_bytes(version: &str) -> Vec<u8> {
+        let mut b = b"\x7fELF".to_vec();
+        b.extend(format!("keel-install {version} ").repeat(3000).bytes());
+        b
+    }
+
     fn fake_build(dir: &Path, version: &str, key_dir: &Path) -> ImageManifest {
         let (_, id) = ensure_dev_key(key_dir).unwrap();
         let blocks = 70u64;
@@ -502,6 +560,8 @@ mod tests {
         let mut disk = vec![0u8; 3 << 20];
         disk[1000..1010].copy_from_slice(b"GPT-ish...");
         fs::write(dir.join("keel.img"), &disk).unwrap();
+        fs::create_dir_all(dir.join("bin")).unwrap();
+        fs::write(dir.join("bin/keel-install"), installer_bytes(version)).unwrap();
         let m = ImageManifest {
             name: "keel".into(),
             version: version.into(),
@@ -518,6 +578,7 @@ mod tests {
             usr_verity: Some("usr.verity".into()),
             dev_update_key: Some(key_dir.join(DEV_KEY).display().to_string()),
             update_key_ids: vec![id],
+            installer: Some("bin/keel-install".into()),
             sizes: Default::default(),
             steps: vec![],
         };
@@ -612,6 +673,111 @@ mod tests {
             keel_release::Manifest::parse(&fs::read(cdir.join("1.0.0/manifest.json")).unwrap())
                 .unwrap();
         assert!(m1.artifacts.disk.is_none());
+    }
+
+    /// What a user does after downloading `dir/keel-install` and its
+    /// `.minisig` (`minisign -Vm keel-install -p key.pub`, here with
+    /// minisign-verify through keel-release); returns the signed version.
+    fn verify_installer(dir: &Path, key_dir: &Path) -> Result<String, String> {
+        let mut keys = keel_release::TrustedKeys::new();
+        keys.add("dev", &fs::read_to_string(key_dir.join(DEV_PUB)).unwrap())
+            .unwrap();
+        let data = fs::read(dir.join("keel-install")).map_err(|e| e.to_string())?;
+        let sig =
+            fs::read_to_string(dir.join("keel-install.minisig")).map_err(|e| e.to_string())?;
+        // Plain minisign first: the signature is an ordinary one.
+        let pk = minisign_verify::PublicKey::from_base64(
+            fs::read_to_string(key_dir.join(DEV_PUB))
+                .unwrap()
+                .lines()
+                .nth(1)
+                .unwrap(),
+        )
+        .unwrap();
+        let s = minisign_verify::Signature::decode(&sig).map_err(|e| e.to_string())?;
+        pk.verify(&data, &s, false).map_err(|e| e.to_string())?;
+        let sum = fs::read_to_string(dir.join("keel-install.sha256")).map_err(|e| e.to_string())?;
+        assert_eq!(sum, format!("{}  keel-install\n", Sha256::of(&data)));
+        let expect = keel_release::Expect {
+            channel: "stable",
+            arch: "x86_64",
+        };
+        keel_release::verify_installer(&keys, &data, &sig, &expect)
+            .map(|s| s.version.map(|v| v.to_string()).unwrap_or_default())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The image's static installer is published with its version and,
+    /// for the channel's newest version, at `<channel>/keel-install`,
+    /// signed with the release key; a changed byte does not verify, and
+    /// its signature is no manifest's.
+    #[test]
+    fn publishes_the_signed_installer_with_each_version() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let key_dir = tmp.path().join("key");
+        let build = tmp.path().join("build");
+        fs::create_dir_all(&build).unwrap();
+        let mut opts = ReleaseOptions::new(build.clone(), "stable");
+        opts.out = tmp.path().join("release");
+        opts.chunk_size = keel_release::doc::MIN_CHUNK_SIZE;
+        opts.level = 1;
+        opts.no_disk = true;
+        let cdir = opts.out.join("stable");
+        for v in ["1.0.0", "1.1.0", "1.0.0"] {
+            fake_build(&build, v, &key_dir);
+            release(&opts).unwrap();
+        }
+        for v in ["1.0.0", "1.1.0"] {
+            let dir = cdir.join(v);
+            assert_eq!(
+                fs::read(dir.join("keel-install")).unwrap(),
+                installer_bytes(v)
+            );
+            assert_eq!(verify_installer(&dir, &key_dir).unwrap(), v);
+            let mode = fs::metadata(dir.join("keel-install"))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o755);
+        }
+        // Re-releasing 1.0.0 left the channel's newest (1.1.0) in place.
+        assert_eq!(
+            fs::read(cdir.join("keel-install")).unwrap(),
+            installer_bytes("1.1.0")
+        );
+        assert_eq!(verify_installer(&cdir, &key_dir).unwrap(), "1.1.0");
+        // One changed byte: the signature no longer verifies.
+        let mut evil = installer_bytes("1.1.0");
+        evil[100] ^= 1;
+        fs::write(cdir.join("keel-install"), &evil).unwrap();
+        assert!(verify_installer(&cdir, &key_dir).is_err());
+        // The installer's signature never passes for a manifest.
+        let mut keys = keel_release::TrustedKeys::new();
+        keys.add("dev", &fs::read_to_string(key_dir.join(DEV_PUB)).unwrap())
+            .unwrap();
+        let e = keel_release::verify_manifest(
+            &keys,
+            &fs::read(cdir.join("1.1.0/manifest.json")).unwrap(),
+            &fs::read_to_string(cdir.join("1.1.0/keel-install.minisig")).unwrap(),
+            &keel_release::Expect {
+                channel: "stable",
+                arch: "x86_64",
+            },
+            None,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("manifest.json"), "{e}");
+        // A build without an installer still releases, without one; the
+        // channel's copy stays the newest version's that had one.
+        fs::write(cdir.join("keel-install"), installer_bytes("1.1.0")).unwrap();
+        let mut m = fake_build(&build, "1.2.0", &key_dir);
+        m.installer = None;
+        fs::write(build.join("image.json"), serde_json::to_vec(&m).unwrap()).unwrap();
+        release(&opts).unwrap();
+        assert!(cdir.join("1.2.0/manifest.json").exists());
+        assert!(!cdir.join("1.2.0/keel-install").exists());
+        assert_eq!(verify_installer(&cdir, &key_dir).unwrap(), "1.1.0");
     }
 
     #[test]

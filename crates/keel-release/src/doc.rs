@@ -22,6 +22,9 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const CHANNEL_FILE: &str = "channel.json";
 /// `manifest.json`.
 pub const MANIFEST_FILE: &str = "manifest.json";
+/// The static installer published with a version (`<channel>/<version>/`)
+/// and, for the channel's newest version, in the channel directory.
+pub const INSTALLER_FILE: &str = "keel-install";
 /// Suffix of a detached minisign signature.
 pub const SIG_SUFFIX: &str = ".minisig";
 /// Default uncompressed chunk size: 4 MiB.

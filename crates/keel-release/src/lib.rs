@@ -35,13 +35,15 @@ pub use chunk::{
 };
 pub use doc::{
     Artifact, ArtifactKind, Artifacts, Channel, ChannelEntry, Chunk, DocError, Manifest, Sha256,
-    VerityArtifact, CHANNEL_FILE, DEFAULT_CHUNK_SIZE, MANIFEST_FILE, SCHEMA_VERSION, SIG_SUFFIX,
+    VerityArtifact, CHANNEL_FILE, DEFAULT_CHUNK_SIZE, INSTALLER_FILE, MANIFEST_FILE,
+    SCHEMA_VERSION, SIG_SUFFIX,
 };
 pub use policy::{
     check_downgrade, check_min_version, check_update, direction, Direction, PolicyError,
 };
 pub use sign::{
-    verify_channel, verify_manifest, Expect, SignError, SignedFor, TrustedKeys, VerifyError,
+    verify_channel, verify_installer, verify_manifest, DocKind, Expect, SignError, SignedFor,
+    TrustedKeys, VerifyError,
 };
 pub use time::Timestamp;
 pub use version::{Version, VersionError};

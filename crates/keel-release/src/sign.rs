@@ -8,7 +8,12 @@
 //! ```text
 //! keel-release/1 manifest channel=stable arch=x86_64 version=0.2.0
 //! keel-release/1 channel channel=stable arch=x86_64
+//! keel-release/1 installer channel=stable arch=x86_64 version=0.2.0
 //! ```
+//!
+//! The last is the static `keel-install` binary published with a version,
+//! for `minisign -Vm keel-install -p key.pub` on any Linux; its kind word
+//! keeps it from ever passing as a document's signature.
 //!
 //! A verifier checks the comment against both the request (the channel and
 //! arch the client asked for) and the document's own fields, so a genuine
@@ -36,6 +41,8 @@ pub enum DocKind {
     Channel,
     /// `manifest.json`
     Manifest,
+    /// The static `keel-install` binary of a version.
+    Installer,
 }
 
 impl DocKind {
@@ -43,12 +50,14 @@ impl DocKind {
         match self {
             DocKind::Channel => "channel",
             DocKind::Manifest => "manifest",
+            DocKind::Installer => "installer",
         }
     }
     fn file(self) -> &'static str {
         match self {
             DocKind::Channel => crate::doc::CHANNEL_FILE,
             DocKind::Manifest => crate::doc::MANIFEST_FILE,
+            DocKind::Installer => crate::doc::INSTALLER_FILE,
         }
     }
 }
@@ -62,7 +71,7 @@ pub struct SignedFor {
     pub channel: String,
     /// Architecture.
     pub arch: String,
-    /// Version (manifests only).
+    /// Version (manifests and the installer).
     pub version: Option<Version>,
 }
 
@@ -84,6 +93,16 @@ impl SignedFor {
             channel: m.channel.clone(),
             arch: m.arch.clone(),
             version: Some(m.version.clone()),
+        }
+    }
+
+    /// What the signature of a version's `keel-install` must say.
+    pub fn installer(channel: &str, arch: &str, version: &Version) -> SignedFor {
+        SignedFor {
+            kind: DocKind::Installer,
+            channel: channel.to_string(),
+            arch: arch.to_string(),
+            version: Some(version.clone()),
         }
     }
 
@@ -116,7 +135,12 @@ impl SignedFor {
         let kind = match words.next() {
             Some("channel") => DocKind::Channel,
             Some("manifest") => DocKind::Manifest,
-            _ => return Err(bad("second word is neither channel nor manifest")),
+            Some("installer") => DocKind::Installer,
+            _ => {
+                return Err(bad(
+                    "second word is neither channel, manifest nor installer",
+                ))
+            }
         };
         let (mut channel, mut arch, mut version) = (None, None, None);
         for w in words {
@@ -134,10 +158,11 @@ impl SignedFor {
             }
         }
         let version = match (kind, version) {
-            (DocKind::Manifest, Some(v)) => {
+            (DocKind::Manifest | DocKind::Installer, Some(v)) => {
                 Some(Version::parse(&v).map_err(|e| bad(&e.to_string()))?)
             }
             (DocKind::Manifest, None) => return Err(bad("manifest signature without version=")),
+            (DocKind::Installer, None) => return Err(bad("installer signature without version=")),
             (DocKind::Channel, Some(_)) => return Err(bad("channel signature with version=")),
             (DocKind::Channel, None) => None,
         };
@@ -555,9 +580,34 @@ pub fn verify_manifest(
     Ok(m)
 }
 
+/// Verify a published `keel-install` binary (`data`) against its
+/// `.minisig` for the channel and arch asked for; returns what the
+/// signature says (with the version it was released with).
+pub fn verify_installer(
+    keys: &TrustedKeys,
+    data: &[u8],
+    sig: &str,
+    expect: &Expect<'_>,
+) -> Result<SignedFor, VerifyError> {
+    let comment = keys.verify(crate::doc::INSTALLER_FILE, data, sig)?;
+    check_comment(DocKind::Installer, &comment, expect)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn installer_comment_roundtrip() {
+        let v = Version::parse("0.2.0").unwrap();
+        let s = SignedFor::installer("stable", "x86_64", &v);
+        assert_eq!(
+            s.render(),
+            "keel-release/1 installer channel=stable arch=x86_64 version=0.2.0"
+        );
+        assert_eq!(SignedFor::parse(&s.render()).unwrap(), s);
+        assert!(SignedFor::parse("keel-release/1 installer channel=stable arch=x86_64").is_err());
+    }
 
     #[test]
     fn comment_roundtrip_and_refusals() {

@@ -270,6 +270,18 @@ impl SigningKey {
         Ok((json, sig))
     }
 
+    /// The signature of a version's static `keel-install` binary
+    /// (trusted comment [`SignedFor::installer`]).
+    pub fn sign_installer(
+        &self,
+        data: &[u8],
+        channel: &str,
+        arch: &str,
+        version: &crate::Version,
+    ) -> Result<String, WriteError> {
+        self.sign(data, &SignedFor::installer(channel, arch, version).render())
+    }
+
     /// `manifest.json` bytes and their signature.
     pub fn sign_manifest(&self, m: &Manifest) -> Result<(Vec<u8>, String), WriteError> {
         let json = m.to_json();

@@ -747,6 +747,26 @@ mod tests {
             installer_bytes("1.1.0")
         );
         assert_eq!(verify_installer(&cdir, &key_dir).unwrap(), "1.1.0");
+        // What the README tells a user to run, when Debian's minisign is here.
+        match std::process::Command::new("minisign")
+            .arg("-Vm")
+            .arg(cdir.join("keel-install"))
+            .arg("-p")
+            .arg(key_dir.join(DEV_PUB))
+            .output()
+        {
+            Ok(out) => {
+                let text = String::from_utf8_lossy(&out.stdout);
+                assert!(out.status.success(), "{text}");
+                assert!(
+                    text.contains(
+                        "keel-release/1 installer channel=stable arch=x86_64 version=1.1.0"
+                    ),
+                    "{text}"
+                );
+            }
+            Err(_) => eprintln!("minisign not installed: its check skipped"),
+        }
         // One changed byte: the signature no longer verifies.
         let mut evil = installer_bytes("1.1.0");
         evil[100] ^= 1;

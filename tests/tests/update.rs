@@ -407,7 +407,7 @@ fn uefi_update_to_next_version() -> Result<()> {
         .to_string();
     std::os::unix::fs::symlink(img.dir.join("release"), served.join("n"))?;
     vm.ssh_ok(&format!(
-        "printf 'base_url = \"%s\"\\nallow_downgrade = true\\n[reboot]\\nstrategy = \"off\"\\n' '{}/n' | sudo tee /run/keel/update.d/70-down.toml >/dev/null",
+        "sudo mkdir -p /run/keel/update.d && printf 'base_url = \"%s\"\\nallow_downgrade = true\\n[reboot]\\nstrategy = \"off\"\\n' '{}/n' | sudo tee /run/keel/update.d/70-down.toml >/dev/null",
         server.guest_url()
     ))?;
     vm.ssh_ok("sudo keel-update check")?;

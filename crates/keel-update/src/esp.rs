@@ -6,13 +6,21 @@
 //! does not care whether there is an ESP at all (a direct `-kernel` boot).
 //!
 //! Order, as issue 15 §3 asks (the entry is written last): the kernel and
-//! initramfs go in before `set-next` (files of a slot that cannot boot yet,
-//! harmless), the entry after it ([`BootInstaller::activate`]). Each file
-//! is written atomically (temporary file, fsync, rename, fsync the
-//! directory). A rollback renames the slot's entry to its bad name
-//! ([`BootInstaller::demote`]) so the firmware boots the other slot's
-//! kernel.
+//! initramfs are streamed, chunk by verified chunk, into temporary files
+//! beside their places (`keel/<slot>/.vmlinuz.part`, [`BootInstaller::begin`],
+//! [`BootInstaller::append`], fsynced by [`BootInstaller::finish`] once the
+//! whole file's hash matched), so the agent never holds a whole kernel in
+//! memory; they are renamed into place before `set-next`
+//! ([`BootInstaller::install`]: files of a slot that cannot boot yet,
+//! harmless; the directory fsynced), and the entry is written after it
+//! ([`BootInstaller::activate`], atomically). A refused download removes
+//! its temporary files ([`BootInstaller::discard`]); a leftover of a cut is
+//! truncated by the next `begin`. A rollback renames the slot's entry to
+//! its bad name ([`BootInstaller::demote`]) so the firmware boots the other
+//! slot's kernel.
 
+use std::fs::File;
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use keel_bootctl::slots::Slot;
@@ -31,10 +39,38 @@ pub struct SlotBoot<'a> {
     /// The running slot's root hash, if known (so the new entry can still
     /// fall back to it in the same boot).
     pub other_root_hash: Option<&'a str>,
-    /// The kernel image.
-    pub kernel: &'a [u8],
-    /// The initramfs.
-    pub initramfs: &'a [u8],
+}
+
+/// One of a slot's boot files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BootFile {
+    /// `keel/<slot>/vmlinuz`.
+    Kernel,
+    /// `keel/<slot>/initramfs.img`.
+    Initramfs,
+}
+
+impl BootFile {
+    /// Both, in the order they are fetched.
+    pub const ALL: [BootFile; 2] = [BootFile::Kernel, BootFile::Initramfs];
+
+    /// Its place on the ESP, relative to the root.
+    pub fn path(self, slot: Slot) -> String {
+        match self {
+            BootFile::Kernel => layout::kernel_path(slot),
+            BootFile::Initramfs => layout::initrd_path(slot),
+        }
+    }
+
+    /// The temporary file it is streamed into: a fixed name beside its
+    /// place, so a leftover of a cut is reused, not accumulated.
+    pub fn part_path(self, slot: Slot) -> String {
+        let p = self.path(slot);
+        match p.rsplit_once('/') {
+            Some((dir, name)) => format!("{dir}/.{name}.part"),
+            None => format!(".{p}.part"),
+        }
+    }
 }
 
 /// Installing failed.
@@ -53,11 +89,24 @@ pub enum EspError {
     /// Finding or mounting the boot disk's ESP.
     #[error(transparent)]
     Open(#[from] keel_bootctl::esp::EspError),
+    /// A call out of order (a bug of the caller).
+    #[error("{0}")]
+    Order(String),
 }
 
 /// Puts a slot's kernel and initramfs where its boot path finds them.
 pub trait BootInstaller {
-    /// Write the slot's kernel and initramfs (before `set-next`).
+    /// Start streaming `file` of `slot` into its temporary file (emptied).
+    fn begin(&mut self, slot: Slot, file: BootFile) -> Result<(), EspError>;
+    /// Append verified bytes to the file begun.
+    fn append(&mut self, data: &[u8]) -> Result<(), EspError>;
+    /// The file begun is complete and its hash matched: make it durable
+    /// (still under its temporary name).
+    fn finish(&mut self) -> Result<(), EspError>;
+    /// Remove the slot's temporary files (a refused or failed download).
+    fn discard(&mut self, slot: Slot) -> Result<(), EspError>;
+    /// Rename the slot's finished kernel and initramfs into place (before
+    /// `set-next`).
     fn install(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError>;
     /// Write the slot's loader entry (after `set-next`: the last step).
     fn activate(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError>;
@@ -71,6 +120,18 @@ pub trait BootInstaller {
 pub struct NoEsp;
 
 impl BootInstaller for NoEsp {
+    fn begin(&mut self, _slot: Slot, _file: BootFile) -> Result<(), EspError> {
+        Ok(())
+    }
+    fn append(&mut self, _data: &[u8]) -> Result<(), EspError> {
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), EspError> {
+        Ok(())
+    }
+    fn discard(&mut self, _slot: Slot) -> Result<(), EspError> {
+        Ok(())
+    }
     fn install(&mut self, _b: &SlotBoot<'_>) -> Result<(), EspError> {
         Ok(())
     }
@@ -90,6 +151,8 @@ pub struct EspDir {
     /// The running kernel's command line (`/proc/cmdline`): the base of a
     /// new entry's options.
     pub cmdline: String,
+    /// The temporary file being streamed.
+    open: Option<(PathBuf, File)>,
 }
 
 /// Tries a new entry gets (keel-bootctl's `set-next` gives one too).
@@ -101,6 +164,15 @@ fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> EspErro
 }
 
 impl EspDir {
+    /// The ESP mounted at `root`.
+    pub fn new(root: PathBuf, cmdline: String) -> EspDir {
+        EspDir {
+            root,
+            cmdline,
+            open: None,
+        }
+    }
+
     fn write(&self, rel: &str, data: &[u8]) -> Result<(), EspError> {
         let path = self.root.join(rel);
         keel_contract::write_atomic(&path, data).map_err(io("writing", &path))
@@ -151,9 +223,69 @@ pub fn entry_text(cmdline: &str, b: &SlotBoot<'_>) -> String {
 }
 
 impl BootInstaller for EspDir {
+    fn begin(&mut self, slot: Slot, file: BootFile) -> Result<(), EspError> {
+        let path = self.root.join(file.part_path(slot));
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
+        }
+        // A leftover of a cut (or a symlink someone put there) goes first:
+        // create_new never follows a link.
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(io("removing", &path)(e))
+            }
+            _ => {}
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(io("creating", &path))?;
+        self.open = Some((path, f));
+        Ok(())
+    }
+
+    fn append(&mut self, data: &[u8]) -> Result<(), EspError> {
+        let Some((path, f)) = &mut self.open else {
+            return Err(EspError::Order("append without begin".into()));
+        };
+        f.write_all(data).map_err(io("writing", path))
+    }
+
+    fn finish(&mut self) -> Result<(), EspError> {
+        let Some((path, f)) = self.open.take() else {
+            return Err(EspError::Order("finish without begin".into()));
+        };
+        f.sync_all().map_err(io("syncing", &path))
+    }
+
+    fn discard(&mut self, slot: Slot) -> Result<(), EspError> {
+        self.open = None;
+        for f in BootFile::ALL {
+            let p = self.root.join(f.part_path(slot));
+            match std::fs::remove_file(&p) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io("removing", &p)(e))
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
     fn install(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
-        self.write(&layout::kernel_path(b.slot), b.kernel)?;
-        self.write(&layout::initrd_path(b.slot), b.initramfs)
+        if self.open.is_some() {
+            return Err(EspError::Order(
+                "install before the last file finished".into(),
+            ));
+        }
+        for f in BootFile::ALL {
+            let from = self.root.join(f.part_path(b.slot));
+            let to = self.root.join(f.path(b.slot));
+            std::fs::rename(&from, &to).map_err(io("renaming", &from))?;
+        }
+        // Both renames survive a power cut before `set-next` follows.
+        self.sync_dir(&layout::slot_dir(b.slot))
     }
 
     fn activate(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
@@ -236,10 +368,7 @@ impl BootDiskEsp {
                     Err(e) => return Err(e.into()),
                 },
             };
-            let dir = EspDir {
-                root: esp.root().to_path_buf(),
-                cmdline: self.cmdline.clone(),
-            };
+            let dir = EspDir::new(esp.root().to_path_buf(), self.cmdline.clone());
             self.opened = Some((esp, dir));
         }
         Ok(self.opened.as_mut().map(|(_, d)| d))
@@ -247,6 +376,30 @@ impl BootDiskEsp {
 }
 
 impl BootInstaller for BootDiskEsp {
+    fn begin(&mut self, slot: Slot, file: BootFile) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.begin(slot, file),
+            None => Ok(()),
+        }
+    }
+    fn append(&mut self, data: &[u8]) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.append(data),
+            None => Ok(()),
+        }
+    }
+    fn finish(&mut self) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.finish(),
+            None => Ok(()),
+        }
+    }
+    fn discard(&mut self, slot: Slot) -> Result<(), EspError> {
+        match self.get()? {
+            Some(d) => d.discard(slot),
+            None => Ok(()),
+        }
+    }
     fn install(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
         match self.get()? {
             Some(d) => d.install(b),
@@ -277,9 +430,16 @@ mod tests {
             version: "0.2.0",
             root_hash: "bb22",
             other_root_hash: Some("aa11"),
-            kernel: b"KERNEL",
-            initramfs: b"INITRD",
         }
+    }
+
+    /// Stream `data` as `file` of `slot` in two appends.
+    fn stream(esp: &mut EspDir, slot: Slot, file: BootFile, data: &[u8]) {
+        esp.begin(slot, file).expect("begin");
+        let (a, b) = data.split_at(data.len() / 2);
+        esp.append(a).expect("append");
+        esp.append(b).expect("append");
+        esp.finish().expect("finish");
     }
 
     #[test]
@@ -312,11 +472,29 @@ mod tests {
         )
         .expect("conf");
         assert!(keel_bootctl::esp::is_keel_esp(t.path()));
-        let mut esp = EspDir {
-            root: t.path().into(),
-            cmdline: "console=ttyS0 keel.usr=a keel.usrhash.a=aa11".into(),
-        };
+        let mut esp = EspDir::new(
+            t.path().into(),
+            "console=ttyS0 keel.usr=a keel.usrhash.a=aa11".into(),
+        );
+        std::fs::create_dir_all(t.path().join("keel/b")).expect("mkdir");
+        std::fs::write(t.path().join("keel/b/vmlinuz"), "old kernel").expect("old");
+        // A leftover of a cut is replaced, not appended to.
+        std::fs::write(t.path().join("keel/b/.vmlinuz.part"), "cut short").expect("cut");
+        stream(&mut esp, Slot::B, BootFile::Kernel, b"KERNEL");
+        stream(&mut esp, Slot::B, BootFile::Initramfs, b"INITRD");
+        // Streamed under temporary names: the old kernel stands until install.
+        assert_eq!(
+            std::fs::read(t.path().join("keel/b/vmlinuz")).expect("kernel"),
+            b"old kernel"
+        );
+        assert!(!t.path().join("keel/b/initramfs.img").exists());
         esp.install(&boot(Slot::B)).expect("install");
+        let mut names: Vec<String> = std::fs::read_dir(t.path().join("keel/b"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["initramfs.img", "vmlinuz"]);
         assert_eq!(
             std::fs::read(t.path().join("keel/b/vmlinuz")).expect("kernel"),
             b"KERNEL"
@@ -346,5 +524,34 @@ mod tests {
         assert!(entries.join("keel-usr-b+0.conf").exists());
         // The running slot's files are untouched.
         assert!(!t.path().join("keel/a").exists());
+    }
+
+    #[test]
+    fn a_discarded_download_leaves_the_installed_files_alone() {
+        let t = tempfile::tempdir().expect("tmp");
+        let mut esp = EspDir::new(t.path().into(), String::new());
+        stream(&mut esp, Slot::B, BootFile::Kernel, b"KERNEL");
+        stream(&mut esp, Slot::B, BootFile::Initramfs, b"INITRD");
+        esp.install(&boot(Slot::B)).expect("install");
+        stream(&mut esp, Slot::B, BootFile::Kernel, b"NEWER KERNEL");
+        esp.begin(Slot::B, BootFile::Initramfs).expect("begin");
+        esp.append(b"half of it").expect("append");
+        esp.discard(Slot::B).expect("discard");
+        let mut names: Vec<String> = std::fs::read_dir(t.path().join("keel/b"))
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["initramfs.img", "vmlinuz"]);
+        assert_eq!(
+            std::fs::read(t.path().join("keel/b/vmlinuz")).expect("kernel"),
+            b"KERNEL"
+        );
+        // Nothing finished to install: refused, nothing renamed.
+        assert!(esp.install(&boot(Slot::B)).is_err());
+        assert_eq!(
+            std::fs::read(t.path().join("keel/b/initramfs.img")).expect("initrd"),
+            b"INITRD"
+        );
     }
 }

@@ -34,7 +34,7 @@ use sha2::Digest;
 use thiserror::Error;
 
 use crate::disk::{SlotDisk, SlotDiskError, Target};
-use crate::esp::{BootInstaller, EspError, SlotBoot};
+use crate::esp::{BootFile, BootInstaller, EspError, SlotBoot};
 use crate::machine::{Blocked, Pending};
 use crate::source::{FetchError, Source};
 
@@ -327,7 +327,18 @@ struct Job<'a> {
     done: u64,
     total: u64,
     traffic: Traffic,
+    /// The one chunk-sized buffer of decoded (or copied, or re-read) bytes,
+    /// reused for every chunk of every artifact: the agent's peak memory is
+    /// this, the compressed chunks in flight and little else.
+    buf: Vec<u8>,
+    /// A small buffer for probing the running slot piece by piece.
+    probe: Vec<u8>,
+    /// The manifest's chunk size (chunk i is at i × this).
+    chunk_size: u64,
 }
+
+/// Probing the running slot for a chunk reads this much at a time.
+const PROBE: usize = 256 << 10;
 
 /// Where the chunks of one update came from.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -342,13 +353,11 @@ pub struct Traffic {
     pub local_bytes: u64,
 }
 
-/// A chunk on its way to the disk.
-enum Input {
-    /// Compressed bytes from the server: to be verified and decoded.
-    Fetched(Vec<u8>),
-    /// Uncompressed bytes from the running slot, already hashed equal.
-    Local(Vec<u8>),
-}
+/// A fetched chunk handed to the verifying thread with the decode buffer:
+/// (index, compressed bytes, buffer).
+type Work = (usize, Vec<u8>, Vec<u8>);
+/// What comes back: the index, the buffer, and whether it verified.
+type Done = (usize, Vec<u8>, Result<(), ChunkError>);
 
 impl Job<'_> {
     fn write_artifact(
@@ -372,86 +381,92 @@ impl Job<'_> {
         let mut last_save = Instant::now();
         let chunks = &a.chunks;
         // A small pipeline: this thread fetches and writes, a worker
-        // verifies and decodes, so the network, the CPU and the disk
-        // overlap. Chunks come back in order, and a chunk is written only
-        // after the worker verified it. At most two are in flight.
+        // verifies and decodes, so the network overlaps the CPU. One
+        // decode buffer goes back and forth (the worker decodes chunk i
+        // into it while chunk i+1 is fetched; this thread writes it before
+        // handing chunk i+1 over), so at most one decoded and two
+        // compressed chunks are in memory. A chunk is written only after
+        // the worker verified it.
         std::thread::scope(|scope| -> Result<(), UpdateError> {
-            let (in_tx, in_rx) = mpsc::sync_channel::<(usize, Input)>(1);
-            let (out_tx, out_rx) = mpsc::sync_channel::<(usize, Result<Vec<u8>, ChunkError>)>(1);
+            let (in_tx, in_rx) = mpsc::sync_channel::<Work>(1);
+            let (out_tx, out_rx) = mpsc::sync_channel::<Done>(1);
             scope.spawn(move || {
-                for (i, input) in in_rx {
-                    let r = match input {
-                        Input::Local(buf) => Ok(buf),
-                        Input::Fetched(bytes) => {
-                            let mut buf = Vec::new();
-                            decode_chunk_into(name, i, &chunks[i], &bytes, &mut buf).map(|()| buf)
-                        }
-                    };
+                for (i, bytes, mut buf) in in_rx {
+                    let r = decode_chunk_into(name, i, &chunks[i], &bytes, &mut buf);
+                    // The compressed bytes go before the next fetch.
+                    drop(bytes);
                     let failed = r.is_err();
-                    if out_tx.send((i, r)).is_err() || failed {
+                    if out_tx.send((i, buf, r)).is_err() || failed {
                         break;
                     }
                 }
             });
+            let mut buf = Some(std::mem::take(&mut self.buf));
+            let mut at_worker = false;
             let mut todo = chunks.iter().enumerate().skip(start);
-            let mut in_flight = 0usize;
             let mut fetch_err: Option<UpdateError> = None;
             loop {
-                while in_flight < 2 && fetch_err.is_none() {
-                    let Some((i, c)) = todo.next() else { break };
-                    if let Some(buf) = self.local_copy(slot.other(), t, i as u64 * cs, c) {
-                        self.traffic.local_chunks += 1;
-                        self.traffic.local_bytes += c.size;
-                        if in_tx.send((i, Input::Local(buf))).is_err() {
-                            break;
+                // The next chunk, while the worker decodes the previous one.
+                let mut fetched = None;
+                if let (None, Some((i, c))) = (&fetch_err, todo.next()) {
+                    let off = i as u64 * cs;
+                    if self.held_by(slot.other(), t, off, c) {
+                        // Copied through the decode buffer: take it back.
+                        if at_worker {
+                            buf = Some(self.collect(
+                                &out_rx,
+                                slot,
+                                t,
+                                chunks,
+                                prog,
+                                &mut last_save,
+                                false,
+                            )?);
+                            at_worker = false;
                         }
-                        in_flight += 1;
-                        continue;
+                        let mut b = buf.take().unwrap_or_default();
+                        let copied = self.copy_local(slot.other(), t, off, c, &mut b);
+                        if copied {
+                            self.traffic.local_chunks += 1;
+                            self.traffic.local_bytes += c.size;
+                            self.put(slot, t, i, &b, chunks, prog, &mut last_save, false)?;
+                        }
+                        buf = Some(b);
+                        if copied {
+                            continue;
+                        }
                     }
                     match self.src.get_range(&rel, c.offset, c.length) {
                         Ok(bytes) => {
                             self.traffic.fetched_chunks += 1;
                             self.traffic.fetched_bytes += c.length;
-                            if in_tx.send((i, Input::Fetched(bytes))).is_err() {
-                                break;
-                            }
-                            in_flight += 1;
+                            fetched = Some((i, bytes));
                         }
                         // Write what is already verified, then fail.
                         Err(e) => fetch_err = Some(e.into()),
                     }
                 }
-                if in_flight == 0 {
+                if at_worker {
+                    let failing = fetch_err.is_some();
+                    buf = Some(self.collect(
+                        &out_rx,
+                        slot,
+                        t,
+                        chunks,
+                        prog,
+                        &mut last_save,
+                        failing,
+                    )?);
+                }
+                let Some((i, bytes)) = fetched else { break };
+                let b = buf.take().unwrap_or_default();
+                if in_tx.send((i, bytes, b)).is_err() {
                     break;
                 }
-                let Ok((i, res)) = out_rx.recv() else { break };
-                in_flight -= 1;
-                // Verified (or refused) before anything reaches the disk.
-                let buf = res?;
-                let c = &chunks[i];
-                self.disk.write_at(slot, t, i as u64 * cs, &buf)?;
-                let n = i + 1;
-                match t {
-                    Target::Usr => prog.usr = n,
-                    Target::UsrVerity => prog.usr_verity = n,
-                }
-                // The chunk is durable before progress says so. Once a
-                // second (and after the last chunk) is enough: a cut loses
-                // at most a second of transfer, and three fsyncs per 4 MiB
-                // chunk would cost throughput on slow disks.
-                if last_save.elapsed() >= self.state.save_every
-                    || n == chunks.len()
-                    || fetch_err.is_some()
-                {
-                    self.disk.sync()?;
-                    self.state.save("progress.json", prog)?;
-                    last_save = Instant::now();
-                }
-                self.done += c.length;
-                (self.report)(Step::Download {
-                    done: self.done,
-                    total: self.total,
-                });
+                at_worker = true;
+            }
+            if let Some(b) = buf {
+                self.buf = b;
             }
             let written = match t {
                 Target::Usr => prog.usr,
@@ -468,18 +483,107 @@ impl Job<'_> {
         })
     }
 
-    /// The chunk from the running slot `from` at `offset`, if its bytes
-    /// hash to what the manifest says (any read error: not there).
-    fn local_copy(
+    /// The worker's chunk, verified, written; its buffer back.
+    // The artifact's context, passed through to `put`.
+    #[allow(clippy::too_many_arguments)]
+    fn collect(
+        &mut self,
+        out_rx: &mpsc::Receiver<Done>,
+        slot: Slot,
+        t: Target,
+        chunks: &[keel_release::Chunk],
+        prog: &mut Progress,
+        last_save: &mut Instant,
+        failing: bool,
+    ) -> Result<Vec<u8>, UpdateError> {
+        let Ok((i, buf, res)) = out_rx.recv() else {
+            return Err(UpdateError::Policy(format!(
+                "{}: the verifying thread ended",
+                t.label(slot)
+            )));
+        };
+        // Verified (or refused) before anything reaches the disk.
+        res?;
+        self.put(slot, t, i, &buf, chunks, prog, last_save, failing)?;
+        Ok(buf)
+    }
+
+    /// Write verified chunk `i`, record progress (synced at most once per
+    /// `save_every`, after the last chunk and before failing).
+    // The artifact's context: each argument is needed.
+    #[allow(clippy::too_many_arguments)]
+    fn put(
+        &mut self,
+        slot: Slot,
+        t: Target,
+        i: usize,
+        buf: &[u8],
+        chunks: &[keel_release::Chunk],
+        prog: &mut Progress,
+        last_save: &mut Instant,
+        failing: bool,
+    ) -> Result<(), UpdateError> {
+        self.disk
+            .write_at(slot, t, i as u64 * self.chunk_size, buf)?;
+        let n = i + 1;
+        match t {
+            Target::Usr => prog.usr = n,
+            Target::UsrVerity => prog.usr_verity = n,
+        }
+        // The chunk is durable before progress says so. Once a second (and
+        // after the last chunk) is enough: a cut loses at most a second of
+        // transfer, and three fsyncs per 4 MiB chunk would cost throughput
+        // on slow disks.
+        if last_save.elapsed() >= self.state.save_every || n == chunks.len() || failing {
+            self.disk.sync()?;
+            self.state.save("progress.json", prog)?;
+            *last_save = Instant::now();
+        }
+        self.done += chunks[i].length;
+        (self.report)(Step::Download {
+            done: self.done,
+            total: self.total,
+        });
+        Ok(())
+    }
+
+    /// Whether the running slot `from` holds chunk `c` at `offset`: its
+    /// bytes hashed piece by piece (no chunk-sized buffer; any read error:
+    /// not there).
+    fn held_by(&mut self, from: Slot, t: Target, offset: u64, c: &keel_release::Chunk) -> bool {
+        let mut h = sha2::Sha256::new();
+        self.probe.resize(PROBE, 0);
+        let mut at = 0u64;
+        while at < c.size {
+            let n = (c.size - at).min(PROBE as u64) as usize;
+            if self
+                .disk
+                .read_at(from, t, offset + at, &mut self.probe[..n])
+                .is_err()
+            {
+                return false;
+            }
+            h.update(&self.probe[..n]);
+            at += n as u64;
+        }
+        Sha256(h.finalize().into()) == c.sha256
+    }
+
+    /// Copy chunk `c` of the running slot into `buf` and hash it again:
+    /// what is written is what was hashed.
+    fn copy_local(
         &mut self,
         from: Slot,
         t: Target,
         offset: u64,
         c: &keel_release::Chunk,
-    ) -> Option<Vec<u8>> {
-        let mut buf = vec![0u8; usize::try_from(c.size).ok()?];
-        self.disk.read_at(from, t, offset, &mut buf).ok()?;
-        (Sha256::of(&buf) == c.sha256).then_some(buf)
+        buf: &mut Vec<u8>,
+    ) -> bool {
+        let Ok(size) = usize::try_from(c.size) else {
+            return false;
+        };
+        buf.resize(size, 0);
+        self.disk.read_at(from, t, offset, buf).is_ok() && Sha256::of(buf) == c.sha256
     }
 
     /// Re-read `a` from the slot and compare chunk by chunk (so a mismatch
@@ -493,11 +597,11 @@ impl Job<'_> {
     ) -> Result<Result<(), (usize, String)>, UpdateError> {
         let cs = r.manifest.chunk_size;
         let mut whole = sha2::Sha256::new();
-        let mut buf = Vec::new();
+        let buf = &mut self.buf;
         for (i, c) in a.chunks.iter().enumerate() {
             buf.resize(usize::try_from(c.size).unwrap_or(0), 0);
-            self.disk.read_at(slot, t, i as u64 * cs, &mut buf)?;
-            let got = Sha256::of(&buf);
+            self.disk.read_at(slot, t, i as u64 * cs, buf)?;
+            let got = Sha256::of(buf);
             if got != c.sha256 {
                 return Ok(Err((
                     i,
@@ -507,7 +611,7 @@ impl Job<'_> {
                     ),
                 )));
             }
-            whole.update(&buf);
+            whole.update(&buf[..]);
         }
         let got = Sha256(whole.finalize().into());
         if got != a.sha256 {
@@ -522,35 +626,99 @@ impl Job<'_> {
         Ok(Ok(()))
     }
 
-    /// A whole small artifact (kernel, initramfs), every chunk verified.
-    fn fetch_whole(
+    /// A kernel or initramfs, every chunk verified, streamed into the
+    /// slot's temporary file on the ESP (never held whole); finished
+    /// (fsynced) only when the whole file's hash matches.
+    fn stream_boot_file(
         &mut self,
         r: &Release,
-        name: &str,
-        a: &Artifact,
-    ) -> Result<Vec<u8>, UpdateError> {
+        esp: &mut dyn BootInstaller,
+        slot: Slot,
+        file: BootFile,
+    ) -> Result<(), UpdateError> {
+        let a = &r.manifest.artifacts;
+        let (name, a) = match file {
+            BootFile::Kernel => ("kernel", &a.kernel),
+            BootFile::Initramfs => ("initramfs", &a.initramfs),
+        };
         let rel = r.rel(a);
-        let mut out = Vec::with_capacity(usize::try_from(a.size).unwrap_or(0));
-        let mut buf = Vec::new();
+        esp.begin(slot, file)?;
+        let mut whole = sha2::Sha256::new();
         for (i, c) in a.chunks.iter().enumerate() {
             let bytes = self.src.get_range(&rel, c.offset, c.length)?;
-            decode_chunk_into(name, i, c, &bytes, &mut buf)?;
-            out.extend_from_slice(&buf);
+            decode_chunk_into(name, i, c, &bytes, &mut self.buf)?;
+            drop(bytes);
+            whole.update(&self.buf);
+            esp.append(&self.buf)?;
             self.done += c.length;
             (self.report)(Step::Download {
                 done: self.done,
                 total: self.total,
             });
         }
-        let got = Sha256::of(&out);
+        let got = Sha256(whole.finalize().into());
         if got != a.sha256 {
             return Err(UpdateError::Policy(format!(
                 "{name}: SHA-256 {got}, the manifest says {}",
                 a.sha256
             )));
         }
-        Ok(out)
+        Ok(esp.finish()?)
     }
+}
+
+/// Re-read the written slot chunk by chunk and check the verity root hash
+/// on the disk against the signed one.
+fn verify_slot(
+    job: &mut Job<'_>,
+    r: &Release,
+    slot: Slot,
+    prog: &mut Progress,
+) -> Result<(), UpdateError> {
+    let state = job.state;
+    let man = &r.manifest;
+    let usr = &man.artifacts.usr;
+    let tree = &man.artifacts.usr_verity.tree;
+    for (t, art) in [(Target::Usr, usr), (Target::UsrVerity, tree)] {
+        if let Err((first_bad, message)) = job.read_back(r, slot, t, art)? {
+            match t {
+                Target::Usr => prog.usr = first_bad,
+                Target::UsrVerity => prog.usr_verity = first_bad,
+            }
+            state.save("progress.json", prog)?;
+            return Err(UpdateError::ReadBack {
+                label: t.label(slot),
+                message,
+            });
+        }
+    }
+    let v = &man.artifacts.usr_verity;
+    let hbs = u64::from(v.hash_block_size);
+    let mut top = vec![0u8; usize::try_from(hbs).unwrap_or(4096)];
+    if tree.size < 2 * hbs {
+        return Err(UpdateError::ReadBack {
+            label: Target::UsrVerity.label(slot),
+            message: format!(
+                "the hash tree is {} bytes, less than superblock + top block",
+                tree.size
+            ),
+        });
+    }
+    job.disk.read_at(slot, Target::UsrVerity, hbs, &mut top)?;
+    let root = verity_root(&v.salt, &top);
+    if root != Some(v.root_hash) {
+        return Err(UpdateError::ReadBack {
+            label: Target::UsrVerity.label(slot),
+            message: format!(
+                "the verity root hash on disk is {}, the signed manifest says {}",
+                root.map(|r| r.to_string())
+                    .unwrap_or_else(|| "unreadable (bad salt)".into()),
+                v.root_hash
+            ),
+        });
+    }
+
+    Ok(())
 }
 
 /// Write `r` into the slot that is not running, verify it, install its
@@ -637,65 +805,41 @@ pub fn stage(
         done,
         total,
         traffic: Traffic::default(),
+        buf: Vec::new(),
+        probe: Vec::new(),
+        chunk_size: man.chunk_size,
     };
     job.write_artifact(r, slot, Target::Usr, usr, &mut prog)?;
     job.write_artifact(r, slot, Target::UsrVerity, tree, &mut prog)?;
 
     // The kernel and initramfs are downloads too: fetched (and verified)
-    // before the slot is re-read, so progress ends before verifying.
-    let kernel = job.fetch_whole(r, "kernel", &a.kernel)?;
-    let initramfs = job.fetch_whole(r, "initramfs", &a.initramfs)?;
-    (job.report)(Step::Verifying);
-    job.disk.sync()?;
-    for (t, art) in [(Target::Usr, usr), (Target::UsrVerity, tree)] {
-        if let Err((first_bad, message)) = job.read_back(r, slot, t, art)? {
-            match t {
-                Target::Usr => prog.usr = first_bad,
-                Target::UsrVerity => prog.usr_verity = first_bad,
-            }
-            state.save("progress.json", &prog)?;
-            return Err(UpdateError::ReadBack {
-                label: t.label(slot),
-                message,
-            });
+    // into temporary files before the slot is re-read, so progress ends
+    // before verifying; renamed into place only after it.
+    let checked = (|| {
+        for f in BootFile::ALL {
+            job.stream_boot_file(r, esp, slot, f)?;
         }
+        (job.report)(Step::Verifying);
+        job.disk.sync()?;
+        verify_slot(&mut job, r, slot, &mut prog)
+    })();
+    if let Err(e) = checked {
+        if let Err(d) = esp.discard(slot) {
+            tracing::warn!("{d}");
+        }
+        return Err(e);
     }
-    let v = &man.artifacts.usr_verity;
-    let hbs = u64::from(v.hash_block_size);
-    let mut top = vec![0u8; usize::try_from(hbs).unwrap_or(4096)];
-    if tree.size < 2 * hbs {
-        return Err(UpdateError::ReadBack {
-            label: Target::UsrVerity.label(slot),
-            message: format!(
-                "the hash tree is {} bytes, less than superblock + top block",
-                tree.size
-            ),
-        });
-    }
-    job.disk.read_at(slot, Target::UsrVerity, hbs, &mut top)?;
-    let root = verity_root(&v.salt, &top);
-    if root != Some(v.root_hash) {
-        return Err(UpdateError::ReadBack {
-            label: Target::UsrVerity.label(slot),
-            message: format!(
-                "the verity root hash on disk is {}, the signed manifest says {}",
-                root.map(|r| r.to_string())
-                    .unwrap_or_else(|| "unreadable (bad salt)".into()),
-                v.root_hash
-            ),
-        });
-    }
+    // The chunk buffer is not needed any more.
+    job.buf = Vec::new();
 
     (job.report)(Step::Installing);
     let version = man.version.to_string();
-    let root_hash = v.root_hash.to_string();
+    let root_hash = man.artifacts.usr_verity.root_hash.to_string();
     let boot = SlotBoot {
         slot,
         version: &version,
         root_hash: &root_hash,
         other_root_hash: m.root_hash.as_deref(),
-        kernel: &kernel,
-        initramfs: &initramfs,
     };
     esp.install(&boot)?;
     job.disk.set_next(slot)?;

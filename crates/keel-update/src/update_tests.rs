@@ -133,22 +133,68 @@ impl SlotDisk for MemDisk {
     }
 }
 
+/// An ESP in memory: the files streamed (by slot and file), those
+/// installed, and the entries activated.
 #[derive(Default)]
-struct MemEsp(Vec<(Slot, String, String, usize, usize)>, Vec<Slot>);
+struct MemEsp {
+    open: Option<(Slot, BootFile)>,
+    parts: BTreeMap<(Slot, &'static str), Vec<u8>>,
+    /// (slot, version, root hash, kernel, initramfs) per install.
+    installed: Vec<(Slot, String, String, Vec<u8>, Vec<u8>)>,
+    activated: Vec<Slot>,
+    discarded: Vec<Slot>,
+    /// The largest append (the transfer streams, never a whole file).
+    largest_append: usize,
+}
+
+fn file_key(f: BootFile) -> &'static str {
+    match f {
+        BootFile::Kernel => "kernel",
+        BootFile::Initramfs => "initramfs",
+    }
+}
 
 impl BootInstaller for MemEsp {
+    fn begin(&mut self, slot: Slot, file: BootFile) -> Result<(), EspError> {
+        self.open = Some((slot, file));
+        self.parts.insert((slot, file_key(file)), Vec::new());
+        Ok(())
+    }
+    fn append(&mut self, data: &[u8]) -> Result<(), EspError> {
+        let (slot, file) = self.open.expect("append after begin");
+        self.largest_append = self.largest_append.max(data.len());
+        self.parts
+            .get_mut(&(slot, file_key(file)))
+            .expect("part")
+            .extend_from_slice(data);
+        Ok(())
+    }
+    fn finish(&mut self) -> Result<(), EspError> {
+        self.open.take().expect("finish after begin");
+        Ok(())
+    }
+    fn discard(&mut self, slot: Slot) -> Result<(), EspError> {
+        self.open = None;
+        self.parts.retain(|(s, _), _| *s != slot);
+        self.discarded.push(slot);
+        Ok(())
+    }
     fn install(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
-        self.0.push((
-            b.slot,
-            b.version.to_string(),
-            b.root_hash.to_string(),
-            b.kernel.len(),
-            b.initramfs.len(),
-        ));
+        assert!(self.open.is_none(), "install with a file still open");
+        let k = self
+            .parts
+            .remove(&(b.slot, "kernel"))
+            .expect("kernel streamed");
+        let i = self
+            .parts
+            .remove(&(b.slot, "initramfs"))
+            .expect("initramfs streamed");
+        self.installed
+            .push((b.slot, b.version.to_string(), b.root_hash.to_string(), k, i));
         Ok(())
     }
     fn activate(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
-        self.1.push(b.slot);
+        self.activated.push(b.slot);
         Ok(())
     }
     fn demote(&mut self, _slot: Slot) -> Result<(), EspError> {
@@ -243,15 +289,19 @@ fn stages_into_the_inactive_slot_and_sets_it_next_last() {
     assert_eq!(disk.next, Some(Slot::B));
     let root = w.built.manifest.artifacts.usr_verity.root_hash.to_string();
     assert_eq!(
-        esp.0,
+        esp.installed,
         vec![(
             Slot::B,
             "0.2.0".into(),
             root,
-            w.built.kernel.len(),
-            w.built.initramfs.len()
+            w.built.kernel.clone(),
+            w.built.initramfs.clone()
         )]
     );
+    assert_eq!(esp.activated, vec![Slot::B]);
+    assert!(esp.parts.is_empty(), "temporary files left");
+    // Streamed chunk by chunk, never a whole file in one piece.
+    assert_eq!(esp.largest_append, tree::CHUNK as usize);
     assert_eq!(w.state.pending().expect("pending"), Some(p));
     assert_eq!(w.state.progress().expect("progress"), None);
 }
@@ -495,4 +545,23 @@ fn chunks_the_running_slot_holds_are_copied_not_fetched() {
     // The running slot is still only read.
     assert!(disk.writes.iter().all(|(s, _, _)| *s == Slot::B));
     assert_eq!(&disk.parts[&(Slot::A, "usr")][..USR_LEN], &old[..]);
+}
+
+#[test]
+fn a_corrupted_kernel_is_discarded_and_nothing_is_set_next() {
+    let w = world();
+    let mut src = Faulty::new(&w.base);
+    // A byte of the kernel's second chunk.
+    let k = &w.built.manifest.artifacts.kernel;
+    src.corrupt = Some(("vmlinuz.zst", k.chunks[1].offset + 10));
+    let mut disk = MemDisk::new(1 << 20);
+    let mut esp = MemEsp::default();
+    let e = run(&w, &mut src, &mut disk, &mut esp).expect_err("refused");
+    assert!(e.to_string().contains("kernel"), "{e}");
+    assert_eq!(esp.discarded, vec![Slot::B]);
+    assert!(esp.parts.is_empty(), "temporary files left");
+    assert!(esp.installed.is_empty());
+    assert!(esp.activated.is_empty());
+    assert_eq!(disk.next, None);
+    assert_eq!(w.state.pending().expect("pending"), None);
 }

@@ -446,6 +446,14 @@ fn uefi_update_to_next_version() -> Result<()> {
     );
     let os = vm.ssh_ok(". /etc/os-release && echo $VERSION_ID")?;
     ensure!(os.trim() == next, "after the fallback running {os:?}");
+    // A's entry used its one try unblessed and sorts last: the next boot
+    // is B's kernel with B's /usr again.
+    let entries = esp_entries(&vm)?;
+    ensure!(
+        entries.iter().any(|e| e == "keel-usr-a+0-1.conf")
+            && entries.iter().any(|e| e == "keel-usr-b.conf"),
+        "entries after A failed: {entries:?}"
+    );
     let status = vm.ssh_ok("keel-update status")?;
     eprintln!("update: status after A failed verity:\n{status}");
     ensure!(

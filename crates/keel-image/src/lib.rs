@@ -845,6 +845,8 @@ impl Build {
             slot: Slot::A,
             os_name: "Keel",
             version: &self.cfg.os_version,
+            // The first entry of the ESP; every staging adds one.
+            generation: 1,
             cmdline: &self.cfg.kernel.cmdline,
             root_hashes: &[(Slot::A, &self.root_hash)],
         };

@@ -16,8 +16,13 @@
 //! Which entry boots: `loader.conf` says `default keel-usr-*`, and
 //! systemd-boot (252, Debian 12) takes the first entry matching it in its
 //! sort order: entries with no tries left last, then by `sort-key`, then
-//! by `version`, newest first. So the newest version boots while it has
-//! tries; a new entry that used its try without being blessed
+//! by `version`, newest first. An entry's `version` is therefore not the
+//! OS version alone but `GENERATION-OSVERSION`, where the generation is one
+//! more than any Keel entry on the ESP has ([`Entry::generation`],
+//! [`entry_generation`]): the slot staged last boots while it has tries,
+//! also when it holds an older OS version (an allowed downgrade), which a
+//! plain OS version would sort below the running one, booting the running
+//! slot's kernel over the staged `/usr`. A new entry that used its try without being blessed
 //! (`keel-usr-b+0-1.conf`) sorts last and the firmware path falls back to
 //! the other slot's kernel. `systemd-bless-boot` renames a good entry to
 //! `keel-usr-b.conf`. To boot the older slot on purpose (rollback), the
@@ -178,8 +183,12 @@ pub struct Entry<'a> {
     pub slot: Slot,
     /// OS name for the title (`Keel`).
     pub os_name: &'a str,
-    /// The slot's version (sorts the entries: newest first).
+    /// The slot's OS version (the title, and `version` after the
+    /// generation).
     pub version: &'a str,
+    /// Staging order on this ESP: the entry written last has the highest,
+    /// and systemd-boot boots the highest with tries left first.
+    pub generation: u64,
     /// The image's base command line, without Keel's slot parameters
     /// (see [`base_cmdline`]).
     pub cmdline: &'a str,
@@ -206,15 +215,27 @@ impl Entry<'_> {
     /// The entry file's text.
     pub fn render(&self) -> String {
         format!(
-            "title {os} {ver} (USR-{slot})\nversion {ver}\nsort-key {SORT_KEY}\nlinux /{kernel}\ninitrd /{initrd}\noptions {opts}\n",
+            "title {os} {ver} (USR-{slot})\nversion {gen}-{ver}\nsort-key {SORT_KEY}\nlinux /{kernel}\ninitrd /{initrd}\noptions {opts}\n",
             os = self.os_name,
             ver = self.version,
+            gen = self.generation,
             slot = self.slot.as_str(),
             kernel = kernel_path(self.slot),
             initrd = initrd_path(self.slot),
             opts = self.options(),
         )
     }
+}
+
+/// The generation of an entry file's text: the digits before the first
+/// `-` of its `version` line; 0 for an entry without one (written before
+/// generations, or by hand), which then sorts below every Keel-written one.
+pub fn entry_generation(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("version"))
+        .and_then(|v| v.trim().split_once('-'))
+        .and_then(|(g, _)| g.parse().ok())
+        .unwrap_or(0)
 }
 
 /// `loader/loader.conf`: boot the first Keel entry in systemd-boot's order
@@ -255,12 +276,17 @@ mod tests {
             slot: Slot::B,
             os_name: "Keel",
             version: "0.2.0",
+            generation: 7,
             cmdline: "console=ttyS0 ",
             root_hashes: &[(Slot::A, "aa11"), (Slot::B, "bb22")],
         };
+        assert_eq!(entry_generation(&e.render()), 7);
+        assert_eq!(entry_generation("title x\nversion 0.2.0\n"), 0);
+        assert_eq!(entry_generation("title x\nversion x-0.2.0\n"), 0);
+        assert_eq!(entry_generation("title x\n"), 0);
         assert_eq!(
             e.render(),
-            "title Keel 0.2.0 (USR-B)\nversion 0.2.0\nsort-key keel\nlinux /keel/b/vmlinuz\n\
+            "title Keel 0.2.0 (USR-B)\nversion 7-0.2.0\nsort-key keel\nlinux /keel/b/vmlinuz\n\
              initrd /keel/b/initramfs.img\noptions console=ttyS0 keel.usr=b keel.usrhash.a=aa11 keel.usrhash.b=bb22\n"
         );
         assert_eq!(loader_conf().lines().next(), Some("default keel-usr-*"));
@@ -311,6 +337,7 @@ mod tests {
             slot: Slot::A,
             os_name: "Keel",
             version: "1",
+            generation: 1,
             cmdline: &base_cmdline(running),
             root_hashes: &[(Slot::A, "aa")],
         };

@@ -195,6 +195,22 @@ impl EspDir {
         Ok(out)
     }
 
+    /// One more than the highest generation of any Keel entry on the ESP
+    /// (both slots, bad ones too), so the entry written now sorts first.
+    fn next_generation(&self) -> Result<u64, EspError> {
+        let dir = self.root.join(layout::ENTRIES_DIR);
+        let rd = std::fs::read_dir(&dir).map_err(io("reading", &dir))?;
+        let mut max = 0;
+        for e in rd {
+            let e = e.map_err(io("reading", &dir))?;
+            if EntryName::parse(&e.file_name().to_string_lossy()).is_some() {
+                let text = std::fs::read_to_string(e.path()).map_err(io("reading", &e.path()))?;
+                max = max.max(layout::entry_generation(&text));
+            }
+        }
+        Ok(max + 1)
+    }
+
     fn sync_dir(&self, rel: &str) -> Result<(), EspError> {
         let d = self.root.join(rel);
         std::fs::File::open(&d)
@@ -203,8 +219,9 @@ impl EspDir {
     }
 }
 
-/// The entry text for `b` over the running command line `cmdline`.
-pub fn entry_text(cmdline: &str, b: &SlotBoot<'_>) -> String {
+/// The entry text for `b` over the running command line `cmdline`, with
+/// `generation` (one more than any entry on the ESP has).
+pub fn entry_text(cmdline: &str, b: &SlotBoot<'_>, generation: u64) -> String {
     let base = layout::base_cmdline(cmdline);
     let mut hashes: Vec<(Slot, &str)> = Vec::new();
     if let Some(h) = b.other_root_hash.filter(|h| !h.is_empty()) {
@@ -216,6 +233,7 @@ pub fn entry_text(cmdline: &str, b: &SlotBoot<'_>) -> String {
         slot: b.slot,
         os_name: "Keel",
         version: b.version,
+        generation,
         cmdline: &base,
         root_hashes: &hashes,
     }
@@ -290,7 +308,11 @@ impl BootInstaller for EspDir {
 
     fn activate(&mut self, b: &SlotBoot<'_>) -> Result<(), EspError> {
         let name = EntryName::counting(b.slot, NEW_ENTRY_TRIES);
-        self.write(&name.path(), entry_text(&self.cmdline, b).as_bytes())?;
+        let generation = self.next_generation()?;
+        self.write(
+            &name.path(),
+            entry_text(&self.cmdline, b, generation).as_bytes(),
+        )?;
         // Older entries of this slot (its previous contents) go.
         for (file, n) in self.entries_of(b.slot)? {
             if n != name {
@@ -447,6 +469,7 @@ mod tests {
         let e = entry_text(
             "initrd=\\keel\\a\\initramfs.img console=ttyS0 keel.usr=a keel.usrhash.a=aa11 keel.usrhash.b=old",
             &boot(Slot::B),
+            4,
         );
         assert!(
             e.ends_with(
@@ -455,7 +478,7 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("linux /keel/b/vmlinuz\n"), "{e}");
-        assert!(e.contains("version 0.2.0\n"), "{e}");
+        assert!(e.contains("version 4-0.2.0\n"), "{e}");
     }
 
     #[test]
@@ -524,6 +547,40 @@ mod tests {
         assert!(entries.join("keel-usr-b+0.conf").exists());
         // The running slot's files are untouched.
         assert!(!t.path().join("keel/a").exists());
+    }
+
+    /// systemd-boot boots the entry with tries left whose `version` is
+    /// newest: the slot staged last, also when it holds an older OS version
+    /// (an allowed downgrade), never the running slot's kernel over it.
+    #[test]
+    fn the_entry_staged_last_sorts_first_also_for_a_downgrade() {
+        let t = tempfile::tempdir().expect("tmp");
+        let entries = t.path().join("loader/entries");
+        std::fs::create_dir_all(&entries).expect("mkdir");
+        std::fs::write(
+            entries.join("keel-usr-a.conf"),
+            "title Keel 0.1.0 (USR-A)\nversion 1-0.1.0\n",
+        )
+        .expect("a");
+        std::fs::write(
+            entries.join("keel-usr-b.conf"),
+            "title Keel 0.3.0 (USR-B)\nversion 2-0.3.0\n",
+        )
+        .expect("b");
+        let mut esp = EspDir::new(t.path().into(), "keel.usr=b".into());
+        let older = SlotBoot {
+            slot: Slot::A,
+            version: "0.2.0",
+            root_hash: "aa22",
+            other_root_hash: Some("bb33"),
+        };
+        esp.activate(&older).expect("activate");
+        let e = std::fs::read_to_string(entries.join("keel-usr-a+1.conf")).expect("entry");
+        assert!(e.contains("\nversion 3-0.2.0\n"), "{e}");
+        assert!(e.starts_with("title Keel 0.2.0 (USR-A)\n"), "{e}");
+        // Without generations, 0.2.0 < 0.3.0 would boot B's kernel first.
+        let b = std::fs::read_to_string(entries.join("keel-usr-b.conf")).expect("b");
+        assert!(layout::entry_generation(&e) > layout::entry_generation(&b));
     }
 
     #[test]

@@ -133,14 +133,16 @@ impl SlotDisk for MemDisk {
     }
 }
 
+/// One install: slot, version, root hash, kernel, initramfs.
+type Installed = (Slot, String, String, Vec<u8>, Vec<u8>);
+
 /// An ESP in memory: the files streamed (by slot and file), those
 /// installed, and the entries activated.
 #[derive(Default)]
 struct MemEsp {
     open: Option<(Slot, BootFile)>,
     parts: BTreeMap<(Slot, &'static str), Vec<u8>>,
-    /// (slot, version, root hash, kernel, initramfs) per install.
-    installed: Vec<(Slot, String, String, Vec<u8>, Vec<u8>)>,
+    installed: Vec<Installed>,
     activated: Vec<Slot>,
     discarded: Vec<Slot>,
     /// The largest append (the transfer streams, never a whole file).

@@ -794,6 +794,26 @@ pub fn partition_offset(raw: &Path, label: &str) -> Result<u64> {
     Ok(p.first_lba * 512)
 }
 
+/// Overwrite the first 16 MiB of partition `label` (the EROFS superblock
+/// among them, for a USR slot) of the qcow2 `disk` with a pattern, from the
+/// host, as a failing disk would; `raw` is the image whose GPT gives the
+/// partition's offset.
+pub fn damage_partition(disk: &Path, raw: &Path, label: &str) -> Result<()> {
+    let offset = partition_offset(raw, label)?;
+    let out = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c"])
+        .arg(format!("write -P 0x5a {offset} 16M"))
+        .arg(disk)
+        .output()
+        .context("running qemu-io")?;
+    ensure!(
+        out.status.success(),
+        "qemu-io: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// Enlarge a disk image (qcow2 or raw) to `bytes`, as an operator does
 /// with `qemu-img resize` before the first boot.
 pub fn resize_disk(disk: &Path, bytes: u64) -> Result<()> {

@@ -145,16 +145,7 @@ fn update_to_b_then_fallback_to_a() -> Result<()> {
 
     // Corrupt USR-B's data (its first 16 MiB, the EROFS superblock among
     // them) from the host, as a bad disk or a bad update would.
-    let offset = partition_offset(&img.path("raw")?, "USR-B")?;
-    let out = Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P 0x5a {offset} 16M"))
-        .arg(&disk)
-        .output()
-        .context("running qemu-io")?;
-    if !out.status.success() {
-        bail!("qemu-io: {}", String::from_utf8_lossy(&out.stderr));
-    }
+    keel_tests::damage_partition(&disk, &img.path("raw")?, "USR-B")?;
 
     // Boot 3: B still has the highest priority and fails verification;
     // keel-init falls back to A in the same boot and records why.

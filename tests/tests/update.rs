@@ -418,18 +418,7 @@ fn uefi_update_to_next_version() -> Result<()> {
         "N not staged into A: {status}"
     );
     vm.finish()?;
-    let offset = keel_tests::partition_offset(&img.path("raw")?, "USR-A")?;
-    let out = std::process::Command::new("qemu-io")
-        .args(["-f", "qcow2", "-c"])
-        .arg(format!("write -P 0x5a {offset} 16M"))
-        .arg(&disk)
-        .output()
-        .context("running qemu-io")?;
-    ensure!(
-        out.status.success(),
-        "qemu-io: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keel_tests::damage_partition(&disk, &img.path("raw")?, "USR-A")?;
     let mut vm = Vm::reboot_disk("update_bad_a", &img, &disk, opts)?;
     vm.allow(&["dm-verity error"]);
     let state = vm.wait_ready(BOOT)?;

@@ -455,6 +455,16 @@ mod tests {
         }
     }
 
+    /// The file names in `dir`, sorted.
+    fn names_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
     /// Stream `data` as `file` of `slot` in two appends.
     fn stream(esp: &mut EspDir, slot: Slot, file: BootFile, data: &[u8]) {
         esp.begin(slot, file).expect("begin");
@@ -512,12 +522,10 @@ mod tests {
         );
         assert!(!t.path().join("keel/b/initramfs.img").exists());
         esp.install(&boot(Slot::B)).expect("install");
-        let mut names: Vec<String> = std::fs::read_dir(t.path().join("keel/b"))
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["initramfs.img", "vmlinuz"]);
+        assert_eq!(
+            names_in(&t.path().join("keel/b")),
+            ["initramfs.img", "vmlinuz"]
+        );
         assert_eq!(
             std::fs::read(t.path().join("keel/b/vmlinuz")).expect("kernel"),
             b"KERNEL"
@@ -594,12 +602,10 @@ mod tests {
         esp.begin(Slot::B, BootFile::Initramfs).expect("begin");
         esp.append(b"half of it").expect("append");
         esp.discard(Slot::B).expect("discard");
-        let mut names: Vec<String> = std::fs::read_dir(t.path().join("keel/b"))
-            .expect("dir")
-            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["initramfs.img", "vmlinuz"]);
+        assert_eq!(
+            names_in(&t.path().join("keel/b")),
+            ["initramfs.img", "vmlinuz"]
+        );
         assert_eq!(
             std::fs::read(t.path().join("keel/b/vmlinuz")).expect("kernel"),
             b"KERNEL"
